@@ -1,0 +1,184 @@
+"""Time one full plan over synthetic fleets of growing size, on one core.
+
+Target (issue 4): 1,000 pools x 10 providers x 1,000 node pools plan in <= 50 ms (5% of a
+1 s reconcile period), and time grows close to linearly (growth_ratio <= 2.2 from the size
+to twice the size). Ends with one JSON line of the figures.
+
+    python benchmarks/planner_scale.py            # full sizes
+    python benchmarks/planner_scale.py --quick    # small sizes, as the tests run it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+from gpufleet.api import parse_budget, parse_pool, parse_provider
+from gpufleet.planner import (
+    Fleet,
+    NodePoolKey,
+    NodePoolObservation,
+    PlannerState,
+    PoolKey,
+    PoolObservation,
+    Snapshot,
+    plan_fleet,
+)
+from gpufleet.planner.types import frozen_map
+
+GPU_TYPES = ("H100", "H200", "L40S", "A100", "B200")
+COUNTRIES = ("DE", "NL", "FR", "IE", "US")
+
+
+def build(pools: int, providers: int, node_pools: int, seed: int = 7) -> tuple[Fleet, Snapshot]:
+    rng = random.Random(seed)
+    # Sites and caps grow with the fleet, so twice the size is the same fleet shape twice over.
+    sites = max(1, node_pools // 50)
+    per_provider = max(1, node_pools // providers)
+    provider_specs = {}
+    node_observations = {}
+    for p in range(providers):
+        name = f"cloud-{p:03d}"
+        pools_: list[dict[str, Any]] = []
+        for n in range(per_provider):
+            gpus = rng.choice((1, 2, 4, 8))
+            pools_.append(
+                {
+                    "name": f"np-{n:04d}",
+                    "gpuType": GPU_TYPES[n % len(GPU_TYPES)],
+                    "gpusPerNode": gpus,
+                    "wattsPerGpu": 700,
+                    "idleWattsPerGpu": 90,
+                    "nodeOverheadWatts": 800,
+                    "hourlyPriceCents": rng.randint(100, 10000),
+                    "maxNodes": rng.randint(5, 50),
+                    "bootSeconds": rng.randint(60, 600),
+                    "site": f"site-{(p * per_provider + n) % sites}",
+                }
+            )
+            node_observations[NodePoolKey(name, f"np-{n:04d}")] = NodePoolObservation(
+                ready_nodes=rng.randint(0, 3), target_nodes=rng.randint(0, 3)
+            )
+        parsed = parse_provider(
+            {
+                "role": "Primary" if p < providers // 2 else "Secondary",
+                "order": p,
+                "subprocessor": {
+                    "legalEntity": name,
+                    "jurisdiction": COUNTRIES[p % len(COUNTRIES)],
+                    "approved": p % 4 != 3,
+                    "dataClasses": ["Internal"],
+                },
+                "driver": {"type": "Simulated"},
+                "gpuQuota": rng.randint(200, 2000),
+                "nodePools": pools_,
+            }
+        )
+        assert parsed.value is not None, parsed.errors
+        provider_specs[name] = parsed.value
+    pool_specs = {}
+    observations = {}
+    for i in range(pools):
+        key = PoolKey(f"team-{i % 50}", f"model-{i:05d}")
+        parsed_pool = parse_pool(
+            {
+                "scaleTargetRef": {"name": key.name},
+                "gpuTypes": rng.sample(GPU_TYPES, 2),
+                "gpusPerReplica": rng.choice((1, 1, 2, 4)),
+                "queue": {"query": "q", "targetPerReplica": rng.randint(2, 20)},
+                "minReplicas": 0,
+                "maxReplicas": 200,
+                "priority": rng.randint(0, 10),
+                "slo": {"queueWaitSeconds": 10},
+                "serviceRates": []
+                if i % 3
+                else [{"gpuType": g, "requestsPerMinute": 60} for g in GPU_TYPES[:1]],
+                "burst": {"enabled": i % 2 == 0},
+                "dataPolicy": {"allowedJurisdictions": ["EU"] if i % 2 else []},
+            }
+        )
+        if parsed_pool.value is None:  # serviceRates for a type the pool does not run on
+            parsed_pool = parse_pool(
+                {
+                    "scaleTargetRef": {"name": key.name},
+                    "gpuTypes": ["H100"],
+                    "queue": {"query": "q", "targetPerReplica": 5},
+                    "maxReplicas": 200,
+                }
+            )
+        assert parsed_pool.value is not None
+        pool_specs[key] = parsed_pool.value
+        observations[key] = PoolObservation(
+            queue_depth=float(rng.randint(0, 300)),
+            arrival_rate=float(rng.randint(0, 30)),
+        )
+    budgets = {
+        "fleet": parse_budget({"capKilowatts": 50 * pools}).value,
+        **{
+            f"site-{s}": parse_budget(
+                {"capKilowatts": 800, "scope": {"sites": [f"site-{s}"]}}
+            ).value
+            for s in range(20)
+        },
+    }
+    fleet = Fleet(
+        frozen_map(pool_specs),
+        frozen_map(provider_specs),
+        frozen_map({k: v for k, v in budgets.items() if v is not None}),
+    )
+    snapshot = Snapshot(pools=frozen_map(observations), node_pools=frozen_map(node_observations))
+    return fleet, snapshot
+
+
+def time_plan(pools: int, providers: int, node_pools: int, repeats: int) -> float:
+    fleet, snapshot = build(pools, providers, node_pools)
+    state = PlannerState()
+    samples = []
+    for i in range(repeats + 1):
+        # CPU time of this process: the figure is "on one core", whatever else the machine runs.
+        start = time.process_time()
+        plan = plan_fleet(fleet, snapshot, state, now=1000.0 + i)
+        elapsed = time.process_time() - start
+        state = plan.state
+        if i:  # the first plan warms caches and builds state
+            samples.append(elapsed * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (the tests run this)")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    pools, providers, node_pools = (50, 4, 40) if args.quick else (1000, 10, 1000)
+    repeats = 2 if args.quick else args.repeats
+    base = time_plan(pools, providers, node_pools, repeats)
+    double = time_plan(pools * 2, providers, node_pools * 2, repeats)
+    print(f"{pools} pools x {providers} providers x {node_pools} node pools: {base:.1f} ms")
+    print(
+        f"{pools * 2} pools x {providers} providers x {node_pools * 2} node pools: {double:.1f} ms"
+    )
+    print(
+        json.dumps(
+            {
+                "pools": pools,
+                "providers": providers,
+                "node_pools": node_pools,
+                "plan_ms_median": round(base, 2),
+                "plan_ms_median_double": round(double, 2),
+                "growth_ratio": round(double / base, 3),
+                "target_ms": 50,
+                "target_growth_ratio": 2.2,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""InferencePool: one served model, the queue that drives it, and where it may run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from gpufleet.api.common import (
+    LIST_MAX,
+    NAME_MAX,
+    QUERY_MAX,
+    SHORT_MAX,
+    Conditions,
+    Model,
+    Name,
+    cel,
+    extra,
+)
+
+GpuType = Annotated[
+    str, Field(min_length=1, max_length=SHORT_MAX, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+]
+Jurisdiction = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=12,
+        pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$",
+        description="ISO 3166 country or region code such as DE, US-CA, or EU.",
+    ),
+]
+
+
+class Mode(StrEnum):
+    ACTIVE = "Active"
+    DRY_RUN = "DryRun"
+
+
+class DataClass(StrEnum):
+    PUBLIC = "Public"
+    INTERNAL = "Internal"
+    CONFIDENTIAL = "Confidential"
+    RESTRICTED = "Restricted"
+
+
+class ScaleTargetRef(Model):
+    """The workload whose replicas gpufleet sets, through its scale subresource (as the HPA)."""
+
+    api_version: str = Field(
+        default="apps/v1",
+        min_length=1,
+        max_length=NAME_MAX,
+        description="API version of the target.",
+    )
+    kind: str = Field(
+        default="Deployment", min_length=1, max_length=SHORT_MAX, description="Kind of the target."
+    )
+    name: Name = Field(description="Name of the target, in the pool's namespace.")
+
+
+class QueueSignal(Model):
+    """The queue-depth signal, read from Prometheus."""
+
+    query: str = Field(
+        min_length=1,
+        max_length=QUERY_MAX,
+        description="PromQL returning the pool's total queue depth (requests waiting) as one "
+        "sample. A missing, empty, NaN or stale result holds capacity; it never scales down.",
+    )
+    target_per_replica: int = Field(
+        ge=1,
+        le=100_000,
+        description="Queue depth one replica should carry; desired replicas = "
+        "ceil(queue / targetPerReplica), as KEDA's queue scalers do.",
+    )
+    activation_threshold: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="A pool at zero replicas scales up only when the queue exceeds this.",
+    )
+    arrival_rate_query: str | None = Field(
+        default=None,
+        max_length=QUERY_MAX,
+        description="Optional PromQL returning arrivals per second. With serviceRates it "
+        "enables the queueing model (replicas sized for the wait SLO) and the forecast.",
+    )
+
+
+class ServiceRate(Model):
+    """How fast one replica serves on one GPU type."""
+
+    gpu_type: GpuType = Field(description="GPU type, as in a node pool's gpuType.")
+    requests_per_minute: int = Field(
+        ge=1, le=1_000_000, description="Requests one replica completes per minute at full load."
+    )
+
+
+class PolicyType(StrEnum):
+    PODS = "Pods"
+    PERCENT = "Percent"
+
+
+class SelectPolicy(StrEnum):
+    MAX = "Max"
+    MIN = "Min"
+    DISABLED = "Disabled"
+
+
+class ScalingPolicy(Model):
+    """A limit on how much may change within a period, as in the HPA's behavior."""
+
+    type: PolicyType = Field(
+        description="Pods (an absolute count) or Percent (of current replicas)."
+    )
+    value: int = Field(ge=1, le=100_000, description="The amount of change allowed in one period.")
+    period_seconds: int = Field(
+        ge=1, le=1800, description="The window the change is counted over, in seconds."
+    )
+
+
+class ScalingRules(Model):
+    """Stabilization and rate limits for one direction."""
+
+    stabilization_window_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="Recommendations over this window are considered and the most "
+        "conservative one is used. Defaults: 0 for scale up, 300 for scale down.",
+    )
+    select_policy: SelectPolicy = Field(
+        default=SelectPolicy.MAX,
+        description="Which policy wins when several apply: Max, Min, or Disabled (no change).",
+    )
+    policies: list[ScalingPolicy] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Rate limits; empty means the HPA defaults for this direction.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "atomic"}),
+    )
+
+
+class Behavior(Model):
+    """Scaling behaviour in the shape of the HPA's spec.behavior."""
+
+    scale_up: ScalingRules | None = Field(default=None, description="Rules for scaling up.")
+    scale_down: ScalingRules | None = Field(default=None, description="Rules for scaling down.")
+
+
+class Slo(Model):
+    """The service level the pool is sized for."""
+
+    queue_wait_seconds: int = Field(
+        ge=1, le=86_400, description="A request should wait no longer than this in the queue."
+    )
+    target_percent: int = Field(
+        default=99,
+        ge=50,
+        le=100,
+        description="Share of requests that must meet queueWaitSeconds.",
+    )
+
+
+class DataPolicy(Model):
+    """Where the pool's data may be processed; burst targets must satisfy all of it."""
+
+    data_class: DataClass = Field(
+        default=DataClass.INTERNAL,
+        description="Sensitivity of the requests: Public, Internal, Confidential or Restricted. "
+        "A provider must list it in subprocessor.dataClasses.",
+    )
+    allowed_jurisdictions: list[Jurisdiction] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="Jurisdictions where the data may be processed. Empty allows any. EU "
+        "matches every EU member state code.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+    approved_subprocessors_only: bool = Field(
+        default=True,
+        description="Only use providers whose subprocessor.approved is true.",
+    )
+
+
+class Burst(Model):
+    """Whether and where the pool may overflow beyond primary providers."""
+
+    enabled: bool = Field(
+        default=False, description="Allow placing replicas on secondary providers."
+    )
+    providers: list[Name] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="CloudProviders the pool may burst to, in order of preference. Empty "
+        "means any secondary that the data policy allows.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=0, le=100_000, description="Upper bound on replicas placed by burst."
+    )
+    max_lead_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=7200,
+        description="Burst also when a primary node pool's lead time (bootSeconds plus "
+        "modelLoadSeconds) exceeds this and a secondary one is faster. Unset: boot time alone "
+        "never triggers burst.",
+    )
+
+
+class InferencePoolSpec(Model):
+    """Desired behaviour of an inference pool."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": extra(
+            **{
+                "x-kubernetes-validations": [
+                    cel(
+                        "self.minReplicas <= self.maxReplicas",
+                        "`minReplicas` must be less than or equal to `maxReplicas`",
+                        ".minReplicas",
+                    ),
+                    cel(
+                        "!has(self.serviceRates) || self.serviceRates.all(r, r.gpuType in self.gpuTypes)",
+                        "every `serviceRates[].gpuType` must be listed in `gpuTypes`",
+                        ".serviceRates",
+                    ),
+                    cel(
+                        "!has(self.burst) || !has(self.burst.maxReplicas) || self.burst.maxReplicas <= self.maxReplicas",
+                        "`burst.maxReplicas` must be less than or equal to `maxReplicas`",
+                        ".burst.maxReplicas",
+                    ),
+                ]
+            }
+        )
+    }
+
+    scale_target_ref: ScaleTargetRef = Field(description="The workload gpufleet scales.")
+    gpus_per_replica: int = Field(default=1, ge=1, le=64, description="GPUs each replica requests.")
+    gpu_types: list[GpuType] = Field(
+        min_length=1,
+        max_length=16,
+        description="GPU types the model can run on, matched against node pools' gpuType.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+    queue: QueueSignal = Field(description="The queue-depth signal that drives scaling.")
+    service_rates: list[ServiceRate] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Measured service rate per replica by GPU type, if known.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuType"]}
+        ),
+    )
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=100_000,
+        description="Never fewer replicas than this (0 allows scale to zero).",
+    )
+    max_replicas: int = Field(ge=1, le=100_000, description="Never more replicas than this.")
+    behavior: Behavior | None = Field(
+        default=None, description="Stabilization windows and rate limits, as in the HPA."
+    )
+    slo: Slo | None = Field(default=None, description="Queue-wait objective the pool is sized for.")
+    model_load_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="Time for a new replica to load its model once its node is ready.",
+    )
+    priority: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="Higher is more important. When GPUs or power are short, lower priorities "
+        "are shed first.",
+    )
+    allow_spot: bool = Field(
+        default=False,
+        description="Allow Spot node pools; they are then preferred over OnDemand ones.",
+    )
+    data_policy: DataPolicy = Field(
+        default_factory=DataPolicy, description="Where the pool's data may be processed."
+    )
+    burst: Burst = Field(default_factory=Burst, description="Overflow to secondary providers.")
+    mode: Mode = Field(
+        default=Mode.ACTIVE,
+        description="Active actuates the plan; DryRun plans and reports but changes nothing.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("`minReplicas` must be less than or equal to `maxReplicas`")
+        unknown = [r.gpu_type for r in self.service_rates if r.gpu_type not in self.gpu_types]
+        if unknown:
+            raise ValueError(
+                f"every `serviceRates[].gpuType` must be listed in `gpuTypes`: {unknown}"
+            )
+        if self.burst.max_replicas is not None and self.burst.max_replicas > self.max_replicas:
+            raise ValueError("`burst.maxReplicas` must be less than or equal to `maxReplicas`")
+        return self
+
+    @field_validator("gpu_types")
+    @classmethod
+    def _distinct(cls, gpu_types: list[str]) -> list[str]:
+        if len(set(gpu_types)) != len(gpu_types):
+            raise ValueError("`gpuTypes` must not repeat a type")
+        return gpu_types
+
+
+class ProviderReplicas(Model):
+    """Replicas of the pool on one provider."""
+
+    provider: Name = Field(description="CloudProvider name.")
+    desired_replicas: int = Field(ge=0, description="Replicas the plan places there.")
+    current_replicas: int = Field(ge=0, description="Replicas observed there.")
+
+
+class InferencePoolStatus(Model):
+    """What gpufleet observed and decided for the pool."""
+
+    observed_generation: int = Field(default=0, ge=0, description="Generation the status is for.")
+    desired_replicas: int = Field(
+        default=0, ge=0, description="Replicas the plan wants, all providers."
+    )
+    current_replicas: int = Field(default=0, ge=0, description="Replicas observed, all providers.")
+    queue_depth: int | None = Field(default=None, ge=0, description="Last queue depth read.")
+    providers: list[ProviderReplicas] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="Replicas per provider.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["provider"]}
+        ),
+    )
+    burst_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of desired replicas on burst providers."
+    )
+    power_watts: int = Field(
+        default=0, ge=0, description="Estimated power drawn by the pool's GPUs."
+    )
+    last_scale_time: datetime | None = Field(
+        default=None, description="When replicas last changed."
+    )
+    conditions: Conditions
+
+
+class InferencePool(Model):
+    """The pool as a whole object; used for parsing, tests and examples."""
+
+    model_config = Model.model_config | {"extra": "ignore"}
+
+    api_version: str
+    kind: str
+    spec: InferencePoolSpec
+    status: InferencePoolStatus | None = None

@@ -1,0 +1,1 @@
+"""Node-pool drivers behind one narrow Protocol, one module per backend."""

@@ -1,0 +1,1 @@
+"""Prometheus in (queue depth, power) and out (the operator's own metrics)."""

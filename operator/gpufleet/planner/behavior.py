@@ -1,0 +1,170 @@
+"""HPA-shaped behaviour: stabilization windows, then rate policies, so a pool never flaps.
+
+Same semantics as the HPA's spec.behavior, so users can reuse what they know: over the
+scale-up window the lowest recommendation wins, over the scale-down window the highest; then
+the change is bounded by the policies counted over their periods.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gpufleet.api.pool import (
+    Behavior,
+    PolicyType,
+    ScalingPolicy,
+    ScalingRules,
+    SelectPolicy,
+)
+from gpufleet.planner.types import Note, Reason
+
+DEFAULT_UP_WINDOW = 0
+DEFAULT_DOWN_WINDOW = 300
+DEFAULT_UP_POLICIES = (
+    ScalingPolicy(type=PolicyType.PODS, value=4, period_seconds=15),
+    ScalingPolicy(type=PolicyType.PERCENT, value=100, period_seconds=15),
+)
+DEFAULT_DOWN_POLICIES = (ScalingPolicy(type=PolicyType.PERCENT, value=100, period_seconds=15),)
+
+
+@dataclass(frozen=True)
+class Rules:
+    window: int
+    select: SelectPolicy
+    policies: tuple[ScalingPolicy, ...]
+
+
+def _rules(rules: ScalingRules | None, window: int, policies: tuple[ScalingPolicy, ...]) -> Rules:
+    if rules is None:
+        return Rules(window, SelectPolicy.MAX, policies)
+    return Rules(
+        window
+        if rules.stabilization_window_seconds is None
+        else rules.stabilization_window_seconds,
+        rules.select_policy,
+        tuple(rules.policies) or policies,
+    )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A pool's behaviour with the HPA defaults filled in, and how much history it needs."""
+
+    up: Rules
+    down: Rules
+
+    @property
+    def horizon(self) -> int:
+        periods = [p.period_seconds for p in self.up.policies + self.down.policies]
+        return max([self.up.window, self.down.window, *periods])
+
+
+def resolve(behavior: Behavior | None) -> Resolved:
+    return Resolved(
+        _rules(behavior.scale_up if behavior else None, DEFAULT_UP_WINDOW, DEFAULT_UP_POLICIES),
+        _rules(
+            behavior.scale_down if behavior else None, DEFAULT_DOWN_WINDOW, DEFAULT_DOWN_POLICIES
+        ),
+    )
+
+
+def stabilize(
+    current: int,
+    recommended: int,
+    history: tuple[tuple[float, int], ...],
+    now: float,
+    up: Rules,
+    down: Rules,
+) -> int:
+    up_value = down_value = recommended
+    for time, value in history:
+        age = now - time
+        if age < up.window:
+            up_value = min(up_value, value)
+        if age < down.window:
+            down_value = max(down_value, value)
+    result = current
+    if result < up_value:
+        result = up_value
+    if result > down_value:
+        result = down_value
+    return result
+
+
+def _changes(events: tuple[tuple[float, int], ...], now: float, period: int) -> tuple[int, int]:
+    added = deleted = 0
+    for time, delta in events:
+        if now - time < period:
+            if delta > 0:
+                added += delta
+            else:
+                deleted -= delta
+    return added, deleted
+
+
+def up_limit(current: int, events: tuple[tuple[float, int], ...], now: float, rules: Rules) -> int:
+    if rules.select == SelectPolicy.DISABLED:
+        return current
+    limits = []
+    for policy in rules.policies:
+        added, deleted = _changes(events, now, policy.period_seconds)
+        start = current - added + deleted
+        if policy.type == PolicyType.PODS:
+            limits.append(start + policy.value)
+        else:
+            limits.append(math.ceil(start * (1 + policy.value / 100) - 1e-9))
+    return max(limits) if rules.select == SelectPolicy.MAX else min(limits)
+
+
+def down_limit(
+    current: int, events: tuple[tuple[float, int], ...], now: float, rules: Rules
+) -> int:
+    if rules.select == SelectPolicy.DISABLED:
+        return current
+    limits = []
+    for policy in rules.policies:
+        added, deleted = _changes(events, now, policy.period_seconds)
+        start = current + deleted - added
+        if policy.type == PolicyType.PODS:
+            limits.append(start - policy.value)
+        else:
+            limits.append(math.floor(start * (1 - policy.value / 100) + 1e-9))
+    # Max picks the policy that allows the most change: for scale down, the lowest floor.
+    limit = min(limits) if rules.select == SelectPolicy.MAX else max(limits)
+    return max(limit, 0)
+
+
+def apply(
+    rules: Resolved,
+    current: int,
+    recommended: int,
+    history: tuple[tuple[float, int], ...],
+    events: tuple[tuple[float, int], ...],
+    now: float,
+) -> tuple[int, tuple[Note, ...]]:
+    """The replica count after stabilization and rate limits, with why it differs."""
+    up, down = rules.up, rules.down
+    stabilized = stabilize(current, recommended, history, now, up, down)
+    notes: list[Note] = []
+    if stabilized != recommended:
+        window = down.window if recommended < current else up.window
+        notes.append(
+            Note(
+                Reason.HELD_BY_STABILIZATION,
+                f"recommendation {recommended} held at {stabilized} "
+                f"by the {window}s stabilization window",
+            )
+        )
+    desired = stabilized
+    if stabilized > current:
+        limit = up_limit(current, events, now, up)
+        if limit < stabilized:
+            desired = max(limit, current)
+            notes.append(Note(Reason.LIMITED_BY_RATE, f"scale-up policies allow {desired} now"))
+    elif stabilized < current:
+        limit = down_limit(current, events, now, down)
+        if limit > stabilized:
+            desired = min(limit, current)
+            notes.append(Note(Reason.LIMITED_BY_RATE, f"scale-down policies allow {desired} now"))
+    return desired, tuple(notes)

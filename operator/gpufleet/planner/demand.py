@@ -1,0 +1,161 @@
+"""Replicas a pool needs: from queue depth, from a queueing model, and ahead of demand.
+
+Queue depth gives KEDA's answer, ceil(queue / target). When arrivals and service rate are
+known, an M/M/c model sizes for the wait SLO itself (Erlang C), plus enough spare rate to
+drain the backlog within the SLO. A GPU node takes minutes to boot and a model tens of
+seconds to load, so the signal is also projected over that lead time with Holt's linear
+trend: O(1) per tick, no history kept, and it reacts to a ramp within a few samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Settings
+
+# A forecast may not promise more than this multiple of the present: trend on a noisy signal
+# must not buy a fleet.
+FORECAST_MAX_GROWTH = 3.0
+_MAX_SERVERS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Demand:
+    now_replicas: int
+    ahead_replicas: int
+    forecast: Forecast | None
+    notes: tuple[Note, ...]
+
+    @property
+    def replicas(self) -> int:
+        return max(self.now_replicas, self.ahead_replicas)
+
+
+def service_rate_per_second(spec: InferencePoolSpec) -> float | None:
+    """The slowest known rate among the pool's GPU types: sizing must hold wherever it lands."""
+    rates = [
+        r.requests_per_minute / 60.0 for r in spec.service_rates if r.gpu_type in spec.gpu_types
+    ]
+    return min(rates) if rates else None
+
+
+def erlang_c_servers(arrival: float, service: float, wait_seconds: float, target: float) -> int:
+    """Fewest servers c with P(wait > wait_seconds) <= 1 - target in an M/M/c queue.
+
+    Erlang B is built up by its recurrence, one step per server, and turned into Erlang C:
+    linear in the answer, without factorials that overflow.
+    """
+    if arrival <= 0:
+        return 0
+    load = arrival / service
+    allowed = 1.0 - target
+    blocking = 1.0
+    for c in range(1, _MAX_SERVERS):
+        blocking = load * blocking / (c + load * blocking)
+        if c <= load:
+            continue
+        wait_probability = c * blocking / (c - load * (1.0 - blocking))
+        tail = wait_probability * math.exp(-(c * service - arrival) * wait_seconds)
+        if tail <= allowed:
+            return c
+    return _MAX_SERVERS
+
+
+def _from_queue(spec: InferencePoolSpec, queue: float) -> int:
+    return math.ceil(queue / spec.queue.target_per_replica - 1e-9)
+
+
+def _from_model(spec: InferencePoolSpec, arrival: float, queue: float) -> int | None:
+    service = service_rate_per_second(spec)
+    if service is None or spec.slo is None:
+        return None
+    wait = float(spec.slo.queue_wait_seconds)
+    target = spec.slo.target_percent / 100.0
+    steady = erlang_c_servers(arrival, service, wait, min(target, 0.9999))
+    # The backlog already waiting must be served within the SLO on top of new arrivals.
+    drain = math.ceil((arrival + queue / wait) / service - 1e-9)
+    return max(steady, drain)
+
+
+def update_forecast(
+    previous: Forecast | None, value: float, now: float, settings: Settings
+) -> Forecast:
+    if previous is None or now <= previous.time:
+        if previous is not None and now <= previous.time:
+            return previous
+        return Forecast(level=value, trend=0.0, time=now, samples=1)
+    dt = now - previous.time
+    alpha, beta = settings.forecast_level_alpha, settings.forecast_trend_beta
+    predicted = previous.level + previous.trend * dt
+    level = alpha * value + (1 - alpha) * predicted
+    trend = beta * (level - previous.level) / dt + (1 - beta) * previous.trend
+    return Forecast(level=level, trend=trend, time=now, samples=previous.samples + 1)
+
+
+def project(
+    forecast: Forecast | None, present: float, lead_seconds: float, settings: Settings
+) -> float | None:
+    """The signal expected after the lead time, or None while history is too short."""
+    if forecast is None or forecast.samples < settings.forecast_min_samples or forecast.trend <= 0:
+        return None
+    ahead = forecast.level + forecast.trend * lead_seconds
+    return min(ahead, max(present, forecast.level) * FORECAST_MAX_GROWTH)
+
+
+def demand(
+    spec: InferencePoolSpec,
+    observation: PoolObservation,
+    previous: Forecast | None,
+    lead_seconds: float,
+    now: float,
+    settings: Settings,
+) -> Demand | None:
+    """Replicas needed now and after the lead time; None when the queue signal is missing."""
+    queue = observation.queue_depth
+    if queue is None or not math.isfinite(queue) or queue < 0:
+        return None
+    arrival = observation.arrival_rate
+    if arrival is not None and (not math.isfinite(arrival) or arrival < 0):
+        arrival = None
+    notes: list[Note] = []
+    now_replicas = _from_queue(spec, queue)
+    modelled = _from_model(spec, arrival, queue) if arrival is not None else None
+    if modelled is not None:
+        now_replicas = max(now_replicas, modelled)
+
+    idle_arrivals = arrival is None or arrival == 0 or modelled is None
+    if (
+        observation.total_replicas == 0
+        and queue <= spec.queue.activation_threshold
+        and idle_arrivals
+    ):
+        notes.append(
+            Note(
+                Reason.BELOW_ACTIVATION,
+                f"queue {queue:g} is at or below the activation "
+                f"threshold {spec.queue.activation_threshold}",
+            )
+        )
+        return Demand(0, 0, update_forecast(previous, 0.0, now, settings), tuple(notes))
+
+    # Forecast arrivals where they are measured; otherwise the replica need itself.
+    signal = arrival if modelled is not None and arrival is not None else float(now_replicas)
+    forecast = update_forecast(previous, signal, now, settings)
+    ahead_signal = project(forecast, signal, lead_seconds, settings)
+    ahead = 0
+    if ahead_signal is not None:
+        if modelled is not None:
+            ahead = _from_model(spec, ahead_signal, 0.0) or 0
+        else:
+            ahead = math.ceil(ahead_signal - 1e-9)
+        if ahead > now_replicas:
+            notes.append(
+                Note(
+                    Reason.SCALED_AHEAD_OF_FORECAST,
+                    f"demand projected {lead_seconds:.0f}s ahead "
+                    f"needs {ahead} replicas (now {now_replicas})",
+                )
+            )
+    return Demand(now_replicas, ahead, forecast, tuple(notes))

@@ -1,0 +1,365 @@
+"""plan_fleet: one pass from specs and a snapshot to replicas, nodes and power per budget."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.planner import behavior
+from gpufleet.planner.demand import demand
+from gpufleet.planner.ledger import Ledger, Slot
+from gpufleet.planner.placement import Candidates, Catalog, Progress, candidates, place
+from gpufleet.planner.power import allowed_watts, busy_gpu_watts, cap_in_force, covers, node_watts
+from gpufleet.planner.types import (
+    Backoff,
+    BudgetPlan,
+    Fleet,
+    FleetPlan,
+    NodePoolKey,
+    NodePoolPlan,
+    Note,
+    PlannerState,
+    PoolKey,
+    PoolMemory,
+    PoolObservation,
+    PoolPlan,
+    Reason,
+    Settings,
+    Snapshot,
+    frozen_map,
+)
+
+_NO_METRICS = PoolObservation(queue_depth=None)
+
+
+def update_backoffs(
+    previous: Mapping[NodePoolKey, Backoff], snapshot: Snapshot, now: float, settings: Settings
+) -> dict[NodePoolKey, Backoff]:
+    """Capacity back-off per node pool: doubling from the initial period up to the maximum."""
+    result: dict[NodePoolKey, Backoff] = {}
+    for key in sorted(set(previous) | set(snapshot.node_pools)):
+        prior = previous.get(key)
+        observed = snapshot.node_pools.get(key)
+        error = observed.last_error if observed else None
+        if error is not None and (prior is None or error.time > prior.error_time):
+            recent = prior is not None and error.time < prior.until + settings.backoff_max_seconds
+            failures = prior.failures + 1 if prior is not None and recent else 1
+            period = min(
+                settings.backoff_initial_seconds * 2 ** (failures - 1), settings.backoff_max_seconds
+            )
+            result[key] = Backoff(
+                until=error.time + period, failures=failures, error_time=error.time
+            )
+        elif prior is not None and now < prior.until + settings.backoff_max_seconds:
+            result[key] = prior
+    return result
+
+
+def _open_ledger(
+    fleet: Fleet, snapshot: Snapshot, backoffs: Mapping[NodePoolKey, Backoff], now: float
+) -> tuple[Ledger, list[str], list[tuple[float, str | None]]]:
+    budget_names = sorted(fleet.budgets)
+    caps = [cap_in_force(fleet.budgets[name], now) for name in budget_names]
+    budgets = [fleet.budgets[name] for name in budget_names]
+    # Most budgets name sites: look them up by site instead of testing every budget.
+    everywhere = [i for i, b in enumerate(budgets) if not b.scope.sites]
+    by_site: dict[str, list[int]] = {}
+    for i, b in enumerate(budgets):
+        for site in b.scope.sites:
+            by_site.setdefault(site, list(everywhere)).append(i)
+    for site_list in by_site.values():
+        site_list.sort()
+    slots: dict[NodePoolKey, Slot] = {}
+    for provider_name in sorted(fleet.providers):
+        provider = fleet.providers[provider_name]
+        held = provider_name in snapshot.unreachable_providers
+        for node_pool in provider.node_pools:
+            key = NodePoolKey(provider_name, node_pool.name)
+            observed = snapshot.node_pools.get(key)
+            ready = observed.ready_nodes if observed else 0
+            target = observed.target_nodes if observed else 0
+            in_backoff = key in backoffs and now < backoffs[key].until
+            covering = tuple(
+                i
+                for i in by_site.get(node_pool.site, everywhere)
+                if covers(budgets[i], key, node_pool)
+            )
+            slots[key] = Slot(
+                key=key,
+                spec=node_pool,
+                provider=provider,
+                budgets=covering,
+                # Nodes asked for but failing with a capacity error will not come: count ready.
+                existing_nodes=ready if in_backoff else max(target, ready),
+                node_limit=min(node_pool.max_nodes, max(ready, node_pool.min_nodes))
+                if in_backoff
+                else node_pool.max_nodes,
+                backoff=in_backoff,
+                held=held,
+            )
+    ledger = Ledger(
+        slots=slots,
+        quota={name: p.gpu_quota for name, p in fleet.providers.items()},
+        budget_used=[0.0] * len(budget_names),
+        budget_allowed=[
+            allowed_watts(fleet.budgets[n], cap)
+            for n, (cap, _) in zip(budget_names, caps, strict=True)
+        ],
+    )
+    ledger.open()
+    _calibrate(ledger, fleet, snapshot, budget_names)
+    return ledger, budget_names, caps
+
+
+def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: list[str]) -> None:
+    """Add what a measurement shows above our estimate of the present (other loads in scope)."""
+    gpus_busy: dict[NodePoolKey, int] = {}
+    for key, observation in snapshot.pools.items():
+        spec = fleet.pools.get(key)
+        if spec is None:
+            continue
+        for node_pool_key, replicas in observation.replicas.items():
+            gpus_busy[node_pool_key] = (
+                gpus_busy.get(node_pool_key, 0) + replicas * spec.gpus_per_replica
+            )
+    for index, name in enumerate(budget_names):
+        measured = snapshot.budget_watts.get(name)
+        if measured is None:
+            continue
+        estimate = 0.0
+        for slot in ledger.slots.values():
+            if index in slot.budgets:
+                observed = snapshot.node_pools.get(slot.key)
+                nodes = observed.target_nodes if observed else 0
+                estimate += nodes * node_watts(slot.spec) + gpus_busy.get(
+                    slot.key, 0
+                ) * busy_gpu_watts(slot.spec)
+        ledger.budget_used[index] += max(0.0, measured - estimate)
+
+
+def _clamp(spec: InferencePoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]:
+    if replicas > spec.max_replicas:
+        return spec.max_replicas, (
+            Note(Reason.LIMITED_BY_MAX, f"{replicas} wanted, maxReplicas is {spec.max_replicas}"),
+        )
+    if replicas < spec.min_replicas:
+        return spec.min_replicas, (
+            Note(Reason.LIMITED_BY_MIN, f"{replicas} wanted, minReplicas is {spec.min_replicas}"),
+        )
+    return replicas, ()
+
+
+def _lead_seconds(spec: InferencePoolSpec, options: Candidates, ledger: Ledger) -> float:
+    for key in options.grow:
+        slot = ledger.slots.get(key)
+        if slot is not None and not slot.held:
+            return float(slot.spec.boot_seconds + spec.model_load_seconds)
+    return float(spec.model_load_seconds)
+
+
+def _plan_pool(
+    key: PoolKey,
+    spec: InferencePoolSpec,
+    observation: PoolObservation,
+    memory: PoolMemory,
+    options: Candidates,
+    progress: Progress,
+    ledger: Ledger,
+    now: float,
+    settings: Settings,
+) -> tuple[PoolPlan, PoolMemory]:
+    current = observation.total_replicas
+    rules = behavior.resolve(spec.behavior)
+    lead = _lead_seconds(spec, options, ledger)
+    needed = demand(spec, observation, memory.forecast, lead, now, settings)
+    notes: list[Note] = []
+    history = memory.recommendations
+    forecast = memory.forecast
+    if needed is None:
+        # Fail static: without the signal, keep what runs; only the bounds still apply.
+        recommended, clamp_notes = _clamp(spec, current)
+        desired = recommended
+        notes.append(
+            Note(
+                Reason.METRICS_UNAVAILABLE, f"queue metric unavailable: holding {current} replicas"
+            )
+        )
+        notes.extend(clamp_notes)
+    else:
+        forecast = needed.forecast
+        notes.extend(needed.notes)
+        recommended, clamp_notes = _clamp(spec, needed.replicas)
+        notes.extend(clamp_notes)
+        desired, behavior_notes = behavior.apply(
+            rules, current, recommended, history, memory.scale_events, now
+        )
+        notes.extend(behavior_notes)
+        # minReplicas and maxReplicas are hard bounds, above any rate policy (as in the HPA).
+        desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+        horizon = rules.horizon
+        history = (*[(t, v) for t, v in history if now - t < horizon], (now, recommended))
+
+    dry_run = spec.mode == Mode.DRY_RUN
+    if dry_run:
+        # Reality is what runs: hold it in the ledger, report what would be done.
+        placement = place(ledger, spec, current, observation.replicas, options, progress)
+        notes.append(Note(Reason.DRY_RUN, f"DryRun: would scale to {desired}, actuating nothing"))
+        final = desired
+    else:
+        placement = place(ledger, spec, desired, observation.replicas, options, progress)
+        final = sum(placement.placements.values())
+    notes.extend(placement.notes)
+
+    events = memory.scale_events
+    last_scale = memory.last_scale_time
+    if not dry_run and final != current:
+        notes.insert(
+            0,
+            Note(
+                Reason.SCALED_UP if final > current else Reason.SCALED_DOWN,
+                f"{current} -> {final} replicas",
+            ),
+        )
+        horizon = rules.horizon
+        events = (*[(t, d) for t, d in events if now - t < horizon], (now, final - current))
+        last_scale = now
+    elif not notes:
+        notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
+    watts = sum(
+        count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
+        for k, count in placement.placements.items()
+    )
+    plan = PoolPlan(
+        key=key,
+        desired_replicas=final,
+        current_replicas=current,
+        placements=frozen_map(placement.placements),
+        recommended_replicas=recommended,
+        unplaced_replicas=placement.unplaced if not dry_run else 0,
+        burst_replicas=placement.burst,
+        planned_watts=float(watts),
+        metrics_available=needed is not None,
+        notes=tuple(notes),
+    )
+    return plan, PoolMemory(history, events, forecast, last_scale)
+
+
+def _node_plans(ledger: Ledger, snapshot: Snapshot) -> dict[NodePoolKey, NodePoolPlan]:
+    plans = {}
+    for key, slot in ledger.slots.items():
+        observed = snapshot.node_pools.get(key)
+        current = observed.target_nodes if observed else 0
+        notes: list[Note] = []
+        if slot.held:
+            notes.append(
+                Note(
+                    Reason.PROVIDER_UNAVAILABLE,
+                    f"{key.provider} unreachable: holding {current} nodes",
+                )
+            )
+        if slot.backoff:
+            notes.append(
+                Note(
+                    Reason.CAPACITY_BACKOFF,
+                    f"capacity error: no growth beyond {slot.existing_nodes} ready nodes",
+                )
+            )
+        plans[key] = NodePoolPlan(key, slot.nodes, current, slot.gpus_allocated, tuple(notes))
+    return plans
+
+
+def _budget_plans(
+    fleet: Fleet,
+    snapshot: Snapshot,
+    ledger: Ledger,
+    names: list[str],
+    caps: list[tuple[float, str | None]],
+) -> dict[str, BudgetPlan]:
+    plans = {}
+    for index, name in enumerate(names):
+        cap, window = caps[index]
+        measured = snapshot.budget_watts.get(name)
+        notes: list[Note] = []
+        if fleet.budgets[name].measurement.type.value == "Prometheus" and measured is None:
+            notes.append(
+                Note(Reason.MEASUREMENT_UNAVAILABLE, "power query unavailable: using the estimate")
+            )
+        if index in ledger.capped:
+            notes.append(
+                Note(
+                    Reason.CAP_REACHED,
+                    f"plan held at {ledger.budget_used[index]:.0f} W of "
+                    f"{ledger.budget_allowed[index]:.0f} W allowed",
+                )
+            )
+        plans[name] = BudgetPlan(
+            name=name,
+            cap_watts=cap,
+            allowed_watts=ledger.budget_allowed[index],
+            planned_watts=ledger.budget_used[index],
+            measured_watts=measured,
+            active_window=window,
+            notes=tuple(notes),
+        )
+    return plans
+
+
+def plan_fleet(
+    fleet: Fleet,
+    snapshot: Snapshot,
+    state: PlannerState,
+    now: float,
+    settings: Settings | None = None,
+) -> FleetPlan:
+    """Decide replicas per pool and node pool, and nodes per node pool, for this tick."""
+    settings = settings or Settings()
+    backoffs = update_backoffs(state.backoffs, snapshot, now, settings)
+    ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, now)
+    order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
+    catalog = Catalog(fleet.providers)
+    cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
+    pool_plans: dict[PoolKey, PoolPlan] = {}
+    memories: dict[PoolKey, PoolMemory] = {}
+    for key in order:
+        spec = fleet.pools[key]
+        signature = _signature(spec)
+        if signature not in cache:
+            options = candidates(spec, catalog)
+            cache[signature] = (options, Progress(options))
+        options, progress = cache[signature]
+        plan, memory = _plan_pool(
+            key,
+            spec,
+            snapshot.pools.get(key, _NO_METRICS),
+            state.pools.get(key, PoolMemory()),
+            options,
+            progress,
+            ledger,
+            now,
+            settings,
+        )
+        pool_plans[key] = plan
+        memories[key] = memory
+    return FleetPlan(
+        pools=frozen_map(pool_plans),
+        node_pools=frozen_map(_node_plans(ledger, snapshot)),
+        budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
+        state=PlannerState(pools=frozen_map(memories), backoffs=frozen_map(backoffs)),
+    )
+
+
+def _signature(spec: InferencePoolSpec) -> tuple[object, ...]:
+    """What decides a pool's candidate node pools; pools that share it share the list."""
+    policy, burst = spec.data_policy, spec.burst
+    return (
+        frozenset(spec.gpu_types),
+        spec.gpus_per_replica,
+        spec.allow_spot,
+        spec.model_load_seconds,
+        policy.data_class,
+        tuple(policy.allowed_jurisdictions),
+        policy.approved_subprocessors_only,
+        burst.enabled,
+        tuple(burst.providers),
+        burst.max_lead_seconds,
+    )

@@ -1,0 +1,149 @@
+"""The ledger of node pools, quotas and power budgets that placements draw from.
+
+Replicas consume node pools in node fractions: a replica needing g GPUs on nodes of n GPUs
+takes 1/floor(n/g) of a node. That is exact when g divides n (the common 1, 2, 4, 8) and
+errs towards more nodes otherwise, so the scheduler can always pack what the plan promises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gpufleet.api.provider import CloudProviderSpec, NodePool
+from gpufleet.planner.power import busy_gpu_watts, node_watts
+from gpufleet.planner.types import NodePoolKey
+
+_EPS = 1e-9
+
+
+class Limit(StrEnum):
+    NODE_POOL_MAX = "NodePoolMax"
+    QUOTA = "Quota"
+    POWER = "Power"
+    BACKOFF = "Backoff"
+    HELD = "Held"
+
+
+@dataclass
+class Slot:
+    """One node pool's share of the ledger while a plan is built."""
+
+    key: NodePoolKey
+    spec: NodePool
+    provider: CloudProviderSpec
+    budgets: tuple[int, ...]
+    existing_nodes: int
+    node_limit: int
+    backoff: bool
+    held: bool
+    usage: float = 0.0
+    gpus_allocated: int = 0
+
+    @property
+    def nodes(self) -> int:
+        if self.held:
+            return self.existing_nodes
+        return max(self.spec.min_nodes, math.ceil(self.usage - _EPS))
+
+    def nodes_with(self, extra_usage: float) -> int:
+        if self.held:
+            return self.existing_nodes
+        return max(self.spec.min_nodes, math.ceil(self.usage + extra_usage - _EPS))
+
+
+@dataclass
+class Ledger:
+    slots: dict[NodePoolKey, Slot]
+    quota: dict[str, int | None]
+    provider_gpus: dict[str, int] = field(default_factory=dict)
+    budget_used: list[float] = field(default_factory=list)
+    budget_allowed: list[float] = field(default_factory=list)
+    capped: set[int] = field(default_factory=set)  # budgets that refused a placement
+
+    def open(self) -> None:
+        """Count what stands before any replica is placed: minimum and held nodes."""
+        for slot in self.slots.values():
+            nodes = slot.nodes
+            gpn = slot.spec.gpus_per_node
+            self.provider_gpus[slot.key.provider] = (
+                self.provider_gpus.get(slot.key.provider, 0) + nodes * gpn
+            )
+            # Held nodes (provider unreachable) are counted at full load: we cannot see them.
+            watts = nodes * node_watts(slot.spec)
+            if slot.held:
+                watts += nodes * gpn * busy_gpu_watts(slot.spec)
+            for b in slot.budgets:
+                self.budget_used[b] += watts
+
+    def fit(self, slot: Slot, gpus: int, want: int, new_nodes: bool) -> tuple[int, Limit | None]:
+        """How many of `want` replicas of `gpus` GPUs each the slot can take, and what bound it."""
+        if want <= 0:
+            return 0, None
+        per_node = slot.spec.gpus_per_node // gpus
+        if per_node == 0:
+            return 0, Limit.NODE_POOL_MAX
+        share = 1.0 / per_node
+        nodes_now = slot.nodes
+        gpn = slot.spec.gpus_per_node
+        # Upper bound from node count: existing nodes only, or the pool's growth limit.
+        limit_reason: Limit | None = None
+        if slot.held:
+            cap_nodes, reason = nodes_now, Limit.HELD
+        elif new_nodes:
+            cap_nodes = slot.node_limit
+            reason = Limit.BACKOFF if slot.backoff else Limit.NODE_POOL_MAX
+        else:
+            cap_nodes, reason = max(slot.existing_nodes, slot.spec.min_nodes), None
+        cap_nodes = max(cap_nodes, nodes_now)
+        quota = self.quota.get(slot.key.provider)
+        if quota is not None and new_nodes and not slot.held:
+            spare = (quota - self.provider_gpus.get(slot.key.provider, 0)) // gpn
+            if nodes_now + max(spare, 0) < cap_nodes:
+                cap_nodes, reason = nodes_now + max(spare, 0), Limit.QUOTA
+        upper = max(0, math.floor((cap_nodes - slot.usage) / share + _EPS))
+        if upper < want:
+            limit_reason = reason
+        upper = min(upper, want)
+
+        def over(m: int) -> list[int]:
+            extra_nodes = slot.nodes_with(m * share) - nodes_now
+            watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy_gpu_watts(slot.spec)
+            return [
+                b
+                for b in slot.budgets
+                if self.budget_used[b] + watts > self.budget_allowed[b] + _EPS
+            ]
+
+        def within_power(m: int) -> bool:
+            return not over(m)
+
+        if upper > 0 and not within_power(upper):
+            low, high = 0, upper  # within_power(low) holds, within_power(high) does not
+            while high - low > 1:
+                middle = (low + high) // 2
+                if within_power(middle):
+                    low = middle
+                else:
+                    high = middle
+            self.capped.update(over(high))
+            return low, Limit.POWER
+        return upper, limit_reason
+
+    def commit(self, slot: Slot, gpus: int, count: int) -> None:
+        if count <= 0:
+            return
+        share = 1.0 / (slot.spec.gpus_per_node // gpus)
+        nodes_before = slot.nodes
+        slot.usage += count * share
+        slot.gpus_allocated += count * gpus
+        extra_nodes = slot.nodes - nodes_before
+        self.provider_gpus[slot.key.provider] = (
+            self.provider_gpus.get(slot.key.provider, 0) + extra_nodes * slot.spec.gpus_per_node
+        )
+        watts = extra_nodes * node_watts(slot.spec)
+        if not slot.held:
+            watts += count * gpus * busy_gpu_watts(slot.spec)
+        for b in slot.budgets:
+            self.budget_used[b] += watts

@@ -1,0 +1,236 @@
+"""Inputs and outputs of the planner: frozen, hashable, free of I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.power import PowerBudgetSpec
+from gpufleet.api.provider import CloudProviderSpec
+
+
+class PoolKey(NamedTuple):
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class NodePoolKey(NamedTuple):
+    provider: str
+    node_pool: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.node_pool}"
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
+    return MappingProxyType(dict(items or {}))
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons; the basis of status conditions and `gpufleet explain`."""
+
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
+    STEADY = "Steady"
+    SCALED_AHEAD_OF_FORECAST = "ScaledAheadOfForecast"
+    BELOW_ACTIVATION = "BelowActivationThreshold"
+    HELD_BY_STABILIZATION = "HeldByStabilization"
+    LIMITED_BY_RATE = "LimitedByScalingPolicy"
+    LIMITED_BY_MAX = "LimitedByMax"
+    LIMITED_BY_MIN = "LimitedByMin"
+    LIMITED_BY_QUOTA = "LimitedByQuota"
+    LIMITED_BY_POWER = "LimitedByPower"
+    LIMITED_BY_NODE_POOL_MAX = "LimitedByNodePoolMax"
+    LIMITED_BY_BURST_MAX = "LimitedByBurstMax"
+    NO_MATCHING_NODE_POOL = "NoMatchingNodePool"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    CAPACITY_BACKOFF = "CapacityBackoff"
+    BURST_ACTIVE = "BurstActive"
+    BURST_BLOCKED_BY_DATA_POLICY = "BurstBlockedByDataPolicy"
+    BURST_DISABLED = "BurstDisabled"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+    DRY_RUN = "DryRun"
+    CAP_REACHED = "CapReached"
+    MEASUREMENT_UNAVAILABLE = "MeasurementUnavailable"
+
+
+@dataclass(frozen=True)
+class Note:
+    """One reason with the figures behind it, for conditions, Events and explain."""
+
+    reason: Reason
+    message: str
+
+
+# --- what was observed --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """What the operator saw of one pool at the last scrape.
+
+    `queue_depth` None means the metric was missing, empty, NaN or stale: capacity is held.
+    `replicas` are the replicas that exist now per node pool (ready or starting).
+    """
+
+    queue_depth: float | None
+    arrival_rate: float | None = None
+    replicas: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(self.replicas.values())
+
+
+class CapacityErrorKind(StrEnum):
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+
+
+@dataclass(frozen=True)
+class CapacityError:
+    kind: CapacityErrorKind
+    time: float
+
+
+@dataclass(frozen=True)
+class NodePoolObservation:
+    """Nodes that exist (ready) and were asked for (target, which includes booting ones)."""
+
+    ready_nodes: int = 0
+    target_nodes: int = 0
+    last_error: CapacityError | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the fleet, taken before planning."""
+
+    pools: Mapping[PoolKey, PoolObservation] = field(default_factory=frozen_map)
+    node_pools: Mapping[NodePoolKey, NodePoolObservation] = field(default_factory=frozen_map)
+    budget_watts: Mapping[str, float | None] = field(default_factory=frozen_map)
+    unreachable_providers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The users' valid specs. Invalid ones never reach the planner (SpecValid=False)."""
+
+    pools: Mapping[PoolKey, InferencePoolSpec] = field(default_factory=frozen_map)
+    providers: Mapping[str, CloudProviderSpec] = field(default_factory=frozen_map)
+    budgets: Mapping[str, PowerBudgetSpec] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Planner tunables that are the operator's, not a pool's."""
+
+    backoff_initial_seconds: float = 300.0
+    backoff_max_seconds: float = 1800.0
+    forecast_min_samples: int = 5
+    forecast_level_alpha: float = 0.5
+    forecast_trend_beta: float = 0.3
+    history_seconds: float = 3600.0
+
+
+# --- memory carried from one plan to the next ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Holt's linear trend state for one pool's demand (requests/s or replicas)."""
+
+    level: float
+    trend: float
+    time: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class PoolMemory:
+    recommendations: tuple[tuple[float, int], ...] = ()
+    scale_events: tuple[tuple[float, int], ...] = ()
+    forecast: Forecast | None = None
+    last_scale_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    until: float
+    failures: int
+    error_time: float
+
+
+@dataclass(frozen=True)
+class PlannerState:
+    """What the planner remembers between ticks; the caller keeps it and passes it back."""
+
+    pools: Mapping[PoolKey, PoolMemory] = field(default_factory=frozen_map)
+    backoffs: Mapping[NodePoolKey, Backoff] = field(default_factory=frozen_map)
+
+
+# --- the plan ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    key: PoolKey
+    desired_replicas: int
+    current_replicas: int
+    placements: Mapping[NodePoolKey, int]
+    recommended_replicas: int
+    unplaced_replicas: int
+    burst_replicas: int
+    planned_watts: float
+    metrics_available: bool
+    notes: tuple[Note, ...]
+
+    def replicas_by_provider(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (provider, _), count in sorted(self.placements.items()):
+            out[provider] = out.get(provider, 0) + count
+        return out
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        return tuple(n.reason for n in self.notes)
+
+
+@dataclass(frozen=True)
+class NodePoolPlan:
+    key: NodePoolKey
+    desired_nodes: int
+    current_nodes: int
+    gpus_allocated: int
+    notes: tuple[Note, ...]
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    name: str
+    cap_watts: float
+    allowed_watts: float
+    planned_watts: float
+    measured_watts: float | None
+    active_window: str | None
+    notes: tuple[Note, ...]
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    pools: Mapping[PoolKey, PoolPlan]
+    node_pools: Mapping[NodePoolKey, NodePoolPlan]
+    budgets: Mapping[str, BudgetPlan]
+    state: PlannerState
