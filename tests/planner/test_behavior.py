@@ -55,14 +55,13 @@ def test_forecast_scales_ahead_of_a_steady_ramp() -> None:
     f = fleet({"chat": spec}, {"p": provider(node_pools=[node_pool(maxNodes=100)])})
     state = EMPTY
     plan = None
-    for step in range(12):
-        queue = 10.0 * (step + 1) * 10  # need grows by 10 replicas every 10 s
-        replicas = {"chat": {("p", "h100"): 10 * (step + 1)}}
-        plan = plan_fleet(f, observe({"chat": queue}, replicas), state, step * 10.0)
+    for step in range(90):  # need grows by one replica every 10 s for 15 minutes
+        need = 20 + step
+        replicas = {"chat": {("p", "h100"): need}}
+        plan = plan_fleet(f, observe({"chat": need * 10.0}, replicas), state, step * 10.0)
         state = plan.state
     assert plan is not None
-    reactive = 120
-    assert plan.pools[key()].recommended_replicas > reactive
+    assert plan.pools[key()].recommended_replicas > 20 + 89
     assert Reason.SCALED_AHEAD_OF_FORECAST in plan.pools[key()].reasons
 
 
@@ -70,3 +69,18 @@ def test_short_history_falls_back_to_reactive() -> None:
     f = fleet({"chat": pool()}, {"p": provider()})
     plan = plan_fleet(f, observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, NODES), EMPTY, 0.0)
     assert plan.pools[key()].recommended_replicas == 3
+
+
+def test_noise_on_a_flat_signal_buys_no_capacity_ahead() -> None:
+    spec = pool(maxReplicas=1000)
+    f = fleet({"chat": spec}, {"p": provider(node_pools=[node_pool(maxNodes=100)])})
+    state = EMPTY
+    plan = None
+    for step in range(90):
+        need = 50 if step % 2 else 60
+        replicas = {"chat": {("p", "h100"): 60}}
+        plan = plan_fleet(f, observe({"chat": need * 10.0}, replicas), state, step * 10.0)
+        state = plan.state
+        assert Reason.SCALED_AHEAD_OF_FORECAST not in plan.pools[key()].reasons
+    assert plan is not None
+    assert plan.pools[key()].recommended_replicas <= 60

@@ -17,7 +17,7 @@ from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Sett
 
 # A forecast may not promise more than this multiple of the present: trend on a noisy signal
 # must not buy a fleet.
-FORECAST_MAX_GROWTH = 3.0
+FORECAST_MAX_GROWTH = 2.0
 _MAX_SERVERS = 1_000_000
 
 
@@ -82,25 +82,36 @@ def _from_model(spec: InferencePoolSpec, arrival: float, queue: float) -> int | 
 def update_forecast(
     previous: Forecast | None, value: float, now: float, settings: Settings
 ) -> Forecast:
-    if previous is None or now <= previous.time:
-        if previous is not None and now <= previous.time:
-            return previous
+    if previous is None:
         return Forecast(level=value, trend=0.0, time=now, samples=1)
+    if now <= previous.time:
+        return previous
     dt = now - previous.time
-    alpha, beta = settings.forecast_level_alpha, settings.forecast_trend_beta
+    alpha = 1.0 - math.exp(-dt / settings.forecast_level_seconds)
+    beta = 1.0 - math.exp(-dt / settings.forecast_trend_seconds)
     predicted = previous.level + previous.trend * dt
+    error = value - predicted
     level = alpha * value + (1 - alpha) * predicted
     trend = beta * (level - previous.level) / dt + (1 - beta) * previous.trend
-    return Forecast(level=level, trend=trend, time=now, samples=previous.samples + 1)
+    variance = alpha * error * error + (1 - alpha) * previous.error_variance
+    return Forecast(level, trend, now, previous.samples + 1, variance)
 
 
 def project(
     forecast: Forecast | None, present: float, lead_seconds: float, settings: Settings
 ) -> float | None:
-    """The signal expected after the lead time, or None while history is too short."""
+    """The signal expected after the lead time, or None while there is no clear rise.
+
+    A trend counts only when the rise it predicts over the lead time stands clear of the
+    signal's own noise: a noisy flat signal must not buy nodes for a surge that is not
+    coming.
+    """
     if forecast is None or forecast.samples < settings.forecast_min_samples or forecast.trend <= 0:
         return None
-    ahead = forecast.level + forecast.trend * lead_seconds
+    rise = forecast.trend * lead_seconds
+    if rise <= settings.forecast_significance * math.sqrt(forecast.error_variance):
+        return None
+    ahead = forecast.level + rise
     return min(ahead, max(present, forecast.level) * FORECAST_MAX_GROWTH)
 
 

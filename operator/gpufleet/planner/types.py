@@ -140,8 +140,11 @@ class Settings:
     backoff_initial_seconds: float = 300.0
     backoff_max_seconds: float = 1800.0
     forecast_min_samples: int = 5
-    forecast_level_alpha: float = 0.5
-    forecast_trend_beta: float = 0.3
+    # Smoothing by time constants, not per-tick factors: the operator ticks every second and
+    # the simulator every ten, and both must see the same forecast for the same signal.
+    forecast_level_seconds: float = 60.0
+    forecast_trend_seconds: float = 300.0
+    forecast_significance: float = 2.0
     history_seconds: float = 3600.0
 
 
@@ -156,6 +159,7 @@ class Forecast:
     trend: float
     time: float
     samples: int
+    error_variance: float = 0.0  # EWMA of squared one-step errors: the signal's noise
 
 
 @dataclass(frozen=True)
