@@ -36,11 +36,15 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
     files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
     docs: list[dict[str, Any]] = []
     for file in files:
-        docs.extend(d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if isinstance(d, dict))
+        docs.extend(
+            d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if isinstance(d, dict)
+        )
     return docs
 
 
-def build_fleet(objects: Iterable[dict[str, Any]], default_namespace: str = "default") -> tuple[Fleet, list[Rejected]]:
+def build_fleet(
+    objects: Iterable[dict[str, Any]], default_namespace: str = "default"
+) -> tuple[Fleet, list[Rejected]]:
     """The valid objects of our kinds as a Fleet; the invalid ones as values, never raised."""
     pools: dict[PoolKey, InferencePoolSpec] = {}
     providers: dict[str, CloudProviderSpec] = {}

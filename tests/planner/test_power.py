@@ -12,7 +12,7 @@ FAST = {
         "scaleDown": {"stabilizationWindowSeconds": 0},
     }
 }
-# One node: 1000 W overhead + 8 × 100 W idle = 1800 W; each busy GPU adds 600 W.
+# One node: 1000 W overhead + 8 x 100 W idle = 1800 W; each busy GPU adds 600 W.
 
 
 def test_planned_power_stays_under_the_cap() -> None:
