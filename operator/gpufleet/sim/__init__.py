@@ -1,0 +1,1 @@
+"""Trace-driven fleet simulator: `gpufleet simulate` and benchmarks/fleet_traces.py."""

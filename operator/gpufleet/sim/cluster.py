@@ -1,0 +1,217 @@
+"""The simulated clouds: node pools that boot, replicas that schedule and load, failures.
+
+This is the ground truth the policies act on. Node scale-ups take the node pool's
+bootSeconds; a replica needs a free GPU on a Ready node, then loads its model for a time
+drawn from the measured distribution. Quotas (the provider's gpuQuota) and injected
+capacity errors truncate scale-ups and leave `last_error` for the policy to see.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass, field
+
+from gpufleet.api import CloudProviderSpec, InferencePoolSpec, NodePool
+from gpufleet.planner.types import (
+    CapacityError,
+    CapacityErrorKind,
+    Fleet,
+    NodePoolKey,
+    PoolKey,
+)
+from gpufleet.sim.data import Quantiles
+from gpufleet.sim.scenario import Failure
+
+
+@dataclass
+class Nodes:
+    key: NodePoolKey
+    spec: NodePool
+    provider: CloudProviderSpec
+    ready: int = 0
+    booting: list[float] = field(default_factory=list)  # ready times, sorted
+    last_error: CapacityError | None = None
+
+    @property
+    def total(self) -> int:
+        return self.ready + len(self.booting)
+
+    @property
+    def gpus(self) -> int:
+        return self.ready * self.spec.gpus_per_node
+
+
+@dataclass
+class Replicas:
+    """One pool's replicas on one node pool."""
+
+    pending: int = 0
+    loading: list[float] = field(default_factory=list)  # ready times, sorted
+    ready: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + len(self.loading) + self.ready
+
+
+class Cluster:
+    def __init__(
+        self,
+        fleet: Fleet,
+        failures: list[Failure],
+        load: Quantiles,
+        seed: int,
+        load_scale: dict[PoolKey, float] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.failures = failures
+        self.load = load
+        self.rng = random.Random(seed)
+        self.nodes: dict[NodePoolKey, Nodes] = {}
+        for pname, provider in sorted(fleet.providers.items()):
+            for np_spec in provider.node_pools:
+                self.nodes[NodePoolKey(pname, np_spec.name)] = Nodes(
+                    NodePoolKey(pname, np_spec.name), np_spec, provider
+                )
+        self.replicas: dict[PoolKey, dict[NodePoolKey, Replicas]] = {
+            p: {k: Replicas() for k in self.nodes} for p in fleet.pools
+        }
+        # Pools in the order the scheduler serves them: higher priority first
+        self.order = sorted(fleet.pools, key=lambda p: (-fleet.pools[p].priority, p))
+        self.load_scale = load_scale or {}
+        self.next_event = 0.0
+        self.epoch0 = 0.0  # wall clock of t = 0: errors carry wall-clock times
+        self.node_actions = 0
+        self.replica_actions = 0
+
+    # --- actuation ---------------------------------------------------------------------
+
+    def _limit(self, n: Nodes, now: float) -> tuple[int, CapacityErrorKind | None]:
+        """Most nodes the cloud grants now, and the error a request beyond it gets."""
+        limit, kind = 10**9, None
+        quota = n.provider.gpu_quota
+        if quota is not None:
+            others = sum(
+                o.total * o.spec.gpus_per_node
+                for k, o in self.nodes.items()
+                if k.provider == n.key.provider and k != n.key
+            )
+            limit, kind = (
+                max(0, (quota - others) // n.spec.gpus_per_node),
+                CapacityErrorKind.QUOTA_EXCEEDED,
+            )
+        for f in self.failures:
+            if f.node_pool == n.key and f.start <= now < f.end and f.max_nodes < limit:
+                limit, kind = f.max_nodes, CapacityErrorKind(f.kind)
+        return min(limit, n.spec.max_nodes), kind
+
+    def set_nodes(self, key: NodePoolKey, target: int, now: float, warm: bool = False) -> None:
+        n = self.nodes[key]
+        if target == n.total:
+            return
+        self.node_actions += 1
+        if target > n.total:
+            limit, kind = self._limit(n, now)
+            grant = max(n.total, min(target, limit))
+            if grant < target and kind is not None:
+                n.last_error = CapacityError(kind, self.epoch0 + now)
+            add = grant - n.total
+            if warm:
+                n.ready += add
+            else:
+                ready_at = now + n.spec.boot_seconds
+                n.booting.extend([ready_at] * add)
+                self.next_event = min(self.next_event, ready_at) if add else self.next_event
+            return
+        drop = n.total - target
+        while drop and n.booting:  # cancel the newest boots first
+            n.booting.pop()
+            drop -= 1
+        n.ready -= drop
+        self._evict(key)
+
+    def set_replicas(
+        self, pool: PoolKey, key: NodePoolKey, target: int, now: float, warm: bool = False
+    ) -> None:
+        r = self.replicas[pool][key]
+        if target == r.total:
+            return
+        self.replica_actions += 1
+        if target > r.total:
+            add = target - r.total
+            if warm:
+                r.ready += add
+            else:
+                r.pending += add
+                self.next_event = now
+            return
+        drop = r.total - target
+        take = min(drop, r.pending)  # remove what serves nothing yet first
+        r.pending -= take
+        drop -= take
+        while drop and r.loading:
+            r.loading.pop()
+            drop -= 1
+        r.ready -= drop
+
+    def _used_gpus(self, key: NodePoolKey) -> int:
+        return sum(
+            (len(rs[key].loading) + rs[key].ready) * self.fleet.pools[p].gpus_per_replica
+            for p, rs in self.replicas.items()
+        )
+
+    def _evict(self, key: NodePoolKey) -> None:
+        """Nodes went away: replicas beyond the GPUs left become pending (the Deployment
+        recreates them), lowest priority first."""
+        free = self.nodes[key].gpus - self._used_gpus(key)
+        for pool in reversed(self.order):
+            if free >= 0:
+                return
+            r, gpr = self.replicas[pool][key], self.fleet.pools[pool].gpus_per_replica
+            while free < 0 and (r.loading or r.ready):
+                if r.loading:
+                    r.loading.pop()
+                else:
+                    r.ready -= 1
+                r.pending += 1
+                free += gpr
+
+    # --- time --------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Boot nodes, schedule pending replicas, finish model loads due by `now`."""
+        if now < self.next_event:
+            return
+        nxt = float("inf")
+        for key, n in self.nodes.items():
+            if n.booting and n.booting[0] <= now:
+                i = bisect.bisect_right(n.booting, now)
+                n.ready += i
+                del n.booting[:i]
+            if n.booting:
+                nxt = min(nxt, n.booting[0])
+            free = n.gpus - self._used_gpus(key)
+            for pool in self.order:
+                r = self.replicas[pool][key]
+                gpr = self.fleet.pools[pool].gpus_per_replica
+                while r.pending and free >= gpr:
+                    r.pending -= 1
+                    free -= gpr
+                    scale = self.load_scale.get(pool, 1.0)
+                    bisect.insort(r.loading, now + scale * self.load.sample(self.rng))
+                if r.loading and r.loading[0] <= now:
+                    i = bisect.bisect_right(r.loading, now)
+                    r.ready += i
+                    del r.loading[:i]
+                if r.loading:
+                    nxt = min(nxt, r.loading[0])
+        self.next_event = nxt
+
+    # --- observation -------------------------------------------------------------------
+
+    def pending(self, pool: PoolKey) -> int:
+        return sum(r.pending for r in self.replicas[pool].values())
+
+    def pool_spec(self, pool: PoolKey) -> InferencePoolSpec:
+        return self.fleet.pools[pool]

@@ -1,0 +1,100 @@
+"""What a run measured, per policy: the figures the issue asks for, and series to plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.sim.queue import WaitHistogram
+
+
+@dataclass
+class PoolResult:
+    slo_seconds: float
+    waits: WaitHistogram
+    served_work: float = 0.0
+    burst_work: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests": round(self.waits.total, 1),
+            "sloSeconds": self.slo_seconds,
+            "sloAttainment": self.waits.share_within(self.slo_seconds),
+            "p50WaitSeconds": self.waits.quantile(0.50),
+            "p99WaitSeconds": self.waits.quantile(0.99),
+            "burstShare": self.burst_work / self.served_work if self.served_work else 0.0,
+        }
+
+
+@dataclass
+class Series:
+    """One sample a minute for the plot."""
+
+    t: list[float] = field(default_factory=list)
+    demand_rps: dict[str, list[float]] = field(default_factory=dict)  # per pool
+    capacity_rps: dict[str, list[float]] = field(default_factory=dict)  # per provider
+    head_wait: dict[str, list[float]] = field(default_factory=dict)  # per pool
+    budget_kw: dict[str, list[float]] = field(default_factory=dict)
+    cap_kw: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    policy: str
+    scenario: str
+    sim_seconds: float
+    wall_seconds: float = 0.0
+    pools: dict[str, PoolResult] = field(default_factory=dict)
+    gpu_seconds: float = 0.0
+    cost_cents: float = 0.0
+    energy_joules: float = 0.0
+    peak_watts: float = 0.0
+    over_cap_watt_seconds: dict[str, float] = field(default_factory=dict)
+    scale_actions: int = 0
+    series: Series = field(default_factory=Series)
+
+    @property
+    def slo_attainment(self) -> float:
+        total = sum(p.waits.total for p in self.pools.values())
+        if total <= 0:
+            return 1.0
+        return (
+            sum(p.waits.share_within(p.slo_seconds) * p.waits.total for p in self.pools.values())
+            / total
+        )
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600.0
+
+    @property
+    def over_cap_kws(self) -> float:
+        return sum(self.over_cap_watt_seconds.values()) / 1000.0
+
+    def summary(self) -> dict[str, Any]:
+        served = sum(p.served_work for p in self.pools.values())
+        burst = sum(p.burst_work for p in self.pools.values())
+        waits = [p.waits for p in self.pools.values()]
+        merged = WaitHistogram(waits[0].step if waits else 1.0)
+        for w in waits:
+            merged.merge(w)
+        return {
+            "policy": self.policy,
+            "sloAttainment": round(self.slo_attainment, 5),
+            "p50WaitSeconds": merged.quantile(0.5),
+            "p99WaitSeconds": merged.quantile(0.99),
+            "gpuHours": round(self.gpu_hours, 2),
+            "costDollars": round(self.cost_cents / 100.0, 2),
+            "energyKwh": round(self.energy_joules / 3.6e6, 2),
+            "peakKw": round(self.peak_watts / 1000.0, 2),
+            "overCapKws": round(self.over_cap_kws, 1),
+            "overCapKwsByBudget": {
+                k: round(v / 1000.0, 1) for k, v in self.over_cap_watt_seconds.items()
+            },
+            "burstShare": round(burst / served, 4) if served else 0.0,
+            "scaleActions": self.scale_actions,
+            "speedup": round(self.sim_seconds / self.wall_seconds, 0)
+            if self.wall_seconds
+            else None,
+            "pools": {k: p.summary() for k, p in self.pools.items()},
+        }

@@ -1,0 +1,27 @@
+"""The policies compared in one run: the planner and three references."""
+
+from __future__ import annotations
+
+from gpufleet.sim.policy import Policy
+
+NAMES = ("gpufleet", "keda-ca", "static", "oracle")
+
+
+def make(name: str, reconcile_seconds: float = 10.0) -> Policy:
+    if name == "gpufleet":
+        from gpufleet.sim.policies.gpufleet import GpufleetPolicy
+
+        return GpufleetPolicy(reconcile_seconds)
+    if name == "keda-ca":
+        from gpufleet.sim.policies.keda_ca import KedaCaPolicy
+
+        return KedaCaPolicy()
+    if name == "static":
+        from gpufleet.sim.policies.static import StaticPolicy
+
+        return StaticPolicy()
+    if name == "oracle":
+        from gpufleet.sim.policies.oracle import OraclePolicy
+
+        return OraclePolicy()
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(NAMES)}")

@@ -1,0 +1,64 @@
+"""`gpufleet`: the operator's own planner, called as the fleet loop calls it.
+
+Each reconcile period it gets a Snapshot built from the last scrape (queue depth, and the
+arrival rate where the pool declares an arrivalRateQuery) and from the API servers (replicas
+per node pool, node pools' ready and target nodes, last capacity error); its placements
+and node targets are applied as the reconcilers would, and `plan.state` is kept for the
+next call.
+"""
+
+from __future__ import annotations
+
+from gpufleet.api import MeasurementType, Mode
+from gpufleet.planner.types import (
+    PlannerState,
+    PoolObservation,
+    Snapshot,
+    frozen_map,
+)
+from gpufleet.sim.policy import Context, Decision, Policy, View
+
+
+class GpufleetPolicy(Policy):
+    name = "gpufleet"
+
+    def __init__(self, reconcile_seconds: float = 10.0) -> None:
+        self.period = reconcile_seconds
+
+    def setup(self, ctx: Context) -> None:
+        from gpufleet.planner import plan_fleet  # lands with planner/fleet.py
+
+        self.plan_fleet = plan_fleet
+        self.ctx = ctx
+        self.state = PlannerState()
+
+    def snapshot(self, view: View) -> Snapshot:
+        fleet = self.ctx.fleet
+        pools = {}
+        for key, spec in fleet.pools.items():
+            rate = view.scrape.arrival_rate.get(key)
+            pools[key] = PoolObservation(
+                queue_depth=view.scrape.queue_depth.get(key),
+                arrival_rate=rate if spec.queue.arrival_rate_query else None,
+                replicas=frozen_map({k: n for k, n in view.replicas[key].items() if n}),
+            )
+        budgets = {
+            name: view.scrape.budget_watts.get(name)
+            if b.measurement.type == MeasurementType.PROMETHEUS
+            else None
+            for name, b in fleet.budgets.items()
+        }
+        return Snapshot(frozen_map(pools), frozen_map(dict(view.node_pools)), frozen_map(budgets))
+
+    def decide(self, view: View) -> Decision:
+        plan = self.plan_fleet(self.ctx.fleet, self.snapshot(view), self.state, now=view.epoch)
+        self.state = plan.state
+        d = Decision()
+        for key, pp in plan.pools.items():
+            if self.ctx.fleet.pools[key].mode == Mode.DRY_RUN:
+                continue
+            targets = {k: 0 for k, n in view.replicas[key].items() if n}
+            targets.update(pp.placements)
+            d.replicas[key] = targets
+        d.nodes = {k: npp.desired_nodes for k, npp in plan.node_pools.items()}
+        return d

@@ -1,0 +1,106 @@
+"""Where the reference policies may put a pool's replicas, and how many fit."""
+
+from __future__ import annotations
+
+import math
+
+from gpufleet.api import CloudProviderSpec, DataClass, InferencePoolSpec, Role
+from gpufleet.planner.types import NodePoolKey, PoolKey
+from gpufleet.sim.policy import Context
+
+EU = {
+    "AT",
+    "BE",
+    "BG",
+    "HR",
+    "CY",
+    "CZ",
+    "DK",
+    "EE",
+    "FI",
+    "FR",
+    "DE",
+    "GR",
+    "HU",
+    "IE",
+    "IT",
+    "LV",
+    "LT",
+    "LU",
+    "MT",
+    "NL",
+    "PL",
+    "PT",
+    "RO",
+    "SK",
+    "SI",
+    "ES",
+    "SE",
+}
+
+
+def allowed(pool: InferencePoolSpec, name: str, provider: CloudProviderSpec) -> bool:
+    """The pool's data policy and burst settings admit this provider."""
+    dp, sub = pool.data_policy, provider.subprocessor
+    if provider.role == Role.SECONDARY and (
+        not pool.burst.enabled or (pool.burst.providers and name not in pool.burst.providers)
+    ):
+        return False
+    if dp.approved_subprocessors_only and not sub.approved:
+        return False
+    if dp.data_class != DataClass.PUBLIC and dp.data_class not in sub.data_classes:
+        return False
+    if dp.allowed_jurisdictions:
+        country = sub.jurisdiction.split("-")[0]
+        ok = {j for j in dp.allowed_jurisdictions}
+        if not (sub.jurisdiction in ok or country in ok or ("EU" in ok and country in EU)):
+            return False
+    return True
+
+
+def order(ctx: Context, pool: PoolKey, primary_only: bool = False) -> list[NodePoolKey]:
+    """Node pools the pool can run on: primaries then secondaries, each by `order`."""
+    spec = ctx.fleet.pools[pool]
+    keys = [
+        k for k in ctx.rates[pool] if allowed(spec, k.provider, ctx.fleet.providers[k.provider])
+    ]
+    if primary_only:
+        keys = [k for k in keys if ctx.fleet.providers[k.provider].role == Role.PRIMARY]
+    return sorted(
+        keys,
+        key=lambda k: (
+            ctx.fleet.providers[k.provider].role != Role.PRIMARY,
+            ctx.fleet.providers[k.provider].order,
+            k,
+        ),
+    )
+
+
+class Room:
+    """GPUs left per node pool under maxNodes and provider quotas, as replicas are placed."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.gpus = {k: 0 for k in ctx.cluster.nodes}
+
+    def nodes(self, key: NodePoolKey) -> int:
+        return math.ceil(self.gpus[key] / self.ctx.cluster.nodes[key].spec.gpus_per_node)
+
+    def fits(self, key: NodePoolKey, gpus: int) -> int:
+        """How many more replicas of `gpus` GPUs fit."""
+        n = self.ctx.cluster.nodes[key]
+        gpn = n.spec.gpus_per_node
+        limit = n.spec.max_nodes * gpn
+        quota = n.provider.gpu_quota
+        if quota is not None:
+            used = sum(
+                math.ceil(self.gpus[k] / self.ctx.cluster.nodes[k].spec.gpus_per_node)
+                * self.ctx.cluster.nodes[k].spec.gpus_per_node
+                for k in self.gpus
+                if k.provider == key.provider and k != key
+            )
+            limit = min(limit, (quota - used) // gpn * gpn)
+        return max(0, (limit - self.gpus[key]) // gpus)
+
+    def take(self, key: NodePoolKey, replicas: int, gpus: int) -> None:
+        self.gpus[key] += replicas * gpus

@@ -1,0 +1,78 @@
+"""What a policy sees each reconcile and what it decides; the base every policy follows."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gpufleet.planner.types import Fleet, NodePoolKey, NodePoolObservation, PoolKey
+from gpufleet.sim.cluster import Cluster
+from gpufleet.sim.data import Quantiles
+from gpufleet.sim.queue import FluidQueue
+from gpufleet.sim.scenario import Failure
+from gpufleet.sim.trace import Demand
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Prometheus at one scrape: queue depth, arrivals/s over the last minute, watts."""
+
+    time: float
+    queue_depth: Mapping[PoolKey, float]
+    arrival_rate: Mapping[PoolKey, float]
+    budget_watts: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class View:
+    """What a real operator sees at `t`: the last scrape, and the API servers' state now."""
+
+    t: float  # seconds since the start of the run
+    epoch: float  # wall clock, for power windows
+    scrape: Scrape
+    replicas: Mapping[PoolKey, Mapping[NodePoolKey, int]]  # that exist: pending, loading, ready
+    bound: Mapping[PoolKey, Mapping[NodePoolKey, int]]  # scheduled on a node: loading, ready
+    pending: Mapping[PoolKey, int]
+    node_pools: Mapping[NodePoolKey, NodePoolObservation]
+
+
+@dataclass
+class Decision:
+    """Absolute targets; whatever is absent stays as it is."""
+
+    replicas: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
+    nodes: dict[NodePoolKey, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Static facts handed to a policy before the run.
+
+    `rates` are the true units/s of one replica per pool and node pool; `demand` is the
+    future and `queues` the live queues: only the reference policies (static, oracle) may
+    read them.
+    """
+
+    fleet: Fleet
+    rates: Mapping[PoolKey, Mapping[NodePoolKey, float]]
+    mean_work: Mapping[PoolKey, float]
+    loaded_watts: Mapping[PoolKey, Mapping[NodePoolKey, float]]
+    demand: Mapping[PoolKey, Demand]
+    failures: tuple[Failure, ...]
+    load: Quantiles
+    step: float
+    start_epoch: float
+    cluster: Cluster
+    queues: Mapping[PoolKey, FluidQueue]
+
+
+class Policy(ABC):
+    name: str = "policy"
+    period: float = 10.0  # seconds between reconciles
+
+    def setup(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """Called once before the run."""
+
+    @abstractmethod
+    def decide(self, view: View) -> Decision: ...

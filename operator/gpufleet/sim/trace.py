@@ -1,0 +1,261 @@
+"""Arrival traces turned into per-step demand: requests and work arriving in each step.
+
+Demand is fluid: `counts[i]` requests carrying `work[i]` units (tokens, images) arrive in
+step i. Per-request traces are binned exactly; rate traces (Alibaba QPS) are sampled as a
+Poisson process with the scenario's seed. Modifiers scale the demand in place.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufleet.sim import data
+
+FloatArray = npt.NDArray[np.float64]
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0}
+
+
+@dataclass
+class Demand:
+    """Requests and work arriving per step of `step` seconds."""
+
+    counts: FloatArray
+    work: FloatArray
+    step: float = 1.0
+    start_epoch: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return len(self.counts) * self.step
+
+
+@dataclass
+class Surge:
+    """Demand x factor, reached linearly over `ramp` seconds from `start`, held `hold` s."""
+
+    factor: float
+    start: float
+    ramp: float
+    hold: float = float("inf")
+
+
+@dataclass
+class Modifiers:
+    compress: float = 1.0  # 2 plays the trace twice as fast
+    multiply: float = 1.0
+    surge: Surge | None = None
+
+
+@dataclass
+class TraceSpec:
+    """Where arrivals come from. `source` names a shared trace, a file format, or synthetic."""
+
+    source: str
+    path: str | None = None
+    time_field: str = "timestamp"
+    time_unit: str = "s"  # s, ms, us, ns, min or iso
+    work_field: str | None = None
+    work_scale: float = 1.0
+    default_work: float = 1.0
+    peak_rps: float | None = None  # rate traces: scale the trace's peak to this
+    rate: float = 1.0  # synthetic: requests/s
+    steps: list[tuple[float, float]] = field(default_factory=list)  # synthetic: (time, rate)
+    work_distribution: str = "fixed"  # synthetic: fixed or exponential (mean default_work)
+    duration: float = 600.0  # synthetic only
+
+
+def _parse_azure_time(text: str) -> float:
+    # 7 fractional digits: datetime.fromisoformat would truncate them (PITFALLS.md)
+    base, _, frac = text.strip().partition(".")
+    t = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return t + (float("0." + frac) if frac else 0.0)
+
+
+def _parse_time(value: Any, unit: str) -> float:
+    if unit == "iso":
+        text = str(value).strip().replace("Z", "+00:00")
+        if "." in text and len(text.split(".")[-1]) > 6 and "+" not in text:
+            return _parse_azure_time(text.replace("T", " "))
+        stamp = datetime.fromisoformat(text)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp()
+    return float(value) * TIME_UNITS[unit]
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        if ".jsonl" in path.name or ".ndjson" in path.name:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            yield from csv.DictReader(f)
+
+
+def _bin(times: FloatArray, work: FloatArray, step: float) -> Demand:
+    order = np.argsort(times, kind="stable")
+    times, work = times[order], work[order]
+    start = float(times[0]) if len(times) else 0.0
+    idx = np.floor((times - start) / step).astype(np.int64)
+    n = int(idx[-1]) + 1 if len(idx) else 1
+    counts = np.bincount(idx, minlength=n).astype(np.float64)
+    works = np.bincount(idx, weights=work, minlength=n).astype(np.float64)
+    return Demand(counts, works, step, start)
+
+
+def _requests(spec: TraceSpec, path: Path) -> tuple[FloatArray, FloatArray]:
+    times: list[float] = []
+    work: list[float] = []
+    for row in _rows(path):
+        raw = row.get(spec.time_field)
+        if raw in (None, ""):
+            continue
+        times.append(_parse_time(raw, spec.time_unit))
+        w = row.get(spec.work_field) if spec.work_field else None
+        work.append(float(w) * spec.work_scale if w not in (None, "") else spec.default_work)
+    return np.asarray(times, dtype=np.float64), np.asarray(work, dtype=np.float64)
+
+
+def _image_work(rng: np.random.Generator, n: int) -> FloatArray:
+    values, probs = data.image_work()
+    p = np.asarray(probs) / sum(probs)
+    return np.asarray(rng.choice(np.asarray(values), size=n, p=p), dtype=np.float64)
+
+
+def _from_rate(
+    rate: FloatArray, step: float, rng: np.random.Generator, mean_work: float, image: bool
+) -> Demand:
+    counts = rng.poisson(np.maximum(rate, 0.0) * step).astype(np.float64)
+    if image:
+        total = int(counts.sum())
+        draws = _image_work(rng, total)
+        ends = np.cumsum(counts).astype(np.int64)
+        sums = np.concatenate(([0.0], np.cumsum(draws)))
+        work = sums[ends] - sums[np.concatenate(([0], ends[:-1]))]
+    else:
+        work = counts * mean_work
+    return Demand(counts, np.asarray(work, dtype=np.float64), step)
+
+
+def _alibaba_qps(spec: TraceSpec, path: Path, step: float, rng: np.random.Generator) -> Demand:
+    totals: dict[float, float] = {}
+    for row in _rows(path):
+        if row["request_type"] != "Generative Requests":
+            continue
+        t = float(row["timestamp_anon"])
+        totals[t] = totals.get(t, 0.0) + float(row["value"])
+    ts = np.asarray(sorted(totals), dtype=np.float64)
+    qps = np.asarray([totals[t] for t in sorted(totals)], dtype=np.float64)
+    grid = np.arange(ts[0], ts[-1], step)
+    rate = np.interp(grid, ts, qps)
+    # Values are scaled for anonymity: keep the shape, scale the peak (PITFALLS.md)
+    if spec.peak_rps is not None:
+        rate = rate * (spec.peak_rps / float(rate.max()))
+    demand = _from_rate(rate, step, rng, spec.default_work, image=True)
+    demand.start_epoch = float(ts[0])
+    return demand
+
+
+def _synthetic(spec: TraceSpec, step: float, rng: np.random.Generator) -> Demand:
+    n = int(spec.duration / step)
+    t = np.arange(n) * step
+    rate = np.full(n, spec.rate, dtype=np.float64)
+    for start, value in spec.steps:
+        rate[t >= start] = value
+    counts = rng.poisson(rate * step).astype(np.float64)
+    if spec.work_distribution == "exponential":
+        work = np.asarray([rng.exponential(spec.default_work, int(c)).sum() for c in counts])
+    else:
+        work = counts * spec.default_work
+    return Demand(counts, np.asarray(work, dtype=np.float64), step)
+
+
+SHARED = {
+    # name: (default path under --traces, reader settings)
+    "azure-llm-conv": (
+        "azure_llm_2023/AzureLLMInferenceTrace_conv.csv",
+        "TIMESTAMP",
+        "iso",
+        "GeneratedTokens",
+    ),
+    "azure-llm-code": (
+        "azure_llm_2023/AzureLLMInferenceTrace_code.csv",
+        "TIMESTAMP",
+        "iso",
+        "GeneratedTokens",
+    ),
+    "alibaba-requests": ("alibaba_gentd26/lora_request_trace.csv", "gmt_create", "iso", None),
+}
+
+
+def load(spec: TraceSpec, traces_dir: Path | None, base: Path, step: float, seed: int) -> Demand:
+    rng = np.random.default_rng(seed)
+    if spec.source == "synthetic":
+        return _synthetic(spec, step, rng)
+
+    def resolve(default: str | None) -> Path:
+        rel = spec.path or default
+        if rel is None:
+            raise ValueError(f"trace {spec.source!r} needs a path")
+        p = Path(rel)
+        for root in (traces_dir, base):
+            if root is not None and (root / p).exists():
+                return root / p
+        if p.exists():
+            return p
+        raise FileNotFoundError(f"trace file {rel} not found (give --traces DIR)")
+
+    if spec.source == "alibaba-qps":
+        return _alibaba_qps(spec, resolve("alibaba_gentd26/qps.csv"), step, rng)
+    if spec.source in SHARED:
+        default, tfield, unit, wfield = SHARED[spec.source]
+        spec = TraceSpec(
+            **{
+                **spec.__dict__,
+                "time_field": tfield,
+                "time_unit": unit,
+                "work_field": spec.work_field or wfield,
+            }
+        )
+        times, work = _requests(spec, resolve(default))
+        if spec.source == "alibaba-requests":
+            work = _image_work(rng, len(times))
+        return _bin(times, work, step)
+    if spec.source in ("csv", "jsonl"):
+        times, work = _requests(spec, resolve(None))
+        return _bin(times, work, step)
+    raise ValueError(f"unknown trace source {spec.source!r}")
+
+
+def apply(demand: Demand, mods: Modifiers, duration: float | None) -> Demand:
+    counts, work, step = demand.counts, demand.work, demand.step
+    if mods.compress != 1.0:
+        # Re-bin onto the compressed clock: step i of the original lands at i / compress
+        idx = np.floor(np.arange(len(counts)) / mods.compress).astype(np.int64)
+        counts = np.bincount(idx, weights=counts).astype(np.float64)
+        work = np.bincount(idx, weights=work).astype(np.float64)
+    if duration is not None:
+        n = int(duration / step)
+        counts = np.pad(counts, (0, max(0, n - len(counts))))[:n]
+        work = np.pad(work, (0, max(0, n - len(work))))[:n]
+    factor = np.full(len(counts), mods.multiply, dtype=np.float64)
+    if mods.surge is not None:
+        s = mods.surge
+        t = np.arange(len(counts)) * step
+        ramp = np.clip((t - s.start) / max(s.ramp, step), 0.0, 1.0)
+        active = t < s.start + s.ramp + s.hold
+        factor *= np.where(active, 1.0 + (s.factor - 1.0) * ramp, 1.0)
+    return Demand(counts * factor, work * factor, step, demand.start_epoch)
