@@ -1,0 +1,100 @@
+"""`gpufleet run`: the operator, against the cluster KUBECONFIG (or in-cluster config) names."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("gpufleet")
+
+
+def run(
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPUFLEET_PROMETHEUS_URL", help="Prometheus to read queue depth and power from."
+        ),
+    ] = None,
+    period: Annotated[
+        float, typer.Option(envvar="GPUFLEET_PERIOD", help="Seconds between fleet reconciles.")
+    ] = 1.0,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="GPUFLEET_WATCH_NAMESPACES",
+            help="Watch only these namespaces (repeat); default: all.",
+        ),
+    ] = None,
+    operator_namespace: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_NAMESPACE",
+            help="Namespace the operator runs in and keeps its objects in.",
+        ),
+    ] = "gpufleet-system",
+    metrics_port: Annotated[
+        int, typer.Option(envvar="GPUFLEET_METRICS_PORT", help="Port of /metrics.")
+    ] = 8080,
+    health_port: Annotated[
+        int, typer.Option(envvar="GPUFLEET_HEALTH_PORT", help="Port of /healthz.")
+    ] = 8081,
+    bind_address: Annotated[
+        str, typer.Option(envvar="GPUFLEET_BIND_ADDRESS", help="Address the two ports listen on.")
+    ] = "0.0.0.0",
+    log_format: Annotated[
+        str, typer.Option(envvar="GPUFLEET_LOG_FORMAT", help="json or plain.")
+    ] = "json",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the operator: watch the fleet, plan every period, scale pools and node pools."""
+    import kopf
+    from kubernetes import config as kube_config
+    from kubernetes.client import ApiClient
+    from prometheus_client import start_http_server
+
+    from gpufleet.metrics.exporter import OperatorMetrics
+    from gpufleet.reconcilers.config import RunConfig
+    from gpufleet.reconcilers.handlers import register
+
+    if log_format not in ("json", "plain"):
+        raise typer.BadParameter("log format must be json or plain")
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    if not verbose:
+        # kopf logs every timer run at INFO: once a second is noise, not news.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+    settings = RunConfig(
+        prometheus_url=prometheus_url,
+        period_seconds=period,
+        namespaces=tuple(namespace or ()),
+        operator_namespace=operator_namespace,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        bind_address=bind_address,
+    )
+    metrics = OperatorMetrics()
+    start_http_server(metrics_port, addr=bind_address, registry=metrics.registry)
+    registry = kopf.OperatorRegistry()
+    register(registry, settings, ApiClient(), metrics)
+    watched = [*settings.namespaces, operator_namespace] if settings.namespaces else []
+    log.info(
+        "starting",
+        extra={"prometheus": prometheus_url, "period": period, "namespaces": watched or "all"},
+    )
+    kopf.run(
+        registry=registry,
+        clusterwide=not watched,
+        namespaces=watched,
+        standalone=True,
+        liveness_endpoint=f"http://{bind_address}:{health_port}/healthz",
+    )

@@ -1,0 +1,132 @@
+"""What the kopf indexes keep of each watched object: small, frozen, parsed once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.api.parse import Parsed
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.power import PowerBudgetSpec
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.reconcilers.selectors import Selector, from_label_selector
+
+PROVIDER_LABEL = "gpufleet.io/provider"
+NODE_POOL_LABEL = "gpufleet.io/node-pool"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def _status(body: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(body.get("status") or {})
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    namespace: str
+    name: str
+    generation: int
+    parsed: Parsed[InferencePoolSpec]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    name: str
+    generation: int
+    parsed: Parsed[CloudProviderSpec]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BudgetEntry:
+    name: str
+    generation: int
+    parsed: Parsed[PowerBudgetSpec]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    name: str
+    provider: str
+    node_pool: str
+    ready: bool
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    node_name: str | None
+    terminating: bool
+
+
+@dataclass(frozen=True)
+class WorkloadEntry:
+    namespace: str
+    kind: str
+    name: str
+    replicas: int
+    selector: Selector
+
+
+def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
+    labels = body.get("metadata", {}).get("labels") or {}
+    conditions = (body.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return NodeEntry(
+        name, str(labels.get(PROVIDER_LABEL, "")), str(labels.get(NODE_POOL_LABEL, "")), ready
+    )
+
+
+def requests_gpu(spec: Mapping[str, Any]) -> bool:
+    for container in spec.get("containers") or ():
+        resources = container.get("resources") or {}
+        if GPU_RESOURCE in (resources.get("requests") or {}) or GPU_RESOURCE in (
+            resources.get("limits") or {}
+        ):
+            return True
+    return False
+
+
+def pod_entry(namespace: str, name: str, body: Mapping[str, Any]) -> PodEntry:
+    meta = body.get("metadata") or {}
+    return PodEntry(
+        namespace,
+        name,
+        dict(meta.get("labels") or {}),
+        (body.get("spec") or {}).get("nodeName"),
+        meta.get("deletionTimestamp") is not None,
+    )
+
+
+def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> WorkloadEntry:
+    spec = body.get("spec") or {}
+    replicas = spec.get("replicas")
+    return WorkloadEntry(
+        namespace,
+        kind,
+        name,
+        1 if replicas is None else int(replicas),
+        from_label_selector(spec.get("selector")),
+    )
+
+
+__all__ = [
+    "GPU_RESOURCE",
+    "NODE_POOL_LABEL",
+    "PROVIDER_LABEL",
+    "BudgetEntry",
+    "NodeEntry",
+    "PodEntry",
+    "PoolEntry",
+    "ProviderEntry",
+    "WorkloadEntry",
+    "_status",
+    "node_entry",
+    "pod_entry",
+    "requests_gpu",
+    "workload_entry",
+]

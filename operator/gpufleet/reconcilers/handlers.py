@@ -1,0 +1,207 @@
+"""kopf glue: settings, the watches kept as indexes, and the one fleet-wide timer.
+
+Per-object handlers only parse and index; one timer acts for the whole fleet, because power
+budgets and quotas couple the pools. The timer hangs on a ConfigMap the operator owns, so
+kopf runs it only after every index has been filled (no plan on a partial view) and pauses
+it on a replica that is not the peering leader.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiClient
+
+from gpufleet.api.common import GROUP, VERSION
+from gpufleet.api.parse import parse_budget, parse_pool, parse_provider
+from gpufleet.api.provider import CloudProviderSpec, DriverType
+from gpufleet.drivers.base import DriverError, NodePoolDriver
+from gpufleet.metrics.exporter import OperatorMetrics
+from gpufleet.metrics.source import PrometheusSource
+from gpufleet.reconcilers.cache import (
+    NODE_POOL_LABEL,
+    BudgetEntry,
+    PoolEntry,
+    ProviderEntry,
+    node_entry,
+    pod_entry,
+    requests_gpu,
+    workload_entry,
+)
+from gpufleet.reconcilers.config import RunConfig
+from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.loop import FleetLoop, View
+
+log = logging.getLogger(__name__)
+
+
+def driver_factory(api: ApiClient, config: RunConfig) -> Any:
+    def make(name: str, spec: CloudProviderSpec) -> NodePoolDriver:
+        if spec.driver.type == DriverType.SIMULATED:
+            from gpufleet.drivers.simulated import SimulatedDriver
+
+            return SimulatedDriver(api, name, spec, namespace=config.simulated_namespace)
+        raise DriverError(
+            f"driver {spec.driver.type.value} is not available yet", reason="DriverUnsupported"
+        )
+
+    return make
+
+
+def _values(index: kopf.Index[Any, Any]) -> list[Any]:
+    return [value for key in index for value in index[key]]
+
+
+def register(
+    registry: kopf.OperatorRegistry, config: RunConfig, api: ApiClient, metrics: OperatorMetrics
+) -> None:
+    """Attach every handler to `registry`; `gpufleet run` and the tests call this."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own starts without kopf's default login handlers.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        # Our prefix, not kopf's, on anything kopf stores; no kopf log lines posted as Events.
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 30
+        kube = Kube(api)
+        source = (
+            PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
+            if config.prometheus_url
+            else None
+        )
+        memo.fleet = FleetLoop(kube, source, driver_factory(api, config), metrics)
+        await kube.ensure_config_map(config.operator_namespace, config.anchor)
+
+    @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)
+    def gpufleet_pools(
+        namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
+    ) -> dict[Any, Any]:
+        entry = PoolEntry(
+            namespace or "",
+            name,
+            int(meta.get("generation") or 0),
+            parse_pool(body.get("spec")),
+            dict(body.get("status") or {}),
+        )
+        return {(namespace, name): entry}
+
+    @kopf.index(GROUP, VERSION, "cloudproviders", id="gpufleet_providers", registry=registry)
+    def gpufleet_providers(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+        entry = ProviderEntry(
+            name,
+            int(meta.get("generation") or 0),
+            parse_provider(body.get("spec")),
+            dict(body.get("status") or {}),
+        )
+        return {name: entry}
+
+    @kopf.index(GROUP, VERSION, "powerbudgets", id="gpufleet_budgets", registry=registry)
+    def gpufleet_budgets(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+        entry = BudgetEntry(
+            name,
+            int(meta.get("generation") or 0),
+            parse_budget(body.get("spec")),
+            dict(body.get("status") or {}),
+        )
+        return {name: entry}
+
+    @kopf.index(
+        "",
+        "v1",
+        "nodes",
+        labels={NODE_POOL_LABEL: kopf.PRESENT},
+        id="gpufleet_nodes",
+        registry=registry,
+    )
+    def gpufleet_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {name: node_entry(name, body)}
+
+    def _gpu_pod(spec: kopf.Spec, **_: Any) -> bool:
+        return requests_gpu(spec)
+
+    @kopf.index("", "v1", "pods", when=_gpu_pod, id="gpufleet_pods", registry=registry)
+    def gpufleet_pods(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        return {namespace: pod_entry(namespace or "", name, body)}
+
+    @kopf.index("apps", "v1", "deployments", id="gpufleet_deployments", registry=registry)
+    def gpufleet_deployments(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        return {
+            (namespace, "Deployment", name): workload_entry(
+                "Deployment", namespace or "", name, body
+            )
+        }
+
+    @kopf.index("apps", "v1", "statefulsets", id="gpufleet_statefulsets", registry=registry)
+    def gpufleet_statefulsets(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        return {
+            (namespace, "StatefulSet", name): workload_entry(
+                "StatefulSet", namespace or "", name, body
+            )
+        }
+
+    @kopf.timer(
+        "",
+        "v1",
+        "configmaps",
+        field="metadata.name",
+        value=config.anchor,
+        when=lambda namespace, **_: namespace == config.operator_namespace,
+        id="fleet",
+        interval=config.period_seconds,
+        sharp=True,
+        registry=registry,
+    )
+    async def fleet(memo: kopf.Memo, **kwargs: Any) -> None:
+        # kopf passes every index by its handler's name.
+        gpufleet_pools, gpufleet_providers, gpufleet_budgets, gpufleet_nodes, gpufleet_pods = (
+            kwargs[n]
+            for n in (
+                "gpufleet_pools",
+                "gpufleet_providers",
+                "gpufleet_budgets",
+                "gpufleet_nodes",
+                "gpufleet_pods",
+            )
+        )
+        gpufleet_deployments, gpufleet_statefulsets = (
+            kwargs["gpufleet_deployments"],
+            kwargs["gpufleet_statefulsets"],
+        )
+        workloads = {
+            k: v
+            for index in (gpufleet_deployments, gpufleet_statefulsets)
+            for k in index
+            for v in index[k]
+        }
+        view = View(
+            pools=sorted(_values(gpufleet_pools), key=lambda e: (e.namespace, e.name)),
+            providers=sorted(_values(gpufleet_providers), key=lambda e: e.name),
+            budgets=sorted(_values(gpufleet_budgets), key=lambda e: e.name),
+            nodes=_values(gpufleet_nodes),
+            pods={ns: list(gpufleet_pods[ns]) for ns in gpufleet_pods},
+            workloads=workloads,
+        )
+        try:
+            await memo.fleet.tick(view)
+        except Exception:  # the loop never dies: log, count, try again next tick
+            memo.fleet.metrics.reconcile_errors.labels("tick").inc()
+            log.exception("fleet reconcile failed")

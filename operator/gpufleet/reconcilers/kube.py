@@ -1,0 +1,123 @@
+"""The few Kubernetes calls the operator makes, each in a worker thread (the client is
+synchronous) and each named here, so RBAC can be checked against this list."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from gpufleet.api.common import GROUP, VERSION
+
+FIELD_MANAGER = "gpufleet"
+
+# (api group, resource, verb) of every call below; the Helm chart's RBAC is checked against it.
+CALLS = (
+    ("apps", "deployments/scale", "patch"),
+    ("apps", "statefulsets/scale", "patch"),
+    (GROUP, "inferencepools/status", "patch"),
+    (GROUP, "cloudproviders/status", "patch"),
+    (GROUP, "powerbudgets/status", "patch"),
+    ("", "events", "create"),
+    ("", "configmaps", "create"),
+)
+
+
+class Kube:
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    async def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        body = {"spec": {"replicas": replicas}}
+        if kind == "StatefulSet":
+            call: Any = self.apps.patch_namespaced_stateful_set_scale
+        elif kind == "Deployment":
+            call = self.apps.patch_namespaced_deployment_scale
+        else:
+            raise ValueError(
+                f"scaleTargetRef.kind {kind} is not supported yet (Deployment, StatefulSet)"
+            )
+        await asyncio.to_thread(call, name, namespace, body, field_manager=FIELD_MANAGER)
+
+    async def patch_status(
+        self,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+    ) -> None:
+        # A merge patch keeps keys it does not name: clear the ones that went away.
+        body = {"status": {**dict.fromkeys(k for k in previous if k not in status), **status}}
+        if namespace:
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,
+            )
+        else:
+            await asyncio.to_thread(
+                self.custom.patch_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                plural,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,
+            )
+
+    async def event(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        uid: str | None,
+        reason: str,
+        message: str,
+        warning: bool = False,
+    ) -> None:
+        now = datetime.now(tz=UTC)
+        target_namespace = namespace or "default"
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=target_namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=kind, name=name, namespace=namespace, uid=uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="gpufleet"),
+            reporting_component="gpufleet.io/operator",
+            reporting_instance="gpufleet",
+        )
+        await asyncio.to_thread(self.core.create_namespaced_event, target_namespace, body)
+
+    async def ensure_config_map(self, namespace: str, name: str) -> None:
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name=name, namespace=namespace, labels={"app.kubernetes.io/managed-by": "gpufleet"}
+            )
+        )
+        try:
+            await asyncio.to_thread(
+                self.core.create_namespaced_config_map, namespace, body, field_manager=FIELD_MANAGER
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise

@@ -1,0 +1,203 @@
+"""One consistent Snapshot for the planner from the indexes, Prometheus and the drivers.
+
+Reads only: nothing here writes to the cluster. Every slow call (Prometheus, drivers) runs
+concurrently and fails per pool or per provider, never for the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.power import MeasurementType, PowerBudgetSpec
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
+from gpufleet.metrics.source import MetricsSource, MetricsUnavailable
+from gpufleet.planner.types import (
+    CapacityError,
+    NodePoolKey,
+    NodePoolObservation,
+    PoolKey,
+    PoolObservation,
+    Snapshot,
+    frozen_map,
+)
+from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry
+
+CONCURRENCY = 16
+
+
+@dataclass
+class Observed:
+    """The snapshot and what went wrong while taking it, for conditions."""
+
+    snapshot: Snapshot
+    queue: dict[PoolKey, float | None] = field(default_factory=dict)
+    metrics_errors: dict[PoolKey, str] = field(default_factory=dict)
+    driver_errors: dict[str, str] = field(default_factory=dict)
+    node_states: dict[NodePoolKey, NodePoolState] = field(default_factory=dict)
+    current_by_provider: dict[PoolKey, dict[str, int]] = field(default_factory=dict)
+
+
+async def _sample(
+    source: MetricsSource | None, query: str, gate: asyncio.Semaphore
+) -> tuple[float | None, str | None]:
+    if source is None:
+        return None, "no Prometheus configured"
+    async with gate:
+        try:
+            return (await source.sample(query)).value, None
+        except MetricsUnavailable as exc:
+            return None, str(exc)
+
+
+def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolRef:
+    for candidate in spec.node_pools:
+        if candidate.name == node_pool:
+            return NodePoolRef(provider, node_pool, candidate.external_name or candidate.name)
+    raise KeyError(node_pool)
+
+
+def replicas_by_node_pool(
+    workload: WorkloadEntry,
+    pods: Sequence[PodEntry],
+    node_pool_of: Mapping[str, NodePoolKey],
+    last_placement: Mapping[NodePoolKey, int],
+) -> dict[NodePoolKey, int]:
+    """Where the workload's replicas are: bound pods by their node's pool; the rest (not yet
+    scheduled or created) where the last plan put them, so a scale-up in flight counts."""
+    counts: dict[NodePoolKey, int] = {}
+    bound = 0
+    for pod in pods:
+        if pod.terminating or not workload.selector.matches(pod.labels) or pod.node_name is None:
+            continue
+        key = node_pool_of.get(pod.node_name)
+        if key is None:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        bound += 1
+    unbound = max(0, workload.replicas - bound)
+    for key, planned in sorted(last_placement.items()):
+        if unbound <= 0:
+            break
+        extra = min(unbound, max(0, planned - counts.get(key, 0)))
+        if extra:
+            counts[key] = counts.get(key, 0) + extra
+            unbound -= extra
+    if unbound and last_placement:
+        first = min(last_placement)
+        counts[first] = counts.get(first, 0) + unbound
+    return counts
+
+
+async def observe(
+    pools: Mapping[PoolKey, InferencePoolSpec],
+    workloads: Mapping[PoolKey, WorkloadEntry],
+    providers: Mapping[str, CloudProviderSpec],
+    budgets: Mapping[str, PowerBudgetSpec],
+    nodes: Iterable[NodeEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
+    drivers: Mapping[str, NodePoolDriver],
+    unreachable: Iterable[str],
+    capacity_errors: Mapping[NodePoolKey, CapacityError],
+    last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
+    source: MetricsSource | None,
+) -> Observed:
+    gate = asyncio.Semaphore(CONCURRENCY)
+    pool_keys = sorted(pools)
+    queue_tasks = [_sample(source, pools[k].queue.query, gate) for k in pool_keys]
+    arrival_queries = {k: q for k in pool_keys if (q := pools[k].queue.arrival_rate_query)}
+    arrival_tasks = [_sample(source, q, gate) for q in arrival_queries.values()]
+    budget_queries = {
+        n: b.measurement.prometheus.query
+        for n, b in sorted(budgets.items())
+        if b.measurement.type == MeasurementType.PROMETHEUS and b.measurement.prometheus
+    }
+    budget_names = list(budget_queries)
+    budget_tasks = [_sample(source, q, gate) for q in budget_queries.values()]
+    refs = [
+        (name, ref_for(name, spec, np.name))
+        for name, spec in sorted(providers.items())
+        if name in drivers and name not in set(unreachable)
+        for np in spec.node_pools
+    ]
+    state_tasks = [_state(drivers[name], ref, gate) for name, ref in refs]
+    results = await asyncio.gather(
+        asyncio.gather(*queue_tasks),
+        asyncio.gather(*arrival_tasks),
+        asyncio.gather(*budget_tasks),
+        asyncio.gather(*state_tasks),
+    )
+    queues, arrivals, measured, states = results
+    observed = Observed(Snapshot())
+    arrival_iter = iter(arrivals)
+    arrival_of: dict[PoolKey, float | None] = {}
+    for key, (value, error) in zip(pool_keys, queues, strict=True):
+        observed.queue[key] = value
+        if error:
+            observed.metrics_errors[key] = error
+        if key in arrival_queries:
+            arrival_of[key] = next(arrival_iter)[0]
+
+    down = set(unreachable)
+    node_obs: dict[NodePoolKey, NodePoolObservation] = {}
+    ready_count: dict[NodePoolKey, int] = {}
+    for entry in nodes:
+        if entry.ready:
+            seen = NodePoolKey(entry.provider, entry.node_pool)
+            ready_count[seen] = ready_count.get(seen, 0) + 1
+    for (name, ref), (state, error) in zip(refs, states, strict=True):
+        np_key = NodePoolKey(name, ref.node_pool)
+        if error is not None:
+            observed.driver_errors[name] = error
+            down.add(name)
+            continue
+        assert state is not None
+        observed.node_states[np_key] = state
+        node_obs[np_key] = NodePoolObservation(
+            ready_nodes=state.ready,
+            target_nodes=state.target_size,
+            last_error=capacity_errors.get(np_key),
+        )
+    for seen, count in ready_count.items():  # providers without a driver call: nodes as seen
+        node_obs.setdefault(seen, NodePoolObservation(ready_nodes=count, target_nodes=count))
+
+    node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
+    pool_obs: dict[PoolKey, PoolObservation] = {}
+    for key in pool_keys:
+        workload = workloads.get(key)
+        placed = (
+            replicas_by_node_pool(
+                workload, pods.get(key.namespace, ()), node_pool_of, last_placements.get(key, {})
+            )
+            if workload
+            else {}
+        )
+        by_provider: dict[str, int] = {}
+        for np_key, count in placed.items():
+            by_provider[np_key.provider] = by_provider.get(np_key.provider, 0) + count
+        observed.current_by_provider[key] = by_provider
+        pool_obs[key] = PoolObservation(
+            observed.queue[key], arrival_of.get(key), frozen_map(placed)
+        )
+    observed.snapshot = Snapshot(
+        pools=frozen_map(pool_obs),
+        node_pools=frozen_map(node_obs),
+        budget_watts=frozen_map({n: v for n, (v, _) in zip(budget_names, measured, strict=True)}),
+        unreachable_providers=frozenset(down),
+    )
+    return observed
+
+
+async def _state(
+    driver: NodePoolDriver, ref: NodePoolRef, gate: asyncio.Semaphore
+) -> tuple[NodePoolState | None, str | None]:
+    from gpufleet.drivers.base import DriverError
+
+    async with gate:
+        try:
+            return await driver.get_pool(ref), None
+        except DriverError as exc:
+            return None, f"{exc.reason}: {exc}"

@@ -1,0 +1,292 @@
+"""What each object's status should say, computed from the plan: pure, so it is tested
+without a cluster, and compared with the stored status so unchanged status is not written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gpufleet.api.parse import SpecError
+from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.provider import CloudProviderSpec, Role
+from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason
+from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
+
+_CAPACITY = (
+    Reason.INSUFFICIENT_CAPACITY,
+    Reason.CAPACITY_BACKOFF,
+    Reason.LIMITED_BY_QUOTA,
+    Reason.LIMITED_BY_NODE_POOL_MAX,
+    Reason.NO_MATCHING_NODE_POOL,
+    Reason.PROVIDER_UNAVAILABLE,
+    Reason.LIMITED_BY_POWER,
+    Reason.LIMITED_BY_BURST_MAX,
+)
+_LIMITED = (
+    Reason.LIMITED_BY_MAX,
+    Reason.LIMITED_BY_MIN,
+    Reason.HELD_BY_STABILIZATION,
+    Reason.LIMITED_BY_RATE,
+)
+POOL_HEALTHY = {
+    "SpecValid": True,
+    "MetricsAvailable": True,
+    "CapacityAvailable": True,
+    "TargetFound": True,
+}
+
+
+def _message(plan: PoolPlan, reasons: Sequence[Reason]) -> tuple[Reason, str] | None:
+    for note in plan.notes:
+        if note.reason in reasons:
+            return note.reason, note.message
+    return None
+
+
+def invalid_pool_conditions(errors: Sequence[SpecError]) -> list[Cond]:
+    message = "; ".join(str(e) for e in errors)
+    spec_valid = Cond("SpecValid", False, "InvalidField", message)
+    return [ready([spec_valid], POOL_HEALTHY), spec_valid]
+
+
+def pool_conditions(
+    spec: InferencePoolSpec, plan: PoolPlan, metrics_error: str | None, target_error: str | None
+) -> list[Cond]:
+    spec_valid = Cond("SpecValid", True, "Valid", "")
+    target = (
+        Cond("TargetFound", False, "TargetNotFound", target_error)
+        if target_error
+        else Cond("TargetFound", True, "TargetFound", "")
+    )
+    if plan.metrics_available:
+        metrics = Cond("MetricsAvailable", True, "QuerySucceeded", "")
+    else:
+        reason = "StaleSample" if metrics_error and "old" in metrics_error else "QueryFailed"
+        metrics = Cond(
+            "MetricsAvailable", False, reason, f"{metrics_error or 'no sample'}; holding capacity"
+        )
+    active = (
+        Cond("ScalingActive", False, "DryRun", "spec.mode is DryRun: planning only")
+        if spec.mode == Mode.DRY_RUN
+        else Cond("ScalingActive", True, "Active", "")
+    )
+    limited_note = _message(plan, _LIMITED)
+    limited = (
+        Cond("ScalingLimited", True, limited_note[0].value, limited_note[1])
+        if limited_note
+        else Cond("ScalingLimited", False, "DesiredWithinRange", "")
+    )
+    capacity_note = _message(plan, _CAPACITY)
+    if plan.unplaced_replicas > 0:
+        reason, text = capacity_note or (Reason.INSUFFICIENT_CAPACITY, "")
+        capacity = Cond(
+            "CapacityAvailable",
+            False,
+            reason.value,
+            f"{plan.unplaced_replicas} replicas cannot be placed: {text}",
+        )
+    else:
+        capacity = Cond("CapacityAvailable", True, "Placed", "")
+    power_note = _message(plan, (Reason.LIMITED_BY_POWER,))
+    power = (
+        Cond("PowerLimited", True, "LimitedByPower", power_note[1])
+        if power_note
+        else Cond("PowerLimited", False, "WithinBudget", "")
+    )
+    blocked = _message(plan, (Reason.BURST_BLOCKED_BY_DATA_POLICY,))
+    if plan.burst_replicas > 0:
+        burst = Cond(
+            "BurstActive",
+            True,
+            "BurstActive",
+            f"{plan.burst_replicas} replicas on secondary providers",
+        )
+    elif blocked:
+        burst = Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
+    else:
+        burst = Cond("BurstActive", False, "NoBurst", "")
+    dependents = [spec_valid, target, metrics, capacity]
+    return [
+        ready(dependents, POOL_HEALTHY),
+        spec_valid,
+        target,
+        metrics,
+        active,
+        limited,
+        capacity,
+        power,
+        burst,
+    ]
+
+
+def pool_status(
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    conditions: list[Cond],
+    now: float,
+    plan: PoolPlan | None = None,
+    queue: float | None = None,
+    providers: Mapping[str, CloudProviderSpec] | None = None,
+    current_by_provider: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    previous = previous or {}
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge(previous.get("conditions"), conditions, generation, now),
+    }
+    if plan is None:
+        return {**{k: v for k, v in previous.items() if k not in status}, **status}
+    desired = plan.replicas_by_provider()
+    current = dict(current_by_provider or {})
+    names = sorted(set(desired) | {k for k, v in current.items() if v})
+    status.update(
+        {
+            "desiredReplicas": plan.desired_replicas,
+            "currentReplicas": plan.current_replicas,
+            "providers": [
+                {
+                    "provider": n,
+                    "desiredReplicas": desired.get(n, 0),
+                    "currentReplicas": current.get(n, 0),
+                }
+                for n in names
+            ],
+            "burstPercent": _burst_percent(plan, providers or {}),
+            "powerWatts": round(plan.planned_watts),
+        }
+    )
+    if queue is not None:
+        status["queueDepth"] = max(0, round(queue))
+    elif "queueDepth" in previous:
+        status["queueDepth"] = previous["queueDepth"]
+    changed = plan.desired_replicas != plan.current_replicas
+    last = timestamp(now) if changed else previous.get("lastScaleTime")
+    if last:
+        status["lastScaleTime"] = last
+    return status
+
+
+def _burst_percent(plan: PoolPlan, providers: Mapping[str, CloudProviderSpec]) -> int:
+    if plan.desired_replicas <= 0:
+        return 0
+    burst = sum(
+        count
+        for (provider, _), count in plan.placements.items()
+        if provider in providers and providers[provider].role == Role.SECONDARY
+    )
+    return round(100 * burst / plan.desired_replicas)
+
+
+def provider_status(
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    spec: CloudProviderSpec,
+    node_plans: Mapping[str, NodePoolPlan],
+    ready_nodes: Mapping[str, int],
+    driver_error: str | None,
+    now: float,
+    errors: Sequence[SpecError] = (),
+) -> dict[str, Any]:
+    previous = previous or {}
+    if errors:
+        valid = Cond("SpecValid", False, "InvalidField", "; ".join(map(str, errors)))
+        conds = [ready([valid], {"SpecValid": True}), valid]
+        return {
+            "observedGeneration": generation,
+            "conditions": merge(previous.get("conditions"), conds, generation, now),
+        }
+    reachable = (
+        Cond("DriverReachable", False, "ProviderUnavailable", driver_error)
+        if driver_error
+        else Cond("DriverReachable", True, "Reachable", "")
+    )
+    gpus = sum(
+        p.desired_nodes * n.gpus_per_node for n in spec.node_pools if (p := node_plans.get(n.name))
+    )
+    if spec.gpu_quota is not None and gpus >= spec.gpu_quota:
+        quota = Cond(
+            "QuotaAvailable", False, "QuotaExhausted", f"{gpus} of {spec.gpu_quota} GPUs planned"
+        )
+    else:
+        quota = Cond("QuotaAvailable", True, "WithinQuota", "")
+    credentials = Cond(
+        "CredentialsValid",
+        True,
+        "NoCredentialsNeeded" if not spec.cluster.kubeconfig_secret_ref else "Valid",
+        "",
+    )
+    conds = [
+        ready([reachable, credentials], {"DriverReachable": True, "CredentialsValid": True}),
+        reachable,
+        credentials,
+        quota,
+    ]
+    return {
+        "observedGeneration": generation,
+        "readyNodes": sum(ready_nodes.values()),
+        "gpusInUse": gpus,
+        "nodePools": [
+            {
+                "name": n.name,
+                "desiredNodes": node_plans[n.name].desired_nodes if n.name in node_plans else 0,
+                "readyNodes": ready_nodes.get(n.name, 0),
+                "gpusAllocated": node_plans[n.name].gpus_allocated if n.name in node_plans else 0,
+            }
+            for n in spec.node_pools
+        ],
+        "conditions": merge(previous.get("conditions"), conds, generation, now),
+    }
+
+
+def budget_status(
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    plan: BudgetPlan | None,
+    measured_expected: bool,
+    now: float,
+    errors: Sequence[SpecError] = (),
+) -> dict[str, Any]:
+    previous = previous or {}
+    if errors or plan is None:
+        valid = Cond("SpecValid", False, "InvalidField", "; ".join(map(str, errors)))
+        conds = [ready([valid], {"SpecValid": True}), valid]
+        return {
+            "observedGeneration": generation,
+            "conditions": merge(previous.get("conditions"), conds, generation, now),
+        }
+    if not measured_expected:
+        measurement = Cond(
+            "MeasurementAvailable", True, "Estimated", "power estimated from node-pool watts"
+        )
+    elif plan.measured_watts is None:
+        measurement = Cond(
+            "MeasurementAvailable",
+            False,
+            "QueryFailed",
+            "power query unavailable; using the estimate",
+        )
+    else:
+        measurement = Cond("MeasurementAvailable", True, "Measured", "")
+    reached = [n for n in plan.notes if n.reason == Reason.CAP_REACHED]
+    cap = (
+        Cond("CapReached", True, "CapReached", reached[0].message)
+        if reached
+        else Cond("CapReached", False, "BelowCap", "")
+    )
+    conds = [Cond("Ready", True, "Ready", ""), measurement, cap]
+    drawn = plan.measured_watts if plan.measured_watts is not None else plan.planned_watts
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "drawnWatts": round(drawn),
+        "plannedWatts": round(plan.planned_watts),
+        "allowedWatts": round(plan.allowed_watts),
+        "conditions": merge(previous.get("conditions"), conds, generation, now),
+    }
+    if plan.active_window:
+        status["activeWindow"] = plan.active_window
+    return status
+
+
+def same(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
+    """Whether writing `status` would change nothing a user can see."""
+    return dict(previous or {}) == dict(status)
