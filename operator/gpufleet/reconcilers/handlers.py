@@ -16,8 +16,9 @@ from kubernetes.client import ApiClient
 
 from gpufleet.api.common import GROUP, VERSION
 from gpufleet.api.parse import parse_budget, parse_pool, parse_provider
-from gpufleet.api.provider import CloudProviderSpec, DriverType
-from gpufleet.drivers.base import DriverError, NodePoolDriver
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.drivers.base import NodePoolDriver
+from gpufleet.drivers.registry import make_driver
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import PrometheusSource
 from gpufleet.reconcilers.cache import (
@@ -37,14 +38,14 @@ from gpufleet.reconcilers.loop import FleetLoop, View
 log = logging.getLogger(__name__)
 
 
-def driver_factory(api: ApiClient, config: RunConfig) -> Any:
+def driver_factory(api: ApiClient, config: RunConfig, metrics: OperatorMetrics) -> Any:
     def make(name: str, spec: CloudProviderSpec) -> NodePoolDriver:
-        if spec.driver.type == DriverType.SIMULATED:
-            from gpufleet.drivers.simulated import SimulatedDriver
-
-            return SimulatedDriver(api, name, spec, namespace=config.simulated_namespace)
-        raise DriverError(
-            f"driver {spec.driver.type.value} is not available yet", reason="DriverUnsupported"
+        return make_driver(
+            name,
+            spec,
+            api_client=api,
+            registry=metrics.registry,
+            simulated_namespace=config.simulated_namespace,
         )
 
     return make
@@ -82,7 +83,7 @@ def register(
             if config.prometheus_url
             else None
         )
-        memo.fleet = FleetLoop(kube, source, driver_factory(api, config), metrics)
+        memo.fleet = FleetLoop(kube, source, driver_factory(api, config, metrics), metrics)
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
 
     @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)

@@ -1,0 +1,346 @@
+"""The Simulated driver: a cloud whose machines are kwok Nodes.
+
+Scaling up records launches in the provider's ConfigMap (see simulated_state for the
+contract); `get_pool`, which the fleet loop calls every tick, creates each Node once its
+boot time has passed. Nodes carry the pool's labels and taints, GPU feature discovery's
+labels, `nvidia.com/gpu` capacity and kwok's annotation, so the real scheduler places GPU
+pods on them. Failure knobs in the ConfigMap make scale-ups fail on request.
+
+Every write to the ConfigMap carries the resourceVersion it was computed from, so two
+driver instances never overwrite each other; the loser re-reads and recomputes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kubernetes.client import ApiClient, CoreV1Api, V1ConfigMap, V1Node
+from kubernetes.client.exceptions import ApiException
+
+from gpufleet.api.provider import CloudProviderSpec, NodePool
+from gpufleet.drivers import simulated_state as sim
+from gpufleet.drivers.base import (
+    DriverError,
+    InsufficientCapacity,
+    NodePoolNotFound,
+    NodePoolRef,
+    NodePoolState,
+    ProviderUnavailable,
+)
+
+DEFAULT_NAMESPACE = "gpufleet-system"
+PROVIDER_LABEL = "gpufleet.io/provider"
+NODE_POOL_LABEL = "gpufleet.io/node-pool"
+GPU_TYPE_LABEL = "gpufleet.io/gpu-type"
+ORDINAL_ANNOTATION = "gpufleet.io/ordinal"
+ACTION_ANNOTATION = "gpufleet.io/action-id"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_RESOURCE = "nvidia.com/gpu"
+_WRITE_ATTEMPTS = 8
+_TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class WriteConflict(DriverError):
+    """Other writers kept changing the ConfigMap; the next tick tries again."""
+
+    reason = "WriteConflict"
+
+
+def config_map_name(provider: str) -> str:
+    return f"gpufleet-sim-{provider}"
+
+
+def node_manifest(provider: str, pool: NodePool, launch: sim.Pending) -> dict[str, Any]:
+    """A kwok-managed GPU Node for one launch of `pool`."""
+    gpus = str(pool.gpus_per_node)
+    # Nodes accept status on create; kwok then keeps the capacity given here.
+    capacity = {"cpu": "96", "memory": "1Ti", "pods": "110", GPU_RESOURCE: gpus}
+    labels = {label.key: label.value for label in pool.labels}
+    labels.update(
+        {
+            "kubernetes.io/hostname": launch.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            # GPU feature discovery's labels, which workloads' node selectors use.
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": f"NVIDIA-{pool.gpu_type}",
+            "nvidia.com/gpu.count": gpus,
+            # Ours last, so a pool's labels cannot hide which pool a node belongs to.
+            PROVIDER_LABEL: provider,
+            NODE_POOL_LABEL: pool.name,
+            GPU_TYPE_LABEL: pool.gpu_type,
+        }
+    )
+    taints = [
+        {"key": t.key, "effect": t.effect.value, **({"value": t.value} if t.value else {})}
+        for t in pool.taints
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": launch.name,
+            "labels": labels,
+            "annotations": {
+                KWOK_ANNOTATION: "fake",
+                ORDINAL_ANNOTATION: launch.name.rsplit("-", 1)[-1],
+                ACTION_ANNOTATION: launch.action_id,
+            },
+        },
+        "spec": {"taints": taints},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def _observed(node: Any) -> sim.ObservedNode:
+    annotations = node.metadata.annotations or {}
+    try:
+        ordinal = int(annotations.get(ORDINAL_ANNOTATION, "-1"))
+    except ValueError:
+        ordinal = -1
+    conditions = (node.status.conditions if node.status else None) or []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return sim.ObservedNode(node.metadata.name, ordinal, ready)
+
+
+@dataclass
+class _Snapshot:
+    """One consistent read: the ConfigMap (with its version) and the pool's Nodes."""
+
+    data: dict[str, str]
+    resource_version: str | None
+    nodes: list[sim.ObservedNode]
+
+
+class SimulatedDriver:
+    """NodePoolDriver for `driver.type: Simulated`; see the module docstring."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        provider: str,
+        spec: CloudProviderSpec,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._core = CoreV1Api(api_client)
+        self._provider = provider
+        self._spec = spec
+        self._namespace = namespace
+        self._clock = clock
+        self._config_map = config_map_name(provider)
+        simulated = spec.driver.simulated
+        self._prefix = (simulated.node_name_prefix if simulated else None) or provider
+
+    # -- the Protocol ---------------------------------------------------------------
+
+    async def get_pool(self, ref: NodePoolRef) -> NodePoolState:
+        pool = self._pool(ref)
+        plan, nodes = await self._reconcile(pool, lambda state, _snap: state)
+        return self._state_of(plan, nodes)
+
+    async def set_target_size(self, ref: NodePoolRef, size: int, *, action_id: str) -> None:
+        if size < 0:
+            raise DriverError(f"target size must be non-negative, got {size}", reason="InvalidSize")
+        pool = self._pool(ref)
+        short: list[int] = []
+
+        def resize(state: sim.PoolState, snap: _Snapshot) -> sim.PoolState:
+            current = self._current_size(state, snap)
+            knobs = sim.decode_knobs(snap.data, pool.name)
+            granted = sim.grant(current, size, knobs, self._quota_nodes(pool, snap.data))
+            short[:] = [granted] if granted < size else []
+            if granted == state.target_size:
+                return state
+            return replace(state, target_size=granted, last_action_id=action_id)
+
+        await self._reconcile(pool, resize)
+        if short:
+            raise InsufficientCapacity(
+                f"node pool {pool.name}: the simulated cloud has capacity for {short[0]} "
+                f"nodes, {size} were asked for"
+            )
+
+    async def delete_nodes(self, ref: NodePoolRef, names: Sequence[str], *, action_id: str) -> None:
+        pool = self._pool(ref)
+        wanted = set(names)
+
+        def remove(state: sim.PoolState, snap: _Snapshot) -> sim.PoolState:
+            # Only names still in the pool count: deleting a gone node succeeds and,
+            # retried, never shrinks the pool twice.
+            current = self._current_size(state, snap)
+            live = {n.name for n in sim.live_nodes(state, snap.nodes)}
+            doomed = sorted(wanted & live)
+            cancelled = [p for p in state.pending if p.name in wanted and p.name not in live]
+            if not doomed and not cancelled:
+                return state
+            return replace(
+                state,
+                target_size=max(current - len(doomed) - len(cancelled), 0),
+                pending=tuple(p for p in state.pending if p not in cancelled),
+                deleting=(*state.deleting, *doomed),
+                last_action_id=action_id,
+            )
+
+        await self._reconcile(pool, remove)
+
+    # -- the loop every call runs -----------------------------------------------------
+
+    async def _reconcile(
+        self,
+        pool: NodePool,
+        change: Callable[[sim.PoolState, _Snapshot], sim.PoolState],
+    ) -> tuple[sim.Plan, list[sim.ObservedNode]]:
+        """Read, apply `change`, plan, write with a precondition, then act.
+
+        The intent (target, launches, victims) is recorded before the cluster is
+        touched, so a crash between the two is finished by the next call.
+        """
+        for _ in range(_WRITE_ATTEMPTS):
+            snap = await self._read(pool)
+            before = sim.decode(snap.data, pool.name)
+            state = change(before, snap)
+            if state.target_size is not None and state.target_size < len(
+                sim.live_nodes(state, snap.nodes)
+            ):
+                # Only a scale-down of running nodes needs to know which ones are busy.
+                snap.nodes = await self._with_pod_counts(snap.nodes)
+            plan = sim.plan(
+                state,
+                snap.nodes,
+                now=self._clock(),
+                boot_seconds=pool.boot_seconds,
+                name_for=lambda ordinal: sim.node_name(self._prefix, pool.name, ordinal),
+            )
+            if plan.state != before and not await self._write(snap, plan.state, pool.name):
+                continue
+            await self._act(pool, plan)
+            return plan, snap.nodes
+        raise WriteConflict(f"ConfigMap {self._config_map} kept changing; will retry")
+
+    async def _read(self, pool: NodePool) -> _Snapshot:
+        try:
+            config_map = await asyncio.to_thread(
+                self._core.read_namespaced_config_map, self._config_map, self._namespace
+            )
+            data = dict(config_map.data or {})
+            version = config_map.metadata.resource_version if config_map.metadata else None
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            data, version = {}, None
+        selector = f"{PROVIDER_LABEL}={self._provider},{NODE_POOL_LABEL}={pool.name}"
+        listed = await asyncio.to_thread(self._core.list_node, label_selector=selector)
+        return _Snapshot(data, version, [_observed(n) for n in listed.items])
+
+    async def _write(self, snap: _Snapshot, state: sim.PoolState, pool: str) -> bool:
+        """Writes the pool's keys; False when someone else wrote first."""
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self._config_map,
+                "namespace": self._namespace,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "gpufleet",
+                    PROVIDER_LABEL: self._provider,
+                },
+            },
+            "data": sim.merge(snap.data, state, pool),
+        }
+        try:
+            if snap.resource_version is None:
+                await asyncio.to_thread(
+                    self._core.create_namespaced_config_map,
+                    self._namespace,
+                    V1ConfigMap.model_validate(body),
+                )
+            else:
+                body["metadata"]["resourceVersion"] = snap.resource_version
+                await asyncio.to_thread(
+                    self._core.replace_namespaced_config_map,
+                    self._config_map,
+                    self._namespace,
+                    V1ConfigMap.model_validate(body),
+                )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            if error.status == 404:
+                raise ProviderUnavailable(
+                    f"namespace {self._namespace} for the simulated cloud's ConfigMap is missing"
+                ) from None
+            raise
+        return True
+
+    async def _act(self, pool: NodePool, plan: sim.Plan) -> None:
+        for launch in plan.create:
+            node = V1Node.model_validate(node_manifest(self._provider, pool, launch))
+            try:
+                await asyncio.to_thread(self._core.create_node, node)
+            except ApiException as error:
+                if error.status != 409:  # another instance created it first
+                    raise
+        for name in plan.delete:
+            try:
+                await asyncio.to_thread(self._core.delete_node, name)
+            except ApiException as error:
+                if error.status != 404:  # already gone: the goal is reached
+                    raise
+
+    async def _with_pod_counts(self, nodes: list[sim.ObservedNode]) -> list[sim.ObservedNode]:
+        async def count(node: sim.ObservedNode) -> sim.ObservedNode:
+            pods = await asyncio.to_thread(
+                self._core.list_pod_for_all_namespaces,
+                field_selector=f"spec.nodeName={node.name}",
+            )
+            phases = [p.status.phase if p.status else None for p in pods.items]
+            bound = sum(1 for phase in phases if phase not in _TERMINAL_PHASES)
+            return replace(node, pods=bound)
+
+        return [await count(n) for n in nodes]
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _pool(self, ref: NodePoolRef) -> NodePool:
+        if ref.provider == self._provider:
+            for pool in self._spec.node_pools:
+                if pool.name == ref.node_pool:
+                    return pool
+        raise NodePoolNotFound(f"provider {self._provider} has no node pool {ref.node_pool!r}")
+
+    @staticmethod
+    def _current_size(state: sim.PoolState, snap: _Snapshot) -> int:
+        if state.target_size is not None:
+            return state.target_size
+        present = {n.name for n in snap.nodes}
+        launching = [p for p in state.pending if p.name not in present]
+        return len(sim.live_nodes(state, snap.nodes)) + len(launching)
+
+    def _quota_nodes(self, pool: NodePool, data: Mapping[str, str]) -> int | None:
+        """Most nodes `pool` may have under the provider's gpuQuota, given the others."""
+        if self._spec.gpu_quota is None:
+            return None
+        others = sum(
+            (sim.decode(data, p.name).target_size or 0) * p.gpus_per_node
+            for p in self._spec.node_pools
+            if p.name != pool.name
+        )
+        return max(self._spec.gpu_quota - others, 0) // pool.gpus_per_node
+
+    @staticmethod
+    def _state_of(plan: sim.Plan, nodes: list[sim.ObservedNode]) -> NodePoolState:
+        live = [n for n in nodes if n.name not in plan.delete]
+        names = {n.name for n in live} | {p.name for p in plan.state.pending}
+        target = plan.state.target_size
+        return NodePoolState(
+            target_size=len(names) if target is None else target,
+            ready_nodes=tuple(sorted(n.name for n in live if n.ready)),
+            all_nodes=tuple(sorted(names)),
+        )

@@ -1,0 +1,53 @@
+"""Fixtures of the driver contract suite: one harness per driver kind.
+
+A new driver adds its harness factory to HARNESSES; every contract test then runs
+against it too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from driver_harness import DriverHarness, SimulatedHarness
+from kubernetes.client import ApiClient
+from kubernetes.config import new_client_from_config
+
+from gpufleet_testbed import Testbed
+from gpufleet_testbed.kubectl import Kubectl
+
+
+@pytest.fixture(scope="session")
+def api_client(testbed: Testbed) -> Iterator[ApiClient]:
+    client = new_client_from_config(config_file=str(testbed.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def driver_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """Where simulated clouds keep their ConfigMaps during the session."""
+    name = f"drivers-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+HarnessFactory = Callable[[ApiClient, Kubectl, str], DriverHarness]
+HARNESSES: dict[str, HarnessFactory] = {
+    "Simulated": lambda client, kubectl, namespace: SimulatedHarness(client, kubectl, namespace),
+}
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def harness(
+    request: pytest.FixtureRequest, api_client: ApiClient, kubectl: Kubectl, driver_namespace: str
+) -> Iterator[DriverHarness]:
+    made = HARNESSES[request.param](api_client, kubectl, driver_namespace)
+    try:
+        yield made
+    finally:
+        made.cleanup()
