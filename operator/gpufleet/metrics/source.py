@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ class PrometheusSource:
         clock: Callable[[], float] = time.time,
     ) -> None:
         # A hung Prometheus must not hang the fleet loop: the client's default is no timeout.
-        self._client = PrometheusConnect(url=url, retry=None, timeout=math.ceil(timeout))
+        # No retries inside a tick either: the next tick is the retry, a second later.
+        self._client = PrometheusConnect(
+            url=url, retry=Retry(total=0, connect=0, read=0, status=0), timeout=math.ceil(timeout)
+        )
         self._max_age = max_age
         self._clock = clock
 

@@ -349,6 +349,18 @@ class FleetLoop:
         reason = plan.notes[0].reason.value if plan.notes else "Scaled"
         message = "; ".join(n.message for n in plan.notes[:4])
         self.metrics.decisions.labels(entry.namespace, entry.name, reason).inc()
+        log.info(
+            "pool %s/%s: %s",
+            entry.namespace,
+            entry.name,
+            message,
+            extra={
+                "pool": f"{entry.namespace}/{entry.name}",
+                "reason": reason,
+                "desired": plan.desired_replicas,
+                "current": plan.current_replicas,
+            },
+        )
         try:
             await self.kube.event(
                 "InferencePool", entry.namespace, entry.name, None, reason, message

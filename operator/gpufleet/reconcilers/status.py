@@ -159,7 +159,8 @@ def pool_status(
         status["queueDepth"] = max(0, round(queue))
     elif "queueDepth" in previous:
         status["queueDepth"] = previous["queueDepth"]
-    changed = plan.desired_replicas != plan.current_replicas
+    # A decision, not a difference: the time moves when the plan's answer changes.
+    changed = previous.get("desiredReplicas") != plan.desired_replicas
     last = timestamp(now) if changed else previous.get("lastScaleTime")
     if last:
         status["lastScaleTime"] = last

@@ -1,0 +1,89 @@
+"""The operator as a process beside a test bed: `gpufleet run` with free ports and a log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpufleet_testbed.polling import until
+from gpufleet_testbed.ports import free_ports
+from gpufleet_testbed.testbed import Testbed
+
+
+@dataclass
+class OperatorProcess:
+    bed: Testbed
+    log: Path
+    period: float = 1.0
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0
+    health_port: int = 0
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        self.metrics_port, self.health_port = free_ports(2)
+        argv = [
+            sys.executable,
+            "-m",
+            "gpufleet",
+            "run",
+            "--period",
+            str(self.period),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            "--bind-address",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            *self.extra_args,
+        ]
+        if self.bed.prometheus_url:
+            argv += ["--prometheus-url", self.bed.prometheus_url]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.bed.env(), **self.env}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        until(self.healthy, timeout=timeout, what="operator /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"operator exited; log: {self.log}\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as reply:
+            return str(reply.read().decode())
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
