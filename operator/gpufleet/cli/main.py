@@ -9,6 +9,7 @@ import typer
 
 from gpufleet.api import crd
 from gpufleet.cli.demo import demo
+from gpufleet.cli.inspect import explain, status
 from gpufleet.cli.run import run
 from gpufleet.sim.cli import simulate
 
@@ -16,6 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="Autoscale GPU inference fleets acr
 app.command()(simulate)
 app.command()(run)
 app.command()(demo)
+app.command()(status)
+app.command()(explain)
 
 
 @app.command()

@@ -1,0 +1,77 @@
+"""`gpufleet status` and `explain` read what the operator wrote; tested on canned objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from gpufleet.cli.inspect import explain_lines, fleet_tables
+from gpufleet.manifests import read_documents
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _objects(kind: str) -> list[dict[str, Any]]:
+    return [d for d in read_documents(EXAMPLES) if d.get("kind") == kind]
+
+
+def _pool(name: str) -> dict[str, Any]:
+    pool = next(p for p in _objects("InferencePool") if p["metadata"]["name"] == name)
+    pool["status"] = {
+        "desiredReplicas": 12,
+        "currentReplicas": 8,
+        "queueDepth": 48,
+        "providers": [
+            {"provider": "gpu-de", "desiredReplicas": 8, "currentReplicas": 8},
+            {"provider": "gpu-nl", "desiredReplicas": 4, "currentReplicas": 0},
+        ],
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Ready", "message": ""},
+            {
+                "type": "PowerLimited",
+                "status": "True",
+                "reason": "LimitedByPower",
+                "message": "LimitedByPower on gpu-de/h100-fra1",
+            },
+            {
+                "type": "BurstActive",
+                "status": "True",
+                "reason": "BurstActive",
+                "message": "4 replicas on secondary providers",
+            },
+        ],
+    }
+    return pool
+
+
+def test_explain_names_the_limiting_layers_and_the_data_policy() -> None:
+    lines = "\n".join(
+        explain_lines(_pool("image-gen"), _objects("CloudProvider"), _objects("PowerBudget"))
+    )
+    assert "12 wanted" in lines
+    assert "power: PowerLimited=True (LimitedByPower)" in lines
+    assert "burst: BurstActive=True" in lines
+    assert "gpu-us (Secondary) refused by the data policy" in lines
+    assert "gpu-nl (Secondary) allowed" in lines
+
+
+def test_explain_reports_an_invalid_spec_instead_of_failing() -> None:
+    pool = _pool("image-gen")
+    pool["spec"]["minReplicas"] = 500
+    lines = explain_lines(pool, [], [])
+    assert "invalid" in lines[-1]
+    assert "minReplicas" in lines[-1]
+
+
+def test_status_tables_show_every_object() -> None:
+    console = Console(width=200, record=True)
+    for table in fleet_tables(
+        [_pool("image-gen")], _objects("CloudProvider"), _objects("PowerBudget")
+    ):
+        console.print(table)
+    text = console.export_text()
+    for name in ("inference/image-gen", "gpu-de", "gpu-nl", "gpu-us", "site-fra1", "region-de"):
+        assert name in text
+    assert "gpu-de: 8/8" in text
