@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "gpufleet.io"
@@ -49,6 +49,35 @@ class Model(BaseModel):
         frozen=True,
         use_enum_values=False,
     )
+
+    @model_validator(mode="after")
+    def _unique_list_entries(self) -> Self:
+        """What the API server enforces for `set` and `map` lists, so parsing agrees with it."""
+        for name, info in type(self).model_fields.items():
+            schema = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            kind = schema.get("x-kubernetes-list-type")
+            if kind not in ("set", "map"):
+                continue
+            items = getattr(self, name) or []
+            keys: list[Any] = list(items)
+            if kind == "map":
+                declared = schema.get("x-kubernetes-list-map-keys")
+                fields = [str(k) for k in declared] if isinstance(declared, list) else []
+                keys = [tuple(getattr(item, _attribute(item, k)) for k in fields) for item in items]
+            seen: set[Any] = set()
+            for key in keys:
+                if key in seen:
+                    shown = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+                    raise ValueError(f"`{info.alias or name}` must not repeat {shown}")
+                seen.add(key)
+        return self
+
+
+def _attribute(item: BaseModel, alias: str) -> str:
+    for name, info in type(item).model_fields.items():
+        if (info.alias or name) == alias:
+            return name
+    return alias
 
 
 class ConditionStatus(StrEnum):
