@@ -74,7 +74,7 @@ def build(pools: int, providers: int, node_pools: int, seed: int = 7) -> tuple[F
                     "dataClasses": ["Internal"],
                 },
                 "driver": {"type": "Simulated"},
-                "gpuQuota": rng.randint(200, 2000),
+                "gpuQuota": rng.randint(200, 2000) * node_pools // 1000,
                 "nodePools": pools_,
             }
         )
