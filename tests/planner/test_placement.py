@@ -184,3 +184,13 @@ def test_unreachable_provider_holds_its_nodes_and_replicas() -> None:
     )
     assert plan.node_pools[NodePoolKey("a", "h100")].desired_nodes == 2
     assert plan.pools[key()].placements[NodePoolKey("a", "h100")] == 9
+
+
+def test_eu_in_allowed_jurisdictions_means_the_27_member_states() -> None:
+    from gpufleet.planner.placement import EU_MEMBERS, jurisdiction_allowed
+
+    assert len(EU_MEMBERS) == 27
+    assert all(jurisdiction_allowed(["EU"], country) for country in EU_MEMBERS)
+    assert jurisdiction_allowed(["EU"], "HU")
+    assert jurisdiction_allowed(["EU"], "DE-BY")
+    assert not any(jurisdiction_allowed(["EU"], c) for c in ("US", "CH", "GB", "NO"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 
 from gpufleet.api.pool import DataClass, InferencePoolSpec
@@ -18,35 +19,9 @@ from gpufleet.api.provider import CapacityType, CloudProviderSpec, Role
 from gpufleet.planner.ledger import Ledger, Limit
 from gpufleet.planner.types import NodePoolKey, Note, Reason
 
+# The 27 member states, ISO 3166-1 alpha-2 ("EU" in allowedJurisdictions means any of them).
 EU_MEMBERS = frozenset(
-    [
-        "AT",
-        "BE",
-        "BG",
-        "HR",
-        "CY",
-        "CZ",
-        "DK",
-        "EE",
-        "FI",
-        "FR",
-        "DE",
-        "GR",
-        "IE",
-        "IT",
-        "LV",
-        "LT",
-        "LU",
-        "MT",
-        "NL",
-        "PL",
-        "PT",
-        "RO",
-        "SK",
-        "SI",
-        "ES",
-        "SE",
-    ]
+    ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"]
 )
 
 _LIMIT_REASON = {
@@ -81,6 +56,25 @@ def data_policy_violation(pool: InferencePoolSpec, provider: CloudProviderSpec) 
     if policy.data_class != DataClass.PUBLIC and policy.data_class not in facts.data_classes:
         return f"data class {policy.data_class.value} is not in the provider's dataClasses"
     return None
+
+
+class Refusal(StrEnum):
+    BURST_DISABLED = "BurstDisabled"
+    NOT_A_BURST_TARGET = "NotABurstTarget"
+    DATA_POLICY = "DataPolicy"
+
+
+def refusal(
+    pool: InferencePoolSpec, name: str, provider: CloudProviderSpec
+) -> tuple[Refusal, str] | None:
+    """Why the pool may not use the provider at all (burst settings, data policy), or None."""
+    if provider.role == Role.SECONDARY:
+        if not pool.burst.enabled:
+            return Refusal.BURST_DISABLED, "burst.enabled is false"
+        if pool.burst.providers and name not in pool.burst.providers:
+            return Refusal.NOT_A_BURST_TARGET, f"{name} is not in burst.providers"
+    why = data_policy_violation(pool, provider)
+    return (Refusal.DATA_POLICY, why) if why is not None else None
 
 
 @dataclass(frozen=True)
@@ -150,18 +144,13 @@ def candidates(pool: InferencePoolSpec, catalog: Catalog) -> Candidates:
     blocked: list[str] = []
     burst_disabled = False
     for name in sorted(catalog.providers):
-        provider = catalog.providers[name]
-        if provider.role == Role.SECONDARY:
-            if not pool.burst.enabled:
-                burst_disabled = True
-                continue
-            if pool.burst.providers and name not in pool.burst.providers:
-                continue
-        why = data_policy_violation(pool, provider)
-        if why is not None:
-            blocked.append(f"{name}: {why}")
-            continue
-        allowed.add(name)
+        refused = refusal(pool, name, catalog.providers[name])
+        if refused is None:
+            allowed.add(name)
+        elif refused[0] == Refusal.BURST_DISABLED:
+            burst_disabled = True
+        elif refused[0] == Refusal.DATA_POLICY:
+            blocked.append(f"{name}: {refused[1]}")
     merged = catalog.of_types(frozenset(pool.gpu_types))
     gpus, spot_ok = pool.gpus_per_replica, pool.allow_spot
     eligible = [

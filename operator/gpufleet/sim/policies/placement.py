@@ -4,58 +4,15 @@ from __future__ import annotations
 
 import math
 
-from gpufleet.api import CloudProviderSpec, DataClass, InferencePoolSpec, Role
+from gpufleet.api import CloudProviderSpec, InferencePoolSpec, Role
+from gpufleet.planner.placement import refusal
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policy import Context
 
-EU = {
-    "AT",
-    "BE",
-    "BG",
-    "HR",
-    "CY",
-    "CZ",
-    "DK",
-    "EE",
-    "FI",
-    "FR",
-    "DE",
-    "GR",
-    "HU",
-    "IE",
-    "IT",
-    "LV",
-    "LT",
-    "LU",
-    "MT",
-    "NL",
-    "PL",
-    "PT",
-    "RO",
-    "SK",
-    "SI",
-    "ES",
-    "SE",
-}
-
 
 def allowed(pool: InferencePoolSpec, name: str, provider: CloudProviderSpec) -> bool:
-    """The pool's data policy and burst settings admit this provider."""
-    dp, sub = pool.data_policy, provider.subprocessor
-    if provider.role == Role.SECONDARY and (
-        not pool.burst.enabled or (pool.burst.providers and name not in pool.burst.providers)
-    ):
-        return False
-    if dp.approved_subprocessors_only and not sub.approved:
-        return False
-    if dp.data_class != DataClass.PUBLIC and dp.data_class not in sub.data_classes:
-        return False
-    if dp.allowed_jurisdictions:
-        country = sub.jurisdiction.split("-")[0]
-        ok = {j for j in dp.allowed_jurisdictions}
-        if not (sub.jurisdiction in ok or country in ok or ("EU" in ok and country in EU)):
-            return False
-    return True
+    """The pool's data policy and burst settings admit this provider (the planner's rule)."""
+    return refusal(pool, name, provider) is None
 
 
 def order(ctx: Context, pool: PoolKey, primary_only: bool = False) -> list[NodePoolKey]:
