@@ -29,6 +29,7 @@ declare -A spec=(
   [kubectl]="kubernetes k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes"
   [kwok]="kwok sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok"
   [helm]="helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3"
+  [kubeconform]="kubeconform github.com/yannh/kubeconform/cmd/kubeconform github.com/yannh/kubeconform"
 )
 order=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
 

@@ -78,6 +78,8 @@ def run(
         period_seconds=period,
         namespaces=tuple(namespace or ()),
         operator_namespace=operator_namespace,
+        # The simulated cloud keeps its state beside the operator, where the chart grants it.
+        simulated_namespace=operator_namespace,
         metrics_port=metrics_port,
         health_port=health_port,
         bind_address=bind_address,

@@ -43,6 +43,18 @@ GPU_RESOURCE = "nvidia.com/gpu"
 _WRITE_ATTEMPTS = 8
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 
+# (api group, resource, verb) of every Kubernetes call below: the ConfigMap in `namespace`,
+# Nodes and Pods cluster-wide. The Helm chart's RBAC is checked against it.
+CALLS = (
+    ("", "configmaps", "get"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "update"),
+    ("", "nodes", "list"),
+    ("", "nodes", "create"),
+    ("", "nodes", "delete"),
+    ("", "pods", "list"),
+)
+
 
 class WriteConflict(DriverError):
     """Other writers kept changing the ConfigMap; the next tick tries again."""

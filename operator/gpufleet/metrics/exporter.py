@@ -26,6 +26,12 @@ class OperatorMetrics:
         self.queue_depth = Gauge(
             "gpufleet_pool_queue_depth", "Last queue depth read.", ["namespace", "pool"], registry=r
         )
+        self.burst_replicas = Gauge(
+            "gpufleet_pool_burst_replicas",
+            "Replicas the plan places on secondary (burst) providers.",
+            ["namespace", "pool"],
+            registry=r,
+        )
         self.metrics_available = Gauge(
             "gpufleet_pool_metrics_available",
             "1 when the queue metric was usable.",

@@ -37,6 +37,27 @@ from gpufleet.reconcilers.loop import FleetLoop, View
 
 log = logging.getLogger(__name__)
 
+# (api group, resource) of every kopf index and timer below: kopf lists and watches each.
+WATCHED = (
+    (GROUP, "inferencepools"),
+    (GROUP, "cloudproviders"),
+    (GROUP, "powerbudgets"),
+    ("", "nodes"),
+    ("", "pods"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("", "configmaps"),
+)
+# (api group, resource, verb) kopf itself calls: it watches CRDs to notice new resources,
+# and the timer's finalizer goes onto the anchor ConfigMap with a patch.
+KOPF_CALLS = (
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ("", "configmaps", "patch"),
+)
+# Only with a list of namespaces (`--namespace`): kopf lists and watches namespaces.
+KOPF_NAMESPACED_CALLS = (("", "namespaces", "list"), ("", "namespaces", "watch"))
+
 
 def driver_factory(api: ApiClient, config: RunConfig, metrics: OperatorMetrics) -> Any:
     def make(name: str, spec: CloudProviderSpec) -> NodePoolDriver:

@@ -339,6 +339,7 @@ class FleetLoop:
         if queue is not None:
             self.metrics.queue_depth.labels(key.namespace, key.name).set(queue)
         self.metrics.pool_watts.labels(key.namespace, key.name).set(plan.planned_watts)
+        self.metrics.burst_replicas.labels(key.namespace, key.name).set(plan.burst_replicas)
 
     async def _scale_event(self, entry: PoolEntry, spec: InferencePoolSpec, plan: Any) -> None:
         if plan.desired_replicas == plan.current_replicas and Reason.DRY_RUN not in plan.reasons:

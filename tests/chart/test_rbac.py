@@ -1,0 +1,115 @@
+"""The chart's RBAC grants exactly the calls the code lists, no wildcards, and Secrets only
+where configured. The lists: reconcilers/kube.py CALLS (writes), reconcilers/handlers.py
+WATCHED and KOPF_CALLS (kopf's list/watch and finalizer), drivers/simulated.py CALLS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpufleet.drivers import simulated
+from gpufleet.reconcilers import handlers, kube
+
+from .helm import render
+
+Triple = tuple[str, str, str]
+# Cluster-scoped kinds; a grant on them only works from a ClusterRole.
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"} | {
+    f"{p}{s}" for p in ("cloudproviders", "powerbudgets") for s in ("", "/status")
+}
+
+
+def required(*, simulated_driver: bool = True, namespaced: bool = False) -> set[Triple]:
+    calls: set[Triple] = set(kube.CALLS) | set(handlers.KOPF_CALLS)
+    calls |= {(g, r, v) for g, r in handlers.WATCHED for v in ("list", "watch")}
+    if simulated_driver:
+        calls |= set(simulated.CALLS)
+    if namespaced:
+        calls |= set(handlers.KOPF_NAMESPACED_CALLS)
+    return calls
+
+
+def grants(docs: list[dict[str, Any]]) -> dict[Triple, set[tuple[str, str | None]]]:
+    """(group, resource, verb) -> {(kind of role, namespace)} over every Role and ClusterRole."""
+    found: dict[Triple, set[tuple[str, str | None]]] = {}
+    for doc in docs:
+        if doc["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in doc.get("rules") or []:
+            assert "resourceNames" not in rule or rule["resourceNames"]
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        where = (doc["kind"], doc["metadata"].get("namespace"))
+                        found.setdefault((group, resource, verb), set()).add(where)
+    return found
+
+
+def test_default_rbac_grants_exactly_the_calls_the_code_makes() -> None:
+    assert set(grants(render())) == required()
+
+
+def test_rbac_without_the_simulated_driver_drops_node_writes_and_its_configmap_access() -> None:
+    found = set(grants(render({"drivers.simulated.enabled": False})))
+    assert found == required(simulated_driver=False)
+    assert ("", "nodes", "create") not in found
+    assert ("", "configmaps", "update") not in found
+
+
+def test_rbac_with_watch_namespaces_adds_namespace_watch_and_binds_per_namespace() -> None:
+    docs = render({"operator.watchNamespaces": ["team-a", "team-b"]})
+    assert set(grants(docs)) == required(namespaced=True)
+    bindings = [
+        d for d in docs if d["kind"] == "RoleBinding" and "namespaced" in d["roleRef"]["name"]
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == [
+        "gpufleet-system",
+        "team-a",
+        "team-b",
+    ]
+    assert not [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"].endswith("-namespaced")
+    ]
+
+
+def test_rbac_has_no_wildcards_and_no_secret_access_by_default() -> None:
+    for (group, resource, verb), _ in grants(render()).items():
+        assert "*" not in (group, resource, verb)
+        assert resource != "secrets"
+
+
+def test_configmap_writes_are_granted_only_in_the_release_namespace() -> None:
+    found = grants(render())
+    for verb in ("get", "create", "update", "patch"):
+        assert found[("", "configmaps", verb)] == {("Role", "gpufleet-system")}, verb
+
+
+def test_cluster_scoped_kinds_are_granted_by_cluster_roles() -> None:
+    for (_, resource, _), where in grants(render({"operator.watchNamespaces": ["a"]})).items():
+        if resource in CLUSTER_SCOPED:
+            assert {kind for kind, _ in where} == {"ClusterRole"}, resource
+
+
+def test_secret_reads_are_get_only_in_the_configured_namespaces() -> None:
+    found = grants(render({"rbac.secretNamespaces": ["clouds", "gpufleet-system"]}))
+    secrets = {k: v for k, v in found.items() if k[1] == "secrets"}
+    assert secrets == {("", "secrets", "get"): {("Role", "clouds"), ("Role", "gpufleet-system")}}
+
+
+def test_rbac_create_false_renders_no_roles() -> None:
+    kinds = {d["kind"] for d in render({"rbac.create": False})}
+    assert not kinds & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
+
+def test_every_role_is_bound_to_the_chart_service_account() -> None:
+    docs = render({"rbac.secretNamespaces": ["clouds"], "operator.watchNamespaces": ["a"]})
+    roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    bound = set()
+    for doc in docs:
+        if doc["kind"].endswith("Binding"):
+            assert doc["subjects"] == [
+                {"kind": "ServiceAccount", "name": "gpufleet", "namespace": "gpufleet-system"}
+            ]
+            bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"]))
+    assert roles == bound
