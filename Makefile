@@ -27,8 +27,11 @@ system-deps:
 binaries:
 	bash e2e/build.sh
 
+# The CRDs, their copy in the chart, and the kustomize base rendered from the chart.
 crds: $(STAMP)
 	$(VENV)/bin/gpufleet crds
+	$(VENV)/bin/gpufleet crds --dir charts/gpufleet/crds
+	$(PY) tests/chart/kustomize_base.py --write
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator e2e tests benchmarks
@@ -36,6 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy operator/gpufleet e2e/gpufleet_testbed
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/gpufleet crds --check
+	$(VENV)/bin/gpufleet crds --check --dir charts/gpufleet/crds
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not e2e"

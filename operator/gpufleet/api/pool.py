@@ -186,6 +186,28 @@ class DataPolicy(Model):
     )
 
 
+class Tier(Model):
+    """A class of requests; tiers are listed highest first and throttled lowest first."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT_MAX,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Tier name as the gateway knows it, for example paid or free.",
+    )
+    share_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Expected share of the pool's arrivals, used when arrivalRateQuery is unset.",
+    )
+    arrival_rate_query: str | None = Field(
+        default=None,
+        max_length=QUERY_MAX,
+        description="PromQL returning this tier's arrivals per second.",
+    )
+
+
 class Burst(Model):
     """Whether and where the pool may overflow beyond primary providers."""
 
@@ -292,6 +314,15 @@ class InferencePoolSpec(Model):
         default=Mode.ACTIVE,
         description="Active actuates the plan; DryRun plans and reports but changes nothing.",
     )
+    tiers: list[Tier] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Request tiers, highest first. When the fleet cannot carry the demand, the "
+        "sustainable rate is split in this order and published for the gateway to enforce.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -322,6 +353,29 @@ class ProviderReplicas(Model):
     current_replicas: int = Field(ge=0, description="Replicas observed there.")
 
 
+class TierStatus(Model):
+    """What one tier may send while the pool is throttled."""
+
+    name: str = Field(max_length=SHORT_MAX, description="Tier name.")
+    demand_requests_per_minute: int = Field(ge=0, description="Arrivals seen for the tier.")
+    allowed_requests_per_minute: int = Field(ge=0, description="Arrivals the gateway should admit.")
+
+
+class Throttle(Model):
+    """The rate the planned capacity sustains at the SLO, set only while demand exceeds it."""
+
+    sustainable_requests_per_minute: int = Field(ge=0, description="Whole pool, at its SLO.")
+    demand_requests_per_minute: int = Field(ge=0, description="Arrivals seen.")
+    tiers: list[TierStatus] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Per tier, highest first.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+        ),
+    )
+
+
 class InferencePoolStatus(Model):
     """What gpufleet observed and decided for the pool."""
 
@@ -346,7 +400,14 @@ class InferencePoolStatus(Model):
         default=0, ge=0, description="Estimated power drawn by the pool's GPUs."
     )
     last_scale_time: datetime | None = Field(
-        default=None, description="When replicas last changed."
+        default=None, description="When the plan's answer last changed."
+    )
+    throttle: Throttle | None = Field(
+        default=None,
+        description="Set while the fleet cannot carry the demand: what the gateway should admit.",
+    )
+    energy_per_request_milliwatt_hours: int | None = Field(
+        default=None, ge=0, description="Estimated energy per served request, in mWh."
     )
     conditions: Conditions
 

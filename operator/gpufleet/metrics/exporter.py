@@ -32,6 +32,13 @@ class OperatorMetrics:
             ["namespace", "pool"],
             registry=r,
         )
+        self.sustainable_rate = Gauge(
+            "gpufleet_pool_sustainable_requests_per_second",
+            "While throttled: requests/s the plan carries at the SLO (tier empty), and per tier "
+            "what the gateway should admit; NaN while the pool keeps up.",
+            ["namespace", "pool", "tier"],
+            registry=r,
+        )
         self.metrics_available = Gauge(
             "gpufleet_pool_metrics_available",
             "1 when the queue metric was usable.",

@@ -22,6 +22,8 @@ from gpufleet.planner.types import (
     Reason,
     Settings,
     Snapshot,
+    Throttle,
+    TierAllowance,
 )
 
 __all__ = [
@@ -41,5 +43,7 @@ __all__ = [
     "Reason",
     "Settings",
     "Snapshot",
+    "Throttle",
+    "TierAllowance",
     "plan_fleet",
 ]

@@ -41,6 +41,20 @@ def service_rate_per_second(spec: InferencePoolSpec) -> float | None:
     return min(rates) if rates else None
 
 
+def erlang_tail(arrival: float, service: float, servers: int, wait_seconds: float) -> float:
+    """P(wait > wait_seconds) in an M/M/c queue; 1 when the servers cannot keep up."""
+    if arrival <= 0:
+        return 0.0
+    load = arrival / service
+    if servers <= load:
+        return 1.0
+    blocking = 1.0
+    for c in range(1, servers + 1):
+        blocking = load * blocking / (c + load * blocking)
+    wait_probability = servers * blocking / (servers - load * (1.0 - blocking))
+    return wait_probability * math.exp(-(servers * service - arrival) * wait_seconds)
+
+
 def erlang_c_servers(arrival: float, service: float, wait_seconds: float, target: float) -> int:
     """Fewest servers c with P(wait > wait_seconds) <= 1 - target in an M/M/c queue.
 

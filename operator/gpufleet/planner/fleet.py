@@ -10,6 +10,7 @@ from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
 from gpufleet.planner.placement import Candidates, Catalog, Progress, candidates, place
 from gpufleet.planner.power import allowed_watts, busy_gpu_watts, cap_in_force, covers, node_watts
+from gpufleet.planner.throttle import throttle
 from gpufleet.planner.types import (
     Backoff,
     BudgetPlan,
@@ -225,6 +226,20 @@ def _plan_pool(
         last_scale = now
     elif not notes:
         notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
+    throttled = None
+    short = placement.unplaced > 0 or Reason.LIMITED_BY_MAX in {n.reason for n in notes}
+    if short and not dry_run and needed is not None:
+        throttled = throttle(spec, final, observation.arrival_rate, observation.tier_rates)
+        if throttled is not None:
+            cut = [t.name for t in throttled.tiers if t.allowed < t.demand]
+            notes.append(
+                Note(
+                    Reason.THROTTLED,
+                    f"carries {throttled.sustainable:.2f} of {throttled.demand:.2f} req/s at the SLO"
+                    + (f"; tiers cut: {', '.join(cut)}" if cut else "")
+                    + "; more quota, power or an allowed burst target would lift it",
+                )
+            )
     watts = sum(
         count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
         for k, count in placement.placements.items()
@@ -240,6 +255,7 @@ def _plan_pool(
         planned_watts=float(watts),
         metrics_available=needed is not None,
         notes=tuple(notes),
+        throttle=throttled,
     )
     return plan, PoolMemory(history, events, forecast, last_scale)
 

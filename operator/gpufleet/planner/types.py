@@ -62,6 +62,7 @@ class Reason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     PROVIDER_UNAVAILABLE = "ProviderUnavailable"
     DRY_RUN = "DryRun"
+    THROTTLED = "Throttled"
     CAP_REACHED = "CapReached"
     MEASUREMENT_UNAVAILABLE = "MeasurementUnavailable"
 
@@ -88,6 +89,7 @@ class PoolObservation:
     queue_depth: float | None
     arrival_rate: float | None = None
     replicas: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
+    tier_rates: Mapping[str, float] = field(default_factory=frozen_map)
 
     @property
     def total_replicas(self) -> int:
@@ -189,6 +191,22 @@ class PlannerState:
 
 
 @dataclass(frozen=True)
+class TierAllowance:
+    name: str
+    demand: float  # requests/s seen
+    allowed: float  # requests/s to admit
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Set when the planned replicas cannot carry the demand at the SLO."""
+
+    sustainable: float  # requests/s the planned replicas carry at the SLO
+    demand: float
+    tiers: tuple[TierAllowance, ...]
+
+
+@dataclass(frozen=True)
 class PoolPlan:
     key: PoolKey
     desired_replicas: int
@@ -200,6 +218,7 @@ class PoolPlan:
     planned_watts: float
     metrics_available: bool
     notes: tuple[Note, ...]
+    throttle: Throttle | None = None
 
     def replicas_by_provider(self) -> dict[str, int]:
         out: dict[str, int] = {}

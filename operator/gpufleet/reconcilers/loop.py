@@ -237,6 +237,7 @@ class FleetLoop:
                     observed.queue.get(key),
                     fleet.providers,
                     observed.current_by_provider.get(key),
+                    observed.arrival.get(key),
                 )
                 self._pool_metrics(key, pool_plan, observed)
                 await self._scale_event(entry, spec, pool_plan)
@@ -340,6 +341,14 @@ class FleetLoop:
             self.metrics.queue_depth.labels(key.namespace, key.name).set(queue)
         self.metrics.pool_watts.labels(key.namespace, key.name).set(plan.planned_watts)
         self.metrics.burst_replicas.labels(key.namespace, key.name).set(plan.burst_replicas)
+        throttle = plan.throttle
+        sustainable = self.metrics.sustainable_rate
+        if throttle is None:
+            sustainable.labels(key.namespace, key.name, "").set(float("nan"))
+        else:
+            sustainable.labels(key.namespace, key.name, "").set(throttle.sustainable)
+            for tier in throttle.tiers:
+                sustainable.labels(key.namespace, key.name, tier.name).set(tier.allowed)
 
     async def _scale_event(self, entry: PoolEntry, spec: InferencePoolSpec, plan: Any) -> None:
         if plan.desired_replicas == plan.current_replicas and Reason.DRY_RUN not in plan.reasons:

@@ -35,22 +35,23 @@ class Observed:
 
     snapshot: Snapshot
     queue: dict[PoolKey, float | None] = field(default_factory=dict)
+    arrival: dict[PoolKey, float | None] = field(default_factory=dict)
     metrics_errors: dict[PoolKey, str] = field(default_factory=dict)
     driver_errors: dict[str, str] = field(default_factory=dict)
     node_states: dict[NodePoolKey, NodePoolState] = field(default_factory=dict)
     current_by_provider: dict[PoolKey, dict[str, int]] = field(default_factory=dict)
 
 
-async def _sample(
-    source: MetricsSource | None, query: str, gate: asyncio.Semaphore
-) -> tuple[float | None, str | None]:
+async def _sample_all(
+    source: MetricsSource | None, queries: list[str]
+) -> dict[str, tuple[float | None, str | None]]:
     if source is None:
-        return None, "no Prometheus configured"
-    async with gate:
-        try:
-            return (await source.sample(query)).value, None
-        except MetricsUnavailable as exc:
-            return None, str(exc)
+        return dict.fromkeys(queries, (None, "no Prometheus configured"))
+    samples = await source.sample_many(queries)
+    return {
+        q: (None, str(r)) if isinstance(r, MetricsUnavailable) else (r.value, None)
+        for q, r in samples.items()
+    }
 
 
 def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolRef:
@@ -107,30 +108,43 @@ async def observe(
 ) -> Observed:
     gate = asyncio.Semaphore(CONCURRENCY)
     pool_keys = sorted(pools)
-    queue_tasks = [_sample(source, pools[k].queue.query, gate) for k in pool_keys]
     arrival_queries = {k: q for k in pool_keys if (q := pools[k].queue.arrival_rate_query)}
-    arrival_tasks = [_sample(source, q, gate) for q in arrival_queries.values()]
+    tier_queries = {
+        (k, t.name): t.arrival_rate_query
+        for k in pool_keys
+        for t in pools[k].tiers
+        if t.arrival_rate_query
+    }
     budget_queries = {
         n: b.measurement.prometheus.query
         for n, b in sorted(budgets.items())
         if b.measurement.type == MeasurementType.PROMETHEUS and b.measurement.prometheus
     }
     budget_names = list(budget_queries)
-    budget_tasks = [_sample(source, q, gate) for q in budget_queries.values()]
     refs = [
         (name, ref_for(name, spec, np.name))
         for name, spec in sorted(providers.items())
         if name in drivers and name not in set(unreachable)
         for np in spec.node_pools
     ]
-    state_tasks = [_state(drivers[name], ref, gate) for name, ref in refs]
-    results = await asyncio.gather(
-        asyncio.gather(*queue_tasks),
-        asyncio.gather(*arrival_tasks),
-        asyncio.gather(*budget_tasks),
-        asyncio.gather(*state_tasks),
+    every_query = [
+        *(pools[k].queue.query for k in pool_keys),
+        *arrival_queries.values(),
+        *budget_queries.values(),
+        *tier_queries.values(),
+    ]
+    sampled, states = await asyncio.gather(
+        _sample_all(source, every_query),
+        asyncio.gather(*(_state(drivers[name], ref, gate) for name, ref in refs)),
     )
-    queues, arrivals, measured, states = results
+    queues = [sampled[pools[k].queue.query] for k in pool_keys]
+    arrivals = [sampled[q] for q in arrival_queries.values()]
+    measured = [sampled[q] for q in budget_queries.values()]
+    tiers = [sampled[q] for q in tier_queries.values()]
+    tier_rates: dict[PoolKey, dict[str, float]] = {}
+    for (pool_key, tier_name), (value, _) in zip(tier_queries, tiers, strict=True):
+        if value is not None:
+            tier_rates.setdefault(pool_key, {})[tier_name] = value
     observed = Observed(Snapshot())
     arrival_iter = iter(arrivals)
     arrival_of: dict[PoolKey, float | None] = {}
@@ -139,7 +153,7 @@ async def observe(
         if error:
             observed.metrics_errors[key] = error
         if key in arrival_queries:
-            arrival_of[key] = next(arrival_iter)[0]
+            arrival_of[key] = observed.arrival[key] = next(arrival_iter)[0]
 
     down = set(unreachable)
     node_obs: dict[NodePoolKey, NodePoolObservation] = {}
@@ -180,7 +194,10 @@ async def observe(
             by_provider[np_key.provider] = by_provider.get(np_key.provider, 0) + count
         observed.current_by_provider[key] = by_provider
         pool_obs[key] = PoolObservation(
-            observed.queue[key], arrival_of.get(key), frozen_map(placed)
+            observed.queue[key],
+            arrival_of.get(key),
+            frozen_map(placed),
+            frozen_map(tier_rates.get(key, {})),
         )
     observed.snapshot = Snapshot(
         pools=frozen_map(pool_obs),

@@ -105,6 +105,12 @@ def pool_conditions(
         burst = Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
     else:
         burst = Cond("BurstActive", False, "NoBurst", "")
+    throttled_note = _message(plan, (Reason.THROTTLED,))
+    throttled = (
+        Cond("Throttled", True, "DemandAboveCapacity", throttled_note[1])
+        if throttled_note
+        else Cond("Throttled", False, "DemandWithinCapacity", "")
+    )
     dependents = [spec_valid, target, metrics, capacity]
     return [
         ready(dependents, POOL_HEALTHY),
@@ -116,6 +122,7 @@ def pool_conditions(
         capacity,
         power,
         burst,
+        throttled,
     ]
 
 
@@ -128,6 +135,7 @@ def pool_status(
     queue: float | None = None,
     providers: Mapping[str, CloudProviderSpec] | None = None,
     current_by_provider: Mapping[str, int] | None = None,
+    arrival: float | None = None,
 ) -> dict[str, Any]:
     previous = previous or {}
     status: dict[str, Any] = {
@@ -155,6 +163,22 @@ def pool_status(
             "powerWatts": round(plan.planned_watts),
         }
     )
+    if plan.throttle is not None:
+        status["throttle"] = {
+            "sustainableRequestsPerMinute": round(plan.throttle.sustainable * 60),
+            "demandRequestsPerMinute": round(plan.throttle.demand * 60),
+            "tiers": [
+                {
+                    "name": t.name,
+                    "demandRequestsPerMinute": round(t.demand * 60),
+                    "allowedRequestsPerMinute": round(t.allowed * 60),
+                }
+                for t in plan.throttle.tiers
+            ],
+        }
+    if arrival:
+        # W / (requests/s) is joules per request; / 3.6 gives mWh.
+        status["energyPerRequestMilliwattHours"] = round(plan.planned_watts / arrival / 3.6)
     if queue is not None:
         status["queueDepth"] = max(0, round(queue))
     elif "queueDepth" in previous:

@@ -1,0 +1,65 @@
+"""The rate a short pool can sustain at its SLO, split across its tiers highest first.
+
+When no more GPUs, quota, power or allowed burst target can be had, the gateway is told how
+much traffic the planned replicas carry at the SLO, so it sheds the lowest tier instead of
+letting every request's wait grow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.planner.demand import erlang_tail, service_rate_per_second
+from gpufleet.planner.types import Throttle, TierAllowance
+
+
+def sustainable_rate(spec: InferencePoolSpec, replicas: int) -> float | None:
+    """Largest arrival rate at which `replicas` keep the SLO (Erlang C), None if unknown."""
+    service = service_rate_per_second(spec)
+    if service is None or spec.slo is None:
+        return None
+    if replicas <= 0:
+        return 0.0
+    allowed = 1.0 - min(spec.slo.target_percent / 100.0, 0.9999)
+    wait = float(spec.slo.queue_wait_seconds)
+    low, high = 0.0, replicas * service
+    for _ in range(40):  # bisection to well under a request per hour
+        middle = (low + high) / 2
+        if erlang_tail(middle, service, replicas, wait) <= allowed:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def split(
+    spec: InferencePoolSpec, sustainable: float, demand: float, tier_rates: Mapping[str, float]
+) -> tuple[TierAllowance, ...]:
+    """Admit the highest tiers first; a tier is cut only when every tier above it is whole."""
+    left = sustainable
+    out = []
+    for tier in spec.tiers:
+        seen = tier_rates.get(tier.name)
+        if seen is None or not math.isfinite(seen) or seen < 0:
+            seen = demand * (tier.share_percent or 0) / 100.0
+        allowed = min(seen, left)
+        left -= allowed
+        out.append(TierAllowance(tier.name, seen, allowed))
+    return tuple(out)
+
+
+def throttle(
+    spec: InferencePoolSpec,
+    replicas: int,
+    demand: float | None,
+    tier_rates: Mapping[str, float],
+) -> Throttle | None:
+    """What to publish for a pool whose planned capacity is below its demand."""
+    if demand is None or not math.isfinite(demand):
+        return None
+    rate = sustainable_rate(spec, replicas)
+    if rate is None or rate >= demand:
+        return None
+    return Throttle(rate, demand, split(spec, rate, demand, tier_rates))

@@ -1,0 +1,54 @@
+"""The test-bed benchmarks' quick modes run end to end and print their figures, so that
+neither rots. Speed is not checked here (noisy shared machines); the benchmarks report it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _last_json_line(out: str) -> dict[str, object]:
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_reaction_quick_times_every_surge(capsys: pytest.CaptureFixture[str]) -> None:
+    figures = _load("reaction").main(["--quick", "--testbed", f"bench-reaction-{os.getpid()}"])
+    assert _last_json_line(capsys.readouterr().out) == json.loads(json.dumps(figures))
+    assert figures["surges"] == 4
+    assert 0 < figures["p50_s"] <= figures["p95_s"]
+    breakdown = figures["breakdown"]
+    assert set(breakdown) >= {"scrape_to_visible", "visible_to_written"}
+    assert all(s["visible_at"] <= s["written_at"] for s in figures["raw"])
+
+
+def test_footprint_quick_measures_rss_and_writes_nothing_when_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = _load("footprint").main(["--quick", "--testbed", f"bench-footprint-{os.getpid()}"])
+    assert _last_json_line(capsys.readouterr().out) == json.loads(json.dumps(figures))
+    assert figures["pools"] == 20
+    assert figures["settled"] is True
+    assert 20 < figures["rss_mib"] < 2000
+    assert figures["steady_writes"] == 0, figures["writes_to_operator_resources_by_all_clients"]
+    assert figures["tick"]["count"] > 0
