@@ -55,8 +55,13 @@ test: setup lint
 demo: setup
 	$(VENV)/bin/gpufleet demo
 
+# On demand, not in CI: each prints one JSON line of its figures last.
+TRACES ?= ../shared/traces
 bench: setup
 	$(PY) benchmarks/planner_scale.py
+	$(PY) benchmarks/fleet_traces.py --traces $(TRACES)
+	$(PY) benchmarks/reaction.py --out benchmarks/results/reaction.json
+	$(PY) benchmarks/footprint.py --out benchmarks/results/footprint.json
 
 clean:
 	-$(PY) -m gpufleet_testbed down --all 2>/dev/null
