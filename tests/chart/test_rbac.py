@@ -6,23 +6,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpufleet.drivers import simulated
+from gpufleet.drivers import clusterapi, eks, karpenter, simulated
 from gpufleet.reconcilers import handlers, kube
 
 from .helm import render
 
 Triple = tuple[str, str, str]
 # Cluster-scoped kinds; a grant on them only works from a ClusterRole.
-CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"} | {
+CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions", "nodepools", "nodeclaims"} | {
     f"{p}{s}" for p in ("cloudproviders", "powerbudgets") for s in ("", "/status")
 }
 
 
-def required(*, simulated_driver: bool = True, namespaced: bool = False) -> set[Triple]:
+def required(
+    *,
+    simulated_driver: bool = True,
+    namespaced: bool = False,
+    cluster_api: bool = False,
+    karpenter_driver: bool = False,
+) -> set[Triple]:
     calls: set[Triple] = set(kube.CALLS) | set(handlers.KOPF_CALLS)
     calls |= {(g, r, v) for g, r in handlers.WATCHED for v in ("list", "watch")}
+    # The EKS driver's only Kubernetes call (list nodes) is always granted.
+    calls |= set(eks.CALLS)
     if simulated_driver:
         calls |= set(simulated.CALLS)
+    if cluster_api:
+        calls |= set(clusterapi.CALLS)
+    if karpenter_driver:
+        calls |= set(karpenter.CALLS)
     if namespaced:
         calls |= set(handlers.KOPF_NAMESPACED_CALLS)
     return calls
@@ -113,3 +125,17 @@ def test_every_role_is_bound_to_the_chart_service_account() -> None:
             ]
             bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"]))
     assert roles == bound
+
+
+def test_rbac_with_the_cluster_api_and_karpenter_drivers_grants_their_calls() -> None:
+    values = {"drivers.clusterAPI.enabled": True, "drivers.simulated.enabled": False}
+    assert set(grants(render(values))) == required(simulated_driver=False, cluster_api=True)
+    values = {"drivers.karpenter.enabled": True}
+    assert set(grants(render(values))) == required(karpenter_driver=True)
+    both = {"drivers.clusterAPI.enabled": True, "drivers.karpenter.enabled": True}
+    found = grants(render(both))
+    assert set(found) == required(cluster_api=True, karpenter_driver=True)
+    assert found[("cluster.x-k8s.io", "machinedeployments/scale", "patch")] == {
+        ("ClusterRole", None)
+    }
+    assert ("cluster.x-k8s.io", "machinedeployments", "update") not in found

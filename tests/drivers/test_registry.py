@@ -9,8 +9,12 @@ from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.drivers.clusterapi import ClusterApiDriver
+from gpufleet.drivers.eks import EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
-from gpufleet.drivers.registry import DriverNotAvailable, make_driver
+from gpufleet.drivers.karpenter import KarpenterDriver
+from gpufleet.drivers.registry import make_driver
+from gpufleet.drivers.retry import RetryingDriver
 from gpufleet.drivers.simulated import SimulatedDriver
 
 
@@ -34,19 +38,30 @@ def spec(driver: dict[str, Any]) -> CloudProviderSpec:
     )
 
 
-def test_simulated_spec_makes_an_instrumented_simulated_driver() -> None:
+@pytest.mark.parametrize(
+    ("driver", "inner"),
+    [
+        ({"type": "Simulated"}, SimulatedDriver),
+        (
+            {"type": "ClusterAPI", "clusterAPI": {"namespace": "capi", "clusterName": "c1"}},
+            ClusterApiDriver,
+        ),
+        ({"type": "Karpenter"}, KarpenterDriver),
+        ({"type": "EKS", "eks": {"region": "eu-central-1", "clusterName": "c1"}}, EksDriver),
+    ],
+)
+def test_each_driver_type_makes_an_instrumented_retrying_driver(
+    driver: dict[str, Any], inner: type
+) -> None:
     with ApiClient() as client:
-        driver = make_driver(
-            "cloud", spec({"type": "Simulated"}), api_client=client, registry=CollectorRegistry()
+        made = make_driver(
+            "cloud",
+            spec(driver),
+            api_client=client,
+            registry=CollectorRegistry(),
+            aws_clients=lambda region, credentials: (None, None),
         )
-    assert isinstance(driver, InstrumentedDriver)
-    assert isinstance(driver.inner, SimulatedDriver)
-    assert driver.driver == "Simulated"
-
-
-def test_a_driver_type_not_built_yet_is_a_typed_error() -> None:
-    karpenter = spec({"type": "Karpenter"})
-    with ApiClient() as client, pytest.raises(DriverNotAvailable) as raised:
-        make_driver("cloud", karpenter, api_client=client, registry=CollectorRegistry())
-    assert raised.value.reason == "DriverNotAvailable"
-    assert not raised.value.transient
+    assert isinstance(made, InstrumentedDriver)
+    assert isinstance(made.inner, RetryingDriver)
+    assert isinstance(made.inner.inner, inner)
+    assert made.driver == driver["type"]

@@ -1,8 +1,13 @@
-"""CloudProviderSpec -> an instrumented NodePoolDriver.
+"""CloudProviderSpec -> an instrumented NodePoolDriver that retries transient errors.
 
 The caller (a reconciler) builds the ApiClient for the provider's cluster, including one
-from `cluster.kubeconfigSecretRef`: drivers never read Secrets or kubeconfig files, so no
-credential passes through here.
+from `cluster.kubeconfigSecretRef`, and reads `eks.credentialsSecretRef` (see
+`eks.parse_credentials_file`): drivers never read Secrets or kubeconfig files, so no
+credential passes through here except as an opaque AwsCredentials.
+
+The layers, outside in: InstrumentedDriver (call time, errors by reason: the final
+outcome of a call) -> RetryingDriver (jittered retries of Throttled and
+ProviderUnavailable) -> the backend's driver.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from gpufleet.api.provider import CloudProviderSpec, DriverType
 from gpufleet.drivers.base import DriverError, NodePoolDriver
+from gpufleet.drivers.clusterapi import ClusterApiDriver
+from gpufleet.drivers.eks import AwsCredentials, ClientFactory, EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
+from gpufleet.drivers.karpenter import KarpenterDriver
+from gpufleet.drivers.retry import DEFAULT_BACKOFF, Backoff, RetryingDriver
 from gpufleet.drivers.simulated import DEFAULT_NAMESPACE, SimulatedDriver
 
 
@@ -34,13 +43,29 @@ def make_driver(
     clock: Callable[[], float] = time.time,
     registry: CollectorRegistry = REGISTRY,
     simulated_namespace: str = DEFAULT_NAMESPACE,
+    aws_credentials: AwsCredentials | None = None,
+    aws_clients: ClientFactory | None = None,
+    backoff: Backoff = DEFAULT_BACKOFF,
 ) -> NodePoolDriver:
-    """The driver named by `spec.driver.type`, wrapped for metrics and typed errors."""
+    """The driver named by `spec.driver.type`, wrapped for retries, metrics and typed errors."""
     kind = spec.driver.type
+    inner: NodePoolDriver
     if kind == DriverType.SIMULATED:
-        inner: NodePoolDriver = SimulatedDriver(
+        inner = SimulatedDriver(
             api_client, provider, spec, namespace=simulated_namespace, clock=clock
         )
+    elif kind == DriverType.CLUSTER_API:
+        inner = ClusterApiDriver(api_client, provider, spec)
+    elif kind == DriverType.KARPENTER:
+        inner = KarpenterDriver(api_client, provider, spec)
+    elif kind == DriverType.EKS:
+        if aws_clients is None:
+            inner = EksDriver(api_client, provider, spec, credentials=aws_credentials)
+        else:
+            inner = EksDriver(
+                api_client, provider, spec, credentials=aws_credentials, clients=aws_clients
+            )
     else:
         raise DriverNotAvailable(f"driver type {kind.value} is not available in this build")
-    return InstrumentedDriver(inner, driver=kind.value, registry=registry)
+    retrying = RetryingDriver(inner, backoff=backoff)
+    return InstrumentedDriver(retrying, driver=kind.value, registry=registry)

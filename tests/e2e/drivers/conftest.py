@@ -13,6 +13,7 @@ import pytest
 from driver_harness import DriverHarness, SimulatedHarness
 from kubernetes.client import ApiClient
 from kubernetes.config import new_client_from_config
+from upstream_harness import ClusterApiHarness, KarpenterHarness
 
 from gpufleet_testbed import Testbed
 from gpufleet_testbed.kubectl import Kubectl
@@ -39,6 +40,8 @@ def driver_namespace(kubectl: Kubectl) -> Iterator[str]:
 HarnessFactory = Callable[[ApiClient, Kubectl, str], DriverHarness]
 HARNESSES: dict[str, HarnessFactory] = {
     "Simulated": lambda client, kubectl, namespace: SimulatedHarness(client, kubectl, namespace),
+    "ClusterAPI": lambda client, kubectl, namespace: ClusterApiHarness(client, kubectl, namespace),
+    "Karpenter": lambda client, kubectl, namespace: KarpenterHarness(client, kubectl, namespace),
 }
 
 

@@ -1,0 +1,56 @@
+"""Small helpers the Kubernetes-backed drivers (ClusterAPI, Karpenter) share.
+
+Custom objects come back from the kubernetes client as plain dicts; these helpers read
+them defensively, because a half-written object (a Machine without status yet) is normal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+
+def dig(obj: Any, *path: str) -> Any:
+    """obj[path[0]][path[1]]...; None where any step is missing or not a mapping."""
+    for step in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(step)
+    return obj
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    return str(dig(obj, "metadata", "name") or "")
+
+
+def is_deleting(obj: Mapping[str, Any]) -> bool:
+    return dig(obj, "metadata", "deletionTimestamp") is not None
+
+
+def node_is_ready(node: Any) -> bool:
+    conditions = (node.status.conditions if node.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+async def ready_node_names(core: CoreV1Api, names: Iterable[str]) -> set[str]:
+    """Which of `names` are Nodes that exist and are Ready.
+
+    Reads each Node by name instead of listing all Nodes: a pool has tens of nodes, a
+    cluster may have thousands, and the chart then needs only `get` on nodes.
+    """
+
+    async def ready(name: str) -> str | None:
+        try:
+            node = await asyncio.to_thread(core.read_node, name)
+        except ApiException as error:
+            if error.status == 404:  # not registered yet, or already gone
+                return None
+            raise
+        return name if node_is_ready(node) else None
+
+    found = await asyncio.gather(*(ready(n) for n in sorted(set(names))))
+    return {n for n in found if n is not None}
