@@ -75,3 +75,19 @@ def test_status_tables_show_every_object() -> None:
     for name in ("inference/image-gen", "gpu-de", "gpu-nl", "gpu-us", "site-fra1", "region-de"):
         assert name in text
     assert "gpu-de: 8/8" in text
+
+
+def test_explain_says_what_a_throttled_pool_admits_and_what_would_lift_it() -> None:
+    pool = _pool("image-gen")
+    pool["status"]["throttle"] = {
+        "sustainableRequestsPerMinute": 300,
+        "demandRequestsPerMinute": 1200,
+        "tiers": [
+            {"name": "paid", "demandRequestsPerMinute": 240, "allowedRequestsPerMinute": 240},
+            {"name": "free", "demandRequestsPerMinute": 960, "allowedRequestsPerMinute": 60},
+        ],
+    }
+    lines = "\n".join(explain_lines(pool, _objects("CloudProvider"), _objects("PowerBudget")))
+    assert "carries 300 of 1200 requests/min" in lines
+    assert "free 60/960 per min" in lines
+    assert "lifted by more quota" in lines

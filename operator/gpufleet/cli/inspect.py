@@ -172,6 +172,21 @@ def explain_lines(
             f"  pods: queue {queue} at {spec.queue.target_per_replica} per replica -> "
             f"{-(-int(queue) // spec.queue.target_per_replica)} replicas by queue; bounds {spec.min_replicas}..{spec.max_replicas}"
         )
+    throttle = status.get("throttle")
+    if throttle:
+        tiers = ", ".join(
+            f"{t['name']} {t['allowedRequestsPerMinute']}/{t['demandRequestsPerMinute']} per min"
+            for t in throttle.get("tiers", [])
+        )
+        lines.append(
+            f"  throttle: the plan carries {throttle['sustainableRequestsPerMinute']} of "
+            f"{throttle['demandRequestsPerMinute']} requests/min at the SLO"
+            + (f"; admit by tier: {tiers}" if tiers else "")
+        )
+        lines.append(
+            "  throttle: lifted by more quota or maxNodes on an allowed provider, a higher "
+            "PowerBudget cap, or a secondary provider the data policy allows (burst)"
+        )
     for kind, layer in (
         ("TargetFound", "pods"),
         ("MetricsAvailable", "pods"),
@@ -180,6 +195,7 @@ def explain_lines(
         ("CapacityAvailable", "nodes"),
         ("PowerLimited", "power"),
         ("BurstActive", "burst"),
+        ("Throttled", "throttle"),
     ):
         say(layer, kind)
     for provider in sorted(providers, key=lambda p: p["metadata"]["name"]):
