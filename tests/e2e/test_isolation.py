@@ -17,6 +17,10 @@ from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
 
+# A GPU type of its own: pools that other tests leave on the shared test bed cannot use
+# these nodes, so their placements cannot change what this module measures.
+GPU = "E2E-ISO-GPU"
+
 REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-isolation"
 PROVIDER = "e2e-iso-cloud"
@@ -35,7 +39,7 @@ def _objects() -> list[dict[str, Any]]:
             "metadata": {"name": name, "namespace": NS},
             "spec": {
                 "scaleTargetRef": {"name": name},
-                "gpuTypes": ["H100"],
+                "gpuTypes": [GPU],
                 "minReplicas": 1,
                 "maxReplicas": 64,
                 "priority": priority,
@@ -90,7 +94,7 @@ def _objects() -> list[dict[str, Any]]:
                 "nodePools": [
                     {
                         "name": "h100",
-                        "gpuType": "H100",
+                        "gpuType": GPU,
                         "gpusPerNode": 8,
                         "wattsPerGpu": 700,
                         "idleWattsPerGpu": 90,
@@ -115,7 +119,7 @@ def _objects() -> list[dict[str, Any]]:
                 "arrivalRateQuery": "vector(20)",
             },
             slo={"queueWaitSeconds": 10},
-            serviceRates=[{"gpuType": "H100", "requestsPerMinute": 60}],
+            serviceRates=[{"gpuType": GPU, "requestsPerMinute": 60}],
             tiers=[{"name": "paid", "sharePercent": 25}, {"name": "free", "sharePercent": 75}],
         ),
     ]
