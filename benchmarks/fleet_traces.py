@@ -15,6 +15,7 @@ from pathlib import Path
 from gpufleet.sim import policies, report
 from gpufleet.sim.cli import compare
 from gpufleet.sim.engine import prepare
+from gpufleet.sim.metrics import RunResult
 from gpufleet.sim.plot import plot
 from gpufleet.sim.scenario import load_scenario
 from gpufleet.sim.trace import TraceSpec
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "sloAttainment": round(r.slo_attainment, 5),
                 "gpuHours": round(r.gpu_hours, 2),
                 "overCapKws": round(r.over_cap_kws, 1),
+                **({"pools": _pools(r)} if report.per_pool([r]) else {}),
             }
             for r in results
         }
@@ -76,6 +78,30 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     (args.out / name).write_text("\n".join(lines))
     print(json.dumps(headline, separators=(",", ":")))
     return headline
+
+
+def _pools(r: RunResult) -> dict[str, object]:
+    """Per pool (and tier) headline figures for the JSON line."""
+    out: dict[str, object] = {}
+    for name, pool in r.pools.items():
+        s = pool.summary()
+        fig: dict[str, object] = {
+            k: s[k] for k in ("worstHourSloAttainment", "p99WaitSeconds", "whPerRequest") if k in s
+        }
+        fig["sloAttainment"] = round(s["sloAttainment"], 5)
+        if "tiers" in s:
+            fig["throttledShare"] = s["throttledShare"]
+            fig["tiers"] = {
+                t: {
+                    "sloAttainment": v["sloAttainment"],
+                    "throttledShare": v["throttledShare"],
+                    "p99WaitSeconds": v["p99WaitSeconds"],
+                    "admittedOverPublished": v["admittedOverPublished"],
+                }
+                for t, v in s["tiers"].items()
+            }
+        out[name] = fig
+    return out
 
 
 if __name__ == "__main__":

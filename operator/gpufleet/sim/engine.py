@@ -1,5 +1,13 @@
 """The time-stepped run: arrivals, service, power and metrics each step; scrapes and
-reconciles on their own periods. One policy per run, everything else identical."""
+reconciles on their own periods. One policy per run, everything else identical.
+
+Pools share node pools and power budgets. Energy is attributed to pools each step, per node
+pool: each pool's busy watts (above idle) are its own; the node pool's idle and overhead
+watts are split by the GPUs each pool holds there (loading or ready replicas), so idle GPUs
+are shared in proportion; nodes no pool holds (booting, or emptied) are split equally
+between the pools that may run on them. So every joule of a node pool some pool may use is
+attributed, and Wh per served request includes each pool's share of idle GPUs.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from gpufleet.api import Role
 from gpufleet.planner.types import NodePoolKey, NodePoolObservation, PoolKey, frozen_map
 from gpufleet.sim import data
 from gpufleet.sim.cluster import Cluster
+from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.metrics import PoolResult, RunResult
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
 from gpufleet.sim.power import caps_by_step, in_scope, node_watts
@@ -23,6 +32,7 @@ from gpufleet.sim.trace import Demand, apply, load
 RATE_WINDOW = 60.0  # arrivals/s is read as rate(requests_total[1m])
 SERIES_EVERY = 60.0
 DEFAULT_SLO = 10.0
+WINDOW_SECONDS = 3600.0  # SLO attainment is also kept per hour of arrivals
 
 
 @dataclass
@@ -109,15 +119,24 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
     cluster = Cluster(fleet, sc.failures, data.model_load_seconds(), sc.seed)
     cluster.epoch0 = p.start_epoch
     pools = list(fleet.pools)
-    queues = {k: FluidQueue(step) for k in pools}
+    slos = {
+        k: float(slo.queue_wait_seconds) if (slo := fleet.pools[k].slo) else DEFAULT_SLO
+        for k in pools
+    }
+    gateway = Gateway(fleet, step)
+    queues = {
+        k: FluidQueue(step, len(gateway.tiers.get(k, [])), slos[k], WINDOW_SECONDS) for k in pools
+    }
     ctx = _context(p, cluster, queues)
     policy.setup(ctx)
     result = RunResult(policy.name, sc.name, p.steps * step)
     for k in pools:
-        slo = fleet.pools[k].slo
-        result.pools[str(k)] = PoolResult(
-            float(slo.queue_wait_seconds) if slo else DEFAULT_SLO, WaitHistogram(step)
-        )
+        result.pools[str(k)] = PoolResult(slos[k], WaitHistogram(step))
+    # Node pools each pool may run on: who shares the energy of nodes no pool holds
+    eligible: dict[NodePoolKey, list[PoolKey]] = {}
+    for k in pools:
+        for key in ctx.rates[k]:
+            eligible.setdefault(key, []).append(k)
     counts = {k: p.demand[k].counts if k in p.demand else np.zeros(p.steps) for k in pools}
     works = {k: p.demand[k].work if k in p.demand else np.zeros(p.steps) for k in pools}
     cum = {k: np.concatenate(([0.0], np.cumsum(counts[k]))) for k in pools}
@@ -169,8 +188,16 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
         k: float(cum[k][min(rate_steps, p.steps)]) / (min(rate_steps, p.steps) * step)
         for k in pools
     }
-    last_scrape = Scrape(0.0, dict.fromkeys(pools, 0.0), first, {})
-    _apply(cluster, policy.decide(view(0)), 0.0, warm=True)
+    last_scrape = Scrape(
+        0.0,
+        dict.fromkeys(pools, 0.0),
+        first,
+        {},
+        {k: gateway.tier_rates(k, first[k]) for k in pools},
+    )
+    decision = policy.decide(view(0))
+    gateway.publish(decision.throttles)
+    _apply(cluster, decision, 0.0, warm=True)
     cluster.node_actions = cluster.replica_actions = 0
 
     for i in range(p.steps):
@@ -178,24 +205,29 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
         cluster.advance(t)
         if i % scrape_every == 0:
             lo = max(0, i - rate_steps)
+            rates = {
+                k: float(cum[k][i] - cum[k][lo]) / ((i - lo) * step) if i > lo else first[k]
+                for k in pools
+            }
             last_scrape = Scrape(
                 t,
                 {k: queues[k].depth for k in pools},
-                {
-                    k: float(cum[k][i] - cum[k][lo]) / ((i - lo) * step) if i > lo else first[k]
-                    for k in pools
-                },
+                rates,
                 dict(watts_now),
+                {k: gateway.tier_rates(k, rates[k]) for k in pools},
             )
         if i % period == 0 and i > 0:
-            _apply(cluster, policy.decide(view(i)), t)
+            decision = policy.decide(view(i))
+            gateway.publish(decision.throttles)
+            _apply(cluster, decision, t)
             cluster.advance(t)
         # Serve: each pool's ready replicas give capacity; busy share sets the watts
         extra: dict[NodePoolKey, float] = {}
+        busy: dict[tuple[PoolKey, NodePoolKey], float] = {}
         cap_by_np: dict[NodePoolKey, float] = {}
         for k in pools:
             q = queues[k]
-            q.push(i, float(counts[k][i]), float(works[k][i]))
+            q.push(i, *gateway.admit(k, float(counts[k][i]), float(works[k][i])))
             cap = 0.0
             for key, rate, _, _ in serving[k]:
                 c = cluster.replicas[k][key].ready * rate * step
@@ -211,7 +243,9 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
                 ready = cluster.replicas[k][key].ready
                 if ready:
                     idle = cluster.nodes[key].spec.idle_watts_per_gpu
-                    extra[key] = extra.get(key, 0.0) + ready * gpr * (loaded - idle) * util
+                    w = ready * gpr * (loaded - idle) * util
+                    extra[key] = extra.get(key, 0.0) + w
+                    busy[k, key] = w
                     if key in secondary:
                         pr.burst_work += served * ready * rate * step / cap
         # Nodes draw idle watts per GPU and their overhead from the boot request on
@@ -225,6 +259,7 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
             w = node_watts(s, total, extra.get(key, 0.0))
             np_watts[key] = w
             fleet_w += w
+            _attribute(result, key, w - extra.get(key, 0.0), busy, cluster, eligible, step)
             gpu_s += total * s.gpus_per_node * step
             cost += total * s.hourly_price_cents * step / 3600.0
         energy += fleet_w * step
@@ -253,8 +288,12 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
             if progress is not None:
                 progress(i / p.steps)
     for k in pools:
-        queues[k].drain_unserved(p.steps)
-        result.pools[str(k)].waits = queues[k].waits
+        q, pr = queues[k], result.pools[str(k)]
+        q.drain_unserved(p.steps)
+        pr.waits, pr.served_requests, pr.windows = q.waits, q.served, q.windows
+        for name, hist in zip(gateway.tiers.get(k, []), q.tier_waits, strict=True):
+            gateway.results[k][name].waits = hist
+        pr.tiers = gateway.results.get(k, {})
     result.wall_seconds = time.perf_counter() - t0
     result.gpu_seconds, result.cost_cents, result.energy_joules = gpu_s, cost, energy
     result.peak_watts, result.over_cap_watt_seconds = peak, over
@@ -262,6 +301,32 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
     if progress is not None:
         progress(1.0)
     return result
+
+
+def _attribute(
+    result: RunResult,
+    key: NodePoolKey,
+    base_watts: float,
+    busy: dict[tuple[PoolKey, NodePoolKey], float],
+    cluster: Cluster,
+    eligible: dict[NodePoolKey, list[PoolKey]],
+    step: float,
+) -> None:
+    """One node pool's energy this step, to pools (see the module's docstring)."""
+    held: dict[PoolKey, float] = {}
+    for k in eligible.get(key, []):
+        r = cluster.replicas[k][key]
+        gpus = (len(r.loading) + r.ready) * cluster.fleet.pools[k].gpus_per_replica
+        if gpus:
+            held[k] = float(gpus)
+        w = busy.get((k, key), 0.0)
+        if w:
+            result.pools[str(k)].energy_joules += w * step
+    if not held:
+        held = dict.fromkeys(eligible.get(key, []), 1.0)
+    total = sum(held.values())
+    for k, g in held.items():
+        result.pools[str(k)].energy_joules += base_watts * step * g / total
 
 
 def _sample(

@@ -9,21 +9,81 @@ from gpufleet.sim.queue import WaitHistogram
 
 
 @dataclass
+class TierResult:
+    """One request tier of a pool: what arrived, what the gateway let in, how it waited.
+
+    `cut_*` count only the steps in which the published throttle cut this tier (its allowed
+    rate below its demand): admitted against published requests, to check the gateway
+    held the tier to the published rate.
+    """
+
+    waits: WaitHistogram
+    offered: float = 0.0
+    admitted: float = 0.0
+    cut_admitted: float = 0.0
+    cut_published: float = 0.0
+
+    def summary(self, slo_seconds: float) -> dict[str, float | None]:
+        return {
+            "requests": round(self.offered, 1),
+            "throttledShare": round(1.0 - self.admitted / self.offered, 5) if self.offered else 0.0,
+            "sloAttainment": round(self.waits.share_within(slo_seconds), 5),
+            "p99WaitSeconds": self.waits.quantile(0.99),
+            "admittedOverPublished": round(self.cut_admitted / self.cut_published, 4)
+            if self.cut_published
+            else None,
+        }
+
+
+@dataclass
 class PoolResult:
+    """One pool. Waits and SLO attainment are of admitted requests (throttled ones never
+    queue); `energy_joules` is the pool's share of the fleet's energy (see engine)."""
+
     slo_seconds: float
     waits: WaitHistogram
     served_work: float = 0.0
     burst_work: float = 0.0
+    served_requests: float = 0.0
+    energy_joules: float = 0.0
+    tiers: dict[str, TierResult] = field(default_factory=dict)
+    windows: dict[int, list[float]] = field(default_factory=dict)  # hour: [within, total]
 
-    def summary(self) -> dict[str, float]:
-        return {
+    @property
+    def worst_window_attainment(self) -> float:
+        """The lowest SLO attainment of any window of arrivals (an hour) with requests."""
+        shares = [ok / n for ok, n in self.windows.values() if n >= 1.0]
+        return min(shares) if shares else 1.0
+
+    @property
+    def wh_per_request(self) -> float | None:
+        if self.served_requests <= 0:
+            return None
+        return self.energy_joules / 3600.0 / self.served_requests
+
+    @property
+    def throttled(self) -> float:
+        return sum(t.offered - t.admitted for t in self.tiers.values())
+
+    def summary(self) -> dict[str, Any]:
+        wh = self.wh_per_request
+        out: dict[str, Any] = {
             "requests": round(self.waits.total, 1),
             "sloSeconds": self.slo_seconds,
             "sloAttainment": self.waits.share_within(self.slo_seconds),
+            "worstHourSloAttainment": round(self.worst_window_attainment, 5),
             "p50WaitSeconds": self.waits.quantile(0.50),
             "p99WaitSeconds": self.waits.quantile(0.99),
             "burstShare": self.burst_work / self.served_work if self.served_work else 0.0,
+            "servedRequests": round(self.served_requests, 1),
+            "energyKwh": round(self.energy_joules / 3.6e6, 3),
+            "whPerRequest": round(wh, 4) if wh is not None else None,
         }
+        if self.tiers:
+            offered = sum(t.offered for t in self.tiers.values())
+            out["throttledShare"] = round(self.throttled / offered, 5) if offered else 0.0
+            out["tiers"] = {n: t.summary(self.slo_seconds) for n, t in self.tiers.items()}
+        return out
 
 
 @dataclass

@@ -22,8 +22,9 @@ def plot(results: list[RunResult], path: Path, title: str = "") -> None:
         s = r.series
         hours = [t / 3600.0 for t in s.t]
         ax = axes[0][c]
-        for name, ys in s.demand_rps.items():
-            ax.plot(hours, ys, color="black", lw=1, label=f"demand {name}")
+        for i, (name, ys) in enumerate(s.demand_rps.items()):  # one line style per pool
+            style = ("-", "--", ":", "-.")[i % 4]
+            ax.plot(hours, ys, color="black", ls=style, lw=1, label=f"demand {name}")
         for prov, ys in s.capacity_rps.items():
             if any(ys):
                 ax.plot(hours, ys, lw=1, color=colors[prov], label=f"capacity {prov}")

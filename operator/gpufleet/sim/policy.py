@@ -16,12 +16,14 @@ from gpufleet.sim.trace import Demand
 
 @dataclass(frozen=True)
 class Scrape:
-    """Prometheus at one scrape: queue depth, arrivals/s over the last minute, watts."""
+    """Prometheus at one scrape: queue depth, arrivals/s over the last minute (all of them,
+    throttled ones included, as the gateway counts them), watts, and arrivals/s per tier."""
 
     time: float
     queue_depth: Mapping[PoolKey, float]
     arrival_rate: Mapping[PoolKey, float]
     budget_watts: Mapping[str, float]
+    tier_rates: Mapping[PoolKey, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,16 @@ class View:
 
 @dataclass
 class Decision:
-    """Absolute targets; whatever is absent stays as it is."""
+    """Absolute targets; whatever is absent stays as it is.
+
+    `throttles` is what the policy publishes for the gateway, per pool and tier: (allowed,
+    demand) requests/s. It holds until the next reconcile; a pool absent from it is not
+    throttled. Only gpufleet publishes one (KEDA and CA have no such signal).
+    """
 
     replicas: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
     nodes: dict[NodePoolKey, int] = field(default_factory=dict)
+    throttles: dict[PoolKey, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

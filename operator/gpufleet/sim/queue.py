@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,37 +52,73 @@ class WaitHistogram:
 
 
 class FluidQueue:
-    def __init__(self, step: float = 1.0) -> None:
-        self.cohorts: deque[list[float]] = deque()  # [arrival step, requests, work]
+    """FIFO of cohorts [arrival step, requests, work, *tier shares of the requests].
+
+    With `tiers`, each cohort carries the share of its requests per tier, so waits are
+    recorded per tier as well; with `slo_seconds`, requests are also counted by the window
+    of `window_seconds` they arrived in, within the SLO or not (attainment over time).
+    """
+
+    def __init__(
+        self,
+        step: float = 1.0,
+        tiers: int = 0,
+        slo_seconds: float | None = None,
+        window_seconds: float = 3600.0,
+    ) -> None:
+        self.cohorts: deque[list[float]] = deque()
         self.waits = WaitHistogram(step)
+        self.tier_waits = [WaitHistogram(step) for _ in range(tiers)]
         self.depth = 0.0  # requests waiting
         self.backlog = 0.0  # work waiting
+        self.served = 0.0  # requests started
+        self.deadline = int(slo_seconds / step + 1e-9) if slo_seconds is not None else None
+        self.window = max(1, round(window_seconds / step))
+        self.windows: dict[int, list[float]] = {}  # arrival window: [within SLO, requests]
 
-    def push(self, step_index: int, count: float, work: float) -> None:
+    def _record(self, c: list[float], wait: int, n: float) -> None:
+        self.waits.add(wait, n)
+        for j in range(3, len(c)):
+            if c[j] > 0:
+                self.tier_waits[j - 3].add(wait, n * c[j])
+        if self.deadline is not None:
+            w = self.windows.setdefault(int(c[0]) // self.window, [0.0, 0.0])
+            w[1] += n
+            if wait <= self.deadline:
+                w[0] += n
+
+    def push(
+        self, step_index: int, count: float, work: float, shares: Sequence[float] = ()
+    ) -> None:
+        """Queue `count` requests carrying `work`; `shares` splits them by tier."""
+        c = [float(step_index), count, work, *shares]
         if count > 0 and work > 0:
-            self.cohorts.append([float(step_index), count, work])
+            self.cohorts.append(c)
             self.depth += count
             self.backlog += work
         elif count > 0:  # work-free requests start at once
-            self.waits.add(0, count)
+            self._record(c, 0, count)
+            self.served += count
 
     def serve(self, step_index: int, capacity: float) -> float:
         """Start as much queued work as `capacity` allows; return the work served."""
         served = 0.0
-        cohorts, waits = self.cohorts, self.waits
+        cohorts = self.cohorts
         while cohorts and capacity > 1e-12:
             c = cohorts[0]
             wait = step_index - int(c[0])
             if c[2] <= capacity:
                 capacity -= c[2]
                 served += c[2]
-                waits.add(wait, c[1])
+                self._record(c, wait, c[1])
+                self.served += c[1]
                 self.depth -= c[1]
                 cohorts.popleft()
             else:
                 frac = capacity / c[2]
                 n = c[1] * frac
-                waits.add(wait, n)
+                self._record(c, wait, n)
+                self.served += n
                 c[1] -= n
                 c[2] -= capacity
                 self.depth -= n
@@ -95,7 +132,7 @@ class FluidQueue:
     def drain_unserved(self, step_index: int) -> None:
         """At the end of a run, count requests still queued with the wait they have so far."""
         for c in self.cohorts:
-            self.waits.add(step_index - int(c[0]), c[1])
+            self._record(c, step_index - int(c[0]), c[1])
         self.cohorts.clear()
 
 

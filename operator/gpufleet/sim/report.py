@@ -39,8 +39,84 @@ def table(scenario: str, results: list[RunResult]) -> Table:
     return t
 
 
+POOL_HEAD = (
+    "policy",
+    "pool",
+    "tier",
+    "requests",
+    "throttled",
+    "SLO met",
+    "worst hour",
+    "p99 wait s",
+    "admitted/published",
+    "Wh/request",
+)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def pool_rows(results: list[RunResult]) -> list[list[str]]:
+    """Per pool, then per tier: SLO attainment and waits of admitted requests, the share
+    the gateway throttled, and Wh per served request (the pool's; tiers share it)."""
+    rows = []
+    for r in results:
+        for name, pool in r.pools.items():
+            s = pool.summary()
+            wh = s["whPerRequest"]
+            rows.append(
+                [
+                    r.policy,
+                    name,
+                    "all",
+                    f"{s['requests']:,.0f}",
+                    _pct(s.get("throttledShare")),
+                    _pct(s["sloAttainment"]),
+                    _pct(s["worstHourSloAttainment"]),
+                    f"{s['p99WaitSeconds']:.0f}",
+                    "-",
+                    "-" if wh is None else f"{wh:.3f}",
+                ]
+            )
+            for tier, t in s.get("tiers", {}).items():
+                ratio = t["admittedOverPublished"]
+                rows.append(
+                    [
+                        r.policy,
+                        name,
+                        tier,
+                        f"{t['requests']:,.0f}",
+                        _pct(t["throttledShare"]),
+                        _pct(t["sloAttainment"]),
+                        "-",
+                        f"{t['p99WaitSeconds']:.0f}",
+                        "-" if ratio is None else f"{ratio:.2f}",
+                        "-",
+                    ]
+                )
+    return rows
+
+
+def per_pool(results: list[RunResult]) -> bool:
+    """Whether a run has more than one pool or any tiers, so a per-pool table says more."""
+    return any(len(r.pools) > 1 or any(p.tiers for p in r.pools.values()) for r in results)
+
+
+def pool_table(scenario: str, results: list[RunResult]) -> Table:
+    t = Table(title=f"gpufleet simulate: {scenario}, per pool and tier")
+    for i, head in enumerate(POOL_HEAD):
+        t.add_column(head, justify="left" if i < 3 else "right")
+    for row in pool_rows(results):
+        t.add_row(*row)
+    return t
+
+
 def print_table(scenario: str, results: list[RunResult], console: Console | None = None) -> None:
-    (console or Console()).print(table(scenario, results))
+    console = console or Console()
+    console.print(table(scenario, results))
+    if per_pool(results):
+        console.print(pool_table(scenario, results))
 
 
 def as_json(scenario: str, results: list[RunResult]) -> dict[str, Any]:
@@ -55,7 +131,15 @@ def markdown(scenario: str, results: list[RunResult]) -> str:
         s = r.summary()
         cells = [fmt.format(s[key]) if s[key] is not None else "-" for _, key, fmt in COLUMNS]
         rows.append(f"| {r.policy} | " + " | ".join(cells) + " |")
-    return "\n".join([f"### {scenario}", "", head, rule, *rows, ""])
+    out = [f"### {scenario}", "", head, rule, *rows, ""]
+    if per_pool(results):
+        out += [
+            "| " + " | ".join(POOL_HEAD) + " |",
+            "|---|---|---|" + "---:|" * (len(POOL_HEAD) - 3),
+            *["| " + " | ".join(row) + " |" for row in pool_rows(results)],
+            "",
+        ]
+    return "\n".join(out)
 
 
 def dumps(obj: Any) -> str:

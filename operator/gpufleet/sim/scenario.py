@@ -103,6 +103,7 @@ def _modifiers(raw: dict[str, Any]) -> Modifiers:
         )
         if surge
         else None,
+        loop=bool(raw.get("loop", False)),
     )
 
 

@@ -55,6 +55,7 @@ class Modifiers:
     compress: float = 1.0  # 2 plays the trace twice as fast
     multiply: float = 1.0
     surge: Surge | None = None
+    loop: bool = False  # replay the trace from its start until the scenario's duration
 
 
 @dataclass
@@ -249,6 +250,9 @@ def apply(demand: Demand, mods: Modifiers, duration: float | None) -> Demand:
         work = np.bincount(idx, weights=work).astype(np.float64)
     if duration is not None:
         n = int(duration / step)
+        if mods.loop and 0 < len(counts) < n:
+            reps = -(-n // len(counts))
+            counts, work = np.tile(counts, reps), np.tile(work, reps)
         counts = np.pad(counts, (0, max(0, n - len(counts))))[:n]
         work = np.pad(work, (0, max(0, n - len(work))))[:n]
     factor = np.full(len(counts), mods.multiply, dtype=np.float64)

@@ -5,6 +5,8 @@ arrival rate where the pool declares an arrivalRateQuery) and from the API serve
 per node pool, node pools' ready and target nodes, last capacity error); its placements
 and node targets are applied as the reconcilers would, and `plan.state` is kept for the
 next call.
+A pool's published throttle (allowed requests/s per tier) goes to the simulated gateway;
+the scrape's arrivals per tier feed `tier_rates` for tiers that declare an arrivalRateQuery.
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ class GpufleetPolicy(Policy):
         pools = {}
         for key, spec in fleet.pools.items():
             rate = view.scrape.arrival_rate.get(key)
+            seen = view.scrape.tier_rates.get(key, {})
+            tiers = {  # only the tiers whose arrivals the operator queries
+                t.name: seen[t.name] for t in spec.tiers if t.arrival_rate_query and t.name in seen
+            }
             pools[key] = PoolObservation(
                 queue_depth=view.scrape.queue_depth.get(key),
                 arrival_rate=rate if spec.queue.arrival_rate_query else None,
                 replicas=frozen_map({k: n for k, n in view.replicas[key].items() if n}),
+                tier_rates=frozen_map(tiers),
             )
         budgets = {
             name: view.scrape.budget_watts.get(name)
@@ -60,5 +67,7 @@ class GpufleetPolicy(Policy):
             targets = {k: 0 for k, n in view.replicas[key].items() if n}
             targets.update(pp.placements)
             d.replicas[key] = targets
+            if pp.throttle is not None:  # published for the gateway until the next plan
+                d.throttles[key] = {t.name: (t.allowed, t.demand) for t in pp.throttle.tiers}
         d.nodes = {k: npp.desired_nodes for k, npp in plan.node_pools.items()}
         return d
