@@ -209,3 +209,20 @@ def test_rendered_text_has_no_kopf_or_wildcard_leftovers() -> None:
 
 def test_dashboard_file_is_valid_json() -> None:
     json.loads(Path(CHART / "dashboards" / "gpufleet.json").read_text())
+
+
+def test_leader_election_passes_the_flag_the_pod_name_and_installs_the_peering_crd() -> None:
+    container = _deployment({})["spec"]["template"]["spec"]["containers"][0]
+    assert "--leader-election" in container["args"]
+    assert "--peering-lifetime=10" in container["args"]
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"]
+    )
+    crds = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    assert [c["metadata"]["name"] for c in crds] == ["clusterkopfpeerings.kopf.dev"]
+    single = render({"leaderElection.enabled": False, "replicaCount": 1})
+    assert not [d for d in single if d["kind"] == "CustomResourceDefinition"]
+    args = next(d for d in single if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--leader-election" not in args

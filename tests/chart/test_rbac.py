@@ -13,9 +13,14 @@ from .helm import render
 
 Triple = tuple[str, str, str]
 # Cluster-scoped kinds; a grant on them only works from a ClusterRole.
-CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions", "nodepools", "nodeclaims"} | {
-    f"{p}{s}" for p in ("cloudproviders", "powerbudgets") for s in ("", "/status")
-}
+CLUSTER_SCOPED = {
+    "nodes",
+    "namespaces",
+    "customresourcedefinitions",
+    "nodepools",
+    "nodeclaims",
+    "clusterkopfpeerings",
+} | {f"{p}{s}" for p in ("cloudproviders", "powerbudgets") for s in ("", "/status")}
 
 
 def required(
@@ -24,6 +29,7 @@ def required(
     namespaced: bool = False,
     cluster_api: bool = False,
     karpenter_driver: bool = False,
+    leader_election: bool = True,
 ) -> set[Triple]:
     calls: set[Triple] = set(kube.CALLS) | set(handlers.KOPF_CALLS)
     calls |= {(g, r, v) for g, r in handlers.WATCHED for v in ("list", "watch")}
@@ -37,6 +43,8 @@ def required(
         calls |= set(karpenter.CALLS)
     if namespaced:
         calls |= set(handlers.KOPF_NAMESPACED_CALLS)
+    if leader_election:
+        calls |= set(handlers.KOPF_PEERING_CALLS) | set(kube.PEERING_CALLS)
     return calls
 
 
@@ -139,3 +147,10 @@ def test_rbac_with_the_cluster_api_and_karpenter_drivers_grants_their_calls() ->
         ("ClusterRole", None)
     }
     assert ("cluster.x-k8s.io", "machinedeployments", "update") not in found
+
+
+def test_rbac_without_leader_election_drops_the_peering_grants() -> None:
+    values = {"leaderElection.enabled": False, "replicaCount": 1}
+    found = set(grants(render(values)))
+    assert found == required(leader_election=False)
+    assert not any(group == "kopf.dev" for group, _, _ in found)

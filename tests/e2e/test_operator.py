@@ -327,7 +327,8 @@ def test_steady_state_writes_nothing(
     before = {
         n: _pool(kubectl, n)["metadata"]["resourceVersion"] for n in ("surge", "dry", "broken")
     }
-    deployment = kubectl.json("get", "deployment", "-n", NS, "surge")["metadata"]["resourceVersion"]
+    # The Deployment's status is the controllers' to change; its spec (generation) is ours.
+    deployment = kubectl.json("get", "deployment", "-n", NS, "surge")["metadata"]["generation"]
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         time.sleep(1)
@@ -336,6 +337,5 @@ def test_steady_state_writes_nothing(
     }
     assert after == before
     assert (
-        kubectl.json("get", "deployment", "-n", NS, "surge")["metadata"]["resourceVersion"]
-        == deployment
+        kubectl.json("get", "deployment", "-n", NS, "surge")["metadata"]["generation"] == deployment
     )

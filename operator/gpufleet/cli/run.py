@@ -48,6 +48,42 @@ def run(
     log_format: Annotated[
         str, typer.Option(envvar="GPUFLEET_LOG_FORMAT", help="json or plain.")
     ] = "json",
+    leader_election: Annotated[
+        bool,
+        typer.Option(
+            "--leader-election/--no-leader-election",
+            envvar="GPUFLEET_LEADER_ELECTION",
+            help="Run as one of several replicas: only the elected leader acts (kopf peering "
+            "in the ClusterKopfPeering --peering-name, whose CRD the chart installs). Off: "
+            "this process acts alone (standalone).",
+        ),
+    ] = False,
+    peering_name: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_PEERING_NAME",
+            help="Name of the ClusterKopfPeering the replicas share.",
+        ),
+    ] = "gpufleet",
+    peering_priority: Annotated[
+        int | None,
+        typer.Option(
+            envvar="GPUFLEET_PEERING_PRIORITY",
+            help="Leader priority (the highest live one leads; must differ between replicas, "
+            "equal ones pause each other). Default: earlier-started replicas rank higher, "
+            "so a restarted replica joins as a standby.",
+        ),
+    ] = None,
+    peering_lifetime: Annotated[
+        int,
+        typer.Option(
+            envvar="GPUFLEET_PEERING_LIFETIME",
+            min=2,
+            max=59,
+            help="Seconds after its last keep-alive a silent leader is presumed dead "
+            "(a standby takes over after about this long).",
+        ),
+    ] = 10,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch the fleet, plan every period, scale pools and node pools."""
@@ -58,7 +94,7 @@ def run(
 
     from gpufleet.metrics.exporter import OperatorMetrics
     from gpufleet.reconcilers.config import RunConfig
-    from gpufleet.reconcilers.handlers import register
+    from gpufleet.reconcilers.handlers import Peering, identity, register
 
     if log_format not in ("json", "plain"):
         raise typer.BadParameter("log format must be json or plain")
@@ -86,17 +122,44 @@ def run(
     )
     metrics = OperatorMetrics()
     start_http_server(metrics_port, addr=bind_address, registry=metrics.registry)
+    peering = (
+        Peering(
+            peering_name,
+            default_priority() if peering_priority is None else peering_priority,
+            peering_lifetime,
+        )
+        if leader_election
+        else None
+    )
     registry = kopf.OperatorRegistry()
-    register(registry, settings, ApiClient(), metrics)
+    register(registry, settings, ApiClient(), metrics, peering)
     watched = [*settings.namespaces, operator_namespace] if settings.namespaces else []
     log.info(
         "starting",
-        extra={"prometheus": prometheus_url, "period": period, "namespaces": watched or "all"},
+        extra={
+            "prometheus": prometheus_url,
+            "period": period,
+            "namespaces": watched or "all",
+            "identity": identity(),
+            "peering": None if peering is None else peering.name,
+            "priority": None if peering is None else peering.priority,
+        },
     )
     kopf.run(
         registry=registry,
         clusterwide=not watched,
         namespaces=watched,
-        standalone=True,
+        standalone=peering is None,
         liveness_endpoint=f"http://{bind_address}:{health_port}/healthz",
+    )
+
+
+def default_priority() -> int:
+    """Earlier start, higher priority (a replica that restarts does not take the lead back
+    from the one that took over); a random tail keeps two starts in one second apart."""
+    import random
+    import time
+
+    return (4_000_000_000 - int(time.time())) * 1_000_000 + random.SystemRandom().randrange(
+        1_000_000
     )

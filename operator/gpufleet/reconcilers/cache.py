@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,19 +114,13 @@ def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]
     )
 
 
-__all__ = [
-    "GPU_RESOURCE",
-    "NODE_POOL_LABEL",
-    "PROVIDER_LABEL",
-    "BudgetEntry",
-    "NodeEntry",
-    "PodEntry",
-    "PoolEntry",
-    "ProviderEntry",
-    "WorkloadEntry",
-    "_status",
-    "node_entry",
-    "pod_entry",
-    "requests_gpu",
-    "workload_entry",
-]
+@dataclass(frozen=True)
+class View:
+    """What the watches hold at the start of a tick."""
+
+    pools: Sequence[PoolEntry]
+    providers: Sequence[ProviderEntry]
+    budgets: Sequence[BudgetEntry]
+    nodes: Sequence[NodeEntry]
+    pods: Mapping[str, Sequence[PodEntry]]
+    workloads: Mapping[tuple[str, str, str], WorkloadEntry]

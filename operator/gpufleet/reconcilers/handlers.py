@@ -9,6 +9,9 @@ it on a replica that is not the peering leader.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -26,14 +29,16 @@ from gpufleet.reconcilers.cache import (
     BudgetEntry,
     PoolEntry,
     ProviderEntry,
+    View,
     node_entry,
     pod_entry,
     requests_gpu,
     workload_entry,
 )
 from gpufleet.reconcilers.config import RunConfig
+from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
-from gpufleet.reconcilers.loop import FleetLoop, View
+from gpufleet.reconcilers.loop import FleetLoop
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,30 @@ KOPF_CALLS = (
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "configmaps", "patch"),
 )
+# Only with leader election: kopf watches the ClusterKopfPeering and patches its peers in.
+KOPF_PEERING_CALLS = (
+    ("kopf.dev", "clusterkopfpeerings", "list"),
+    ("kopf.dev", "clusterkopfpeerings", "watch"),
+    ("kopf.dev", "clusterkopfpeerings", "patch"),
+)
 # Only with a list of namespaces (`--namespace`): kopf lists and watches namespaces.
 KOPF_NAMESPACED_CALLS = (("", "namespaces", "list"), ("", "namespaces", "watch"))
+
+
+@dataclass(frozen=True)
+class Peering:
+    """Leader election by kopf peering: the live replica of highest priority acts, the
+    others are paused (no watches, no timer). A peer is presumed dead `lifetime` seconds
+    after its last keep-alive, so a standby takes over within about `lifetime` seconds."""
+
+    name: str = "gpufleet"
+    priority: int = 0
+    lifetime: int = 10
+
+
+def identity() -> str:
+    """This replica's name in the peering object and the intent record (kopf's `POD_ID`)."""
+    return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
 
 
 def driver_factory(api: ApiClient, config: RunConfig, metrics: OperatorMetrics) -> Any:
@@ -77,9 +104,16 @@ def _values(index: kopf.Index[Any, Any]) -> list[Any]:
 
 
 def register(
-    registry: kopf.OperatorRegistry, config: RunConfig, api: ApiClient, metrics: OperatorMetrics
+    registry: kopf.OperatorRegistry,
+    config: RunConfig,
+    api: ApiClient,
+    metrics: OperatorMetrics,
+    peering: Peering | None = None,
 ) -> None:
-    """Attach every handler to `registry`; `gpufleet run` and the tests call this."""
+    """Attach every handler to `registry`; `gpufleet run` and the tests call this.
+
+    With `peering`, only the leader among the replicas runs the fleet timer (kopf pauses
+    the others); without, this replica acts alone (kopf's standalone mode)."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -98,13 +132,26 @@ def register(
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 30
+        if peering is not None:
+            # Cluster-wide whatever the watched namespaces: one leader for the whole fleet.
+            # mandatory: start paused until the peering object has been seen.
+            settings.peering.standalone = False
+            settings.peering.mandatory = True
+            settings.peering.clusterwide = True
+            settings.peering.name = peering.name
+            settings.peering.priority = peering.priority
+            settings.peering.lifetime = peering.lifetime
+            settings.peering.stealth = True
         kube = Kube(api)
+        if peering is not None:
+            await kube.ensure_peering(peering.name)
         source = (
             PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
             if config.prometheus_url
             else None
         )
         memo.fleet = FleetLoop(kube, source, driver_factory(api, config, metrics), metrics)
+        memo.fleet.journal = Journal(kube, config.operator_namespace, config.anchor, identity())
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
 
     @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)

@@ -25,7 +25,17 @@ CALLS = (
     (GROUP, "powerbudgets/status", "patch"),
     ("", "events", "create"),
     ("", "configmaps", "create"),
+    # reconcilers/intent.py: the intent record on the anchor (resourceVersion precondition).
+    ("", "configmaps", "get"),
+    ("", "configmaps", "patch"),
 )
+# Only with leader election (`--leader-election`): Kube.ensure_peering.
+PEERING_CALLS = (("kopf.dev", "clusterkopfpeerings", "create"),)
+PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
+
+
+class Conflict(Exception):
+    """A write's resourceVersion precondition failed: someone else wrote first."""
 
 
 class Kube:
@@ -121,3 +131,52 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    async def read_config_map(self, namespace: str, name: str) -> tuple[dict[str, str], str]:
+        """The ConfigMap's data and resourceVersion."""
+        found = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
+        return dict(found.data or {}), _version(found)
+
+    async def patch_config_map_data(
+        self, namespace: str, name: str, data: Mapping[str, str], version: str
+    ) -> str:
+        """Merge `data` in, only if the ConfigMap is still at `version`; its new version."""
+        body = {"metadata": {"resourceVersion": version}, "data": dict(data)}
+        try:
+            written = await asyncio.to_thread(
+                self.core.patch_namespaced_config_map,
+                name,
+                namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"configmap {namespace}/{name} changed since {version}") from exc
+            raise
+        return _version(written)
+
+    async def ensure_peering(self, name: str) -> None:
+        """The ClusterKopfPeering kopf's leader election keeps its peers in (kopf needs it)."""
+        body = {
+            "apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "gpufleet"}},
+        }
+        try:
+            await asyncio.to_thread(
+                self.custom.create_cluster_custom_object,
+                PEERING_GROUP,
+                PEERING_VERSION,
+                PEERING_PLURAL,
+                body,
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+def _version(obj: Any) -> str:
+    meta = getattr(obj, "metadata", None)
+    return str(getattr(meta, "resource_version", "") or "")

@@ -3,14 +3,14 @@ from the specs and what is observed; the planner's memory is the only state carr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.pool import InferencePoolSpec, Mode
-from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import CapacityError as DriverCapacityError
 from gpufleet.drivers.base import DriverError, NodePoolDriver, QuotaExceeded
@@ -25,36 +25,19 @@ from gpufleet.planner.types import (
     NodePoolKey,
     PlannerState,
     PoolKey,
-    Reason,
     frozen_map,
 )
-from gpufleet.reconcilers import status as st
 from gpufleet.reconcilers.cache import (
-    BudgetEntry,
-    NodeEntry,
-    PodEntry,
-    PoolEntry,
-    ProviderEntry,
+    View,
     WorkloadEntry,
 )
-from gpufleet.reconcilers.conditions import Cond, ready
+from gpufleet.reconcilers.intent import Action, Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for
+from gpufleet.reconcilers.report import Reporter
 
 log = logging.getLogger(__name__)
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
-
-
-@dataclass(frozen=True)
-class View:
-    """What the watches hold at the start of a tick."""
-
-    pools: Sequence[PoolEntry]
-    providers: Sequence[ProviderEntry]
-    budgets: Sequence[BudgetEntry]
-    nodes: Sequence[NodeEntry]
-    pods: Mapping[str, Sequence[PodEntry]]
-    workloads: Mapping[tuple[str, str, str], WorkloadEntry]
 
 
 @dataclass
@@ -69,6 +52,13 @@ class FleetLoop:
     capacity_errors: dict[NodePoolKey, CapacityError] = field(default_factory=dict)
     last_placements: dict[PoolKey, Mapping[NodePoolKey, int]] = field(default_factory=dict)
     last_plan: FleetPlan | None = None
+    reporter: Reporter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reporter = Reporter(self.kube, self.metrics)
+
+    # The intent record (crash safety, HA); None acts without one (tests, one replica).
+    journal: Journal | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -129,7 +119,7 @@ class FleetLoop:
         plan = plan_fleet(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
         await self._actuate(plan, fleet, targets, drivers, observed, now)
-        await self._report(view, plan, fleet, observed, target_errors, remote, now)
+        await self.reporter.report(view, plan, fleet, observed, target_errors, remote, now)
         self.last_plan = plan
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         return plan
@@ -143,6 +133,11 @@ class FleetLoop:
         observed: Observed,
         now: float,
     ) -> None:
+        # Every target this tick can resize: its observed size, the size the plan wants
+        # where that differs, and how to set it. Then record intent, act, record the result.
+        current: dict[str, int] = {}
+        planned: dict[str, int] = {}
+        setters: dict[str, Callable[[int, str], Awaitable[bool]]] = {}
         for key, node_plan in sorted(plan.node_pools.items()):
             driver = drivers.get(key.provider)
             state = observed.node_states.get(key)
@@ -152,36 +147,12 @@ class FleetLoop:
                 or key.provider in observed.snapshot.unreachable_providers
             ):
                 continue
-            if node_plan.desired_nodes == state.target_size:
-                continue
-            action = f"{key.provider}.{key.node_pool}.{node_plan.desired_nodes}.{int(now)}"
-            try:
-                await driver.set_target_size(
-                    ref_for(key.provider, fleet.providers[key.provider], key.node_pool),
-                    node_plan.desired_nodes,
-                    action_id=action,
-                )
-            except DriverCapacityError as exc:
-                kind = (
-                    CapacityErrorKind.QUOTA_EXCEEDED
-                    if isinstance(exc, QuotaExceeded)
-                    else CapacityErrorKind.INSUFFICIENT_CAPACITY
-                )
-                self.capacity_errors[key] = CapacityError(kind, now)
-                log.warning(
-                    "node pool %s: %s",
-                    key,
-                    exc.reason,
-                    extra={"nodePool": str(key), "reason": exc.reason},
-                )
-            except DriverError as exc:
-                self.metrics.reconcile_errors.labels("actuate").inc()
-                log.warning(
-                    "node pool %s: %s",
-                    key,
-                    exc.reason,
-                    extra={"nodePool": str(key), "reason": exc.reason},
-                )
+            target = f"nodepool/{key.provider}/{key.node_pool}"
+            current[target] = state.target_size
+            ref = ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
+            setters[target] = functools.partial(self._set_nodes, driver, ref, key, now)
+            if node_plan.desired_nodes != state.target_size:
+                planned[target] = node_plan.desired_nodes
         for pool_key, pool_plan in sorted(plan.pools.items()):
             spec = fleet.pools[pool_key]
             self.last_placements[pool_key] = pool_plan.placements
@@ -193,228 +164,70 @@ class FleetLoop:
                 if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
             )
             workload = targets[pool_key]
-            if local == workload.replicas:
-                continue
-            try:
-                await self.kube.scale(workload.kind, pool_key.namespace, workload.name, local)
-            except Exception as exc:  # one pool's failure must not stop the others
-                self.metrics.reconcile_errors.labels("scale").inc()
-                log.warning("scale %s failed: %s", pool_key, exc, extra={"pool": str(pool_key)})
-
-    async def _report(
-        self,
-        view: View,
-        plan: FleetPlan,
-        fleet: Fleet,
-        observed: Observed,
-        target_errors: Mapping[PoolKey, str],
-        remote: Iterable[str],
-        now: float,
-    ) -> None:
-        for entry in view.pools:
-            key = PoolKey(entry.namespace, entry.name)
-            spec = entry.parsed.value
-            pool_plan = plan.pools.get(key)
-            if spec is None:
-                status = st.pool_status(
-                    entry.status,
-                    entry.generation,
-                    st.invalid_pool_conditions(entry.parsed.errors),
-                    now,
-                )
-            elif pool_plan is None:
-                target = Cond("TargetFound", False, "TargetNotFound", target_errors.get(key, ""))
-                conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
-                status = st.pool_status(entry.status, entry.generation, conds, now)
-            else:
-                conds = st.pool_conditions(spec, pool_plan, observed.metrics_errors.get(key), None)
-                status = st.pool_status(
-                    entry.status,
-                    entry.generation,
-                    conds,
-                    now,
-                    pool_plan,
-                    observed.queue.get(key),
-                    fleet.providers,
-                    observed.current_by_provider.get(key),
-                    observed.arrival.get(key),
-                )
-                self._pool_metrics(key, pool_plan, observed)
-                await self._scale_event(entry, spec, pool_plan)
-            await self._write("inferencepools", entry.namespace, entry.name, entry.status, status)
-        remote_set = set(remote)
-        for provider_entry in view.providers:
-            provider_spec = provider_entry.parsed.value
-            node_plans = {
-                k.node_pool: p
-                for k, p in plan.node_pools.items()
-                if k.provider == provider_entry.name
-            }
-            ready_nodes = {
-                n: s.ready
-                for k, s in observed.node_states.items()
-                if k.provider == provider_entry.name
-                for n in [k.node_pool]
-            }
-            error = observed.driver_errors.get(provider_entry.name)
-            if provider_entry.name in remote_set:
-                error = "remote clusters (cluster.kubeconfigSecretRef) are not reconciled yet"
-            status = (
-                st.provider_status(
-                    provider_entry.status,
-                    provider_entry.generation,
-                    provider_spec,
-                    node_plans,
-                    ready_nodes,
-                    error,
-                    now,
-                    provider_entry.parsed.errors,
-                )
-                if provider_spec is not None
-                else st.provider_status(
-                    provider_entry.status,
-                    provider_entry.generation,
-                    _EMPTY_PROVIDER,
-                    {},
-                    {},
-                    None,
-                    now,
-                    provider_entry.parsed.errors,
-                )
+            target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
+            current[target] = workload.replicas
+            setters[target] = functools.partial(self._scale, workload, pool_key)
+            if local != workload.replicas:
+                planned[target] = local
+        if self.journal is None:
+            actions: tuple[Action, ...] | None = tuple(
+                Action(f"{t}={n}@{int(now)}", t, n) for t, n in planned.items()
             )
-            for np_key, np_plan in plan.node_pools.items():
-                if np_key.provider == provider_entry.name:
-                    self.metrics.desired_nodes.labels(np_key.provider, np_key.node_pool).set(
-                        np_plan.desired_nodes
-                    )
-                    self.metrics.current_nodes.labels(np_key.provider, np_key.node_pool).set(
-                        np_plan.current_nodes
-                    )
-            await self._write(
-                "cloudproviders", None, provider_entry.name, provider_entry.status, status
-            )
-        for budget_entry in view.budgets:
-            budget_plan = plan.budgets.get(budget_entry.name)
-            budget_spec: PowerBudgetSpec | None = budget_entry.parsed.value
-            measured = (
-                budget_spec is not None
-                and budget_spec.measurement.type == MeasurementType.PROMETHEUS
-            )
-            status = st.budget_status(
-                budget_entry.status,
-                budget_entry.generation,
-                budget_plan,
-                measured,
-                now,
-                budget_entry.parsed.errors,
-            )
-            if budget_plan is not None:
-                drawn = (
-                    budget_plan.measured_watts
-                    if budget_plan.measured_watts is not None
-                    else budget_plan.planned_watts
-                )
-                self.metrics.budget_drawn_kw.labels(budget_entry.name).set(drawn / 1000)
-                self.metrics.budget_planned_kw.labels(budget_entry.name).set(
-                    budget_plan.planned_watts / 1000
-                )
-                self.metrics.budget_allowed_kw.labels(budget_entry.name).set(
-                    budget_plan.allowed_watts / 1000
-                )
-            await self._write("powerbudgets", None, budget_entry.name, budget_entry.status, status)
-
-    def _pool_metrics(self, key: PoolKey, plan: Any, observed: Observed) -> None:
-        desired = plan.replicas_by_provider()
-        current = observed.current_by_provider.get(key, {})
-        for provider in sorted(set(desired) | set(current)):
-            self.metrics.desired_replicas.labels(key.namespace, key.name, provider).set(
-                desired.get(provider, 0)
-            )
-            self.metrics.current_replicas.labels(key.namespace, key.name, provider).set(
-                current.get(provider, 0)
-            )
-        queue = observed.queue.get(key)
-        self.metrics.metrics_available.labels(key.namespace, key.name).set(
-            0 if queue is None else 1
-        )
-        if queue is not None:
-            self.metrics.queue_depth.labels(key.namespace, key.name).set(queue)
-        self.metrics.pool_watts.labels(key.namespace, key.name).set(plan.planned_watts)
-        self.metrics.burst_replicas.labels(key.namespace, key.name).set(plan.burst_replicas)
-        throttle = plan.throttle
-        sustainable = self.metrics.sustainable_rate
-        if throttle is None:
-            sustainable.labels(key.namespace, key.name, "").set(float("nan"))
         else:
-            sustainable.labels(key.namespace, key.name, "").set(throttle.sustainable)
-            for tier in throttle.tiers:
-                sustainable.labels(key.namespace, key.name, tier.name).set(tier.allowed)
-
-    async def _scale_event(self, entry: PoolEntry, spec: InferencePoolSpec, plan: Any) -> None:
-        if plan.desired_replicas == plan.current_replicas and Reason.DRY_RUN not in plan.reasons:
+            actions = await self.journal.begin(planned, current)
+        if not actions:
             return
-        previous = (entry.status or {}).get("desiredReplicas")
-        if previous == plan.desired_replicas:
-            return  # already told: one Event per decision, not per tick
-        reason = plan.notes[0].reason.value if plan.notes else "Scaled"
-        message = "; ".join(n.message for n in plan.notes[:4])
-        self.metrics.decisions.labels(entry.namespace, entry.name, reason).inc()
-        log.info(
-            "pool %s/%s: %s",
-            entry.namespace,
-            entry.name,
-            message,
-            extra={
-                "pool": f"{entry.namespace}/{entry.name}",
-                "reason": reason,
-                "desired": plan.desired_replicas,
-                "current": plan.current_replicas,
-            },
-        )
+        done: set[str] = set()
+        # Node pools first: capacity before the replicas that need it.
+        for action in sorted(
+            actions, key=lambda a: (not a.target.startswith("nodepool/"), a.target)
+        ):
+            setter = setters.get(action.target)
+            if setter is not None and await setter(action.size, action.id):
+                log.info(
+                    "applied %s",
+                    action.id,
+                    extra={"actionId": action.id, "target": action.target, "size": action.size},
+                )
+                done.add(action.id)
+        if self.journal is not None:
+            await self.journal.finish(done)
+
+    async def _set_nodes(
+        self, driver: NodePoolDriver, ref: Any, key: NodePoolKey, now: float, size: int, action: str
+    ) -> bool:
         try:
-            await self.kube.event(
-                "InferencePool", entry.namespace, entry.name, None, reason, message
+            await driver.set_target_size(ref, size, action_id=action)
+        except DriverCapacityError as exc:
+            kind = (
+                CapacityErrorKind.QUOTA_EXCEEDED
+                if isinstance(exc, QuotaExceeded)
+                else CapacityErrorKind.INSUFFICIENT_CAPACITY
             )
-        except Exception as exc:
-            log.info("event for %s/%s not posted: %s", entry.namespace, entry.name, exc)
+            self.capacity_errors[key] = CapacityError(kind, now)
+            log.warning(
+                "node pool %s: %s",
+                key,
+                exc.reason,
+                extra={"nodePool": str(key), "reason": exc.reason},
+            )
+            return False
+        except DriverError as exc:
+            self.metrics.reconcile_errors.labels("actuate").inc()
+            log.warning(
+                "node pool %s: %s",
+                key,
+                exc.reason,
+                extra={"nodePool": str(key), "reason": exc.reason},
+            )
+            return False
+        return True
 
-    async def _write(
-        self,
-        plural: str,
-        namespace: str | None,
-        name: str,
-        previous: Mapping[str, Any],
-        status: Mapping[str, Any],
-    ) -> None:
-        if st.same(previous, status):
-            return
+    async def _scale(self, workload: WorkloadEntry, pool_key: PoolKey, size: int, _: str) -> bool:
         try:
-            await self.kube.patch_status(plural, namespace, name, previous, status)
-        except Exception as exc:
-            self.metrics.reconcile_errors.labels("status").inc()
-            log.warning("status of %s %s not written: %s", plural, name, exc)
-
-
-def _empty_provider() -> CloudProviderSpec:
-    from gpufleet.api.provider import CloudProviderSpec as Spec
-
-    return Spec.model_validate(
-        {
-            "subprocessor": {"legalEntity": "-", "jurisdiction": "ZZ"},
-            "driver": {"type": "Simulated"},
-            "nodePools": [
-                {
-                    "name": "none",
-                    "gpuType": "none",
-                    "gpusPerNode": 1,
-                    "wattsPerGpu": 1,
-                    "idleWattsPerGpu": 0,
-                    "maxNodes": 0,
-                    "site": "none",
-                }
-            ],
-        }
-    )
-
-
-_EMPTY_PROVIDER = _empty_provider()
+            await self.kube.scale(workload.kind, pool_key.namespace, workload.name, size)
+        except Exception as exc:  # one pool's failure must not stop the others
+            self.metrics.reconcile_errors.labels("scale").inc()
+            log.warning("scale %s failed: %s", pool_key, exc, extra={"pool": str(pool_key)})
+            return False
+        return True

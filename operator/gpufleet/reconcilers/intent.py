@@ -1,0 +1,190 @@
+"""Crash-safe actuation: record intent, act, record the result.
+
+Before the fleet loop resizes anything it writes the sizes it is about to set, one id per
+action, into the anchor ConfigMap (`data.intent`), with a resourceVersion precondition: a
+stale leader, whose view of the anchor is older than the last record, fails that write and
+does not act. After acting it marks the actions done. A replica that takes over (or an
+operator that restarts) finds the unfinished actions there and completes them under the
+same ids, unless what it observes shows them done or its own plan supersedes them. Sizes
+are absolute, so re-applying one is harmless; the ids let drivers and tests tell a retry
+from a new decision.
+
+`reconcile` is pure; `Journal` adds the two Kubernetes calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gpufleet.reconcilers.kube import Conflict, Kube
+
+log = logging.getLogger(__name__)
+
+INTENT_KEY = "intent"
+
+
+@dataclass(frozen=True)
+class Action:
+    """Set `target` (`nodepool/<provider>/<pool>` or `<Kind>/<namespace>/<name>`) to `size`."""
+
+    id: str
+    target: str
+    size: int
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the anchor holds: the last recorded actions, numbered by `seq`."""
+
+    seq: int = 0
+    leader: str = ""
+    actions: tuple[Action, ...] = ()
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "seq": self.seq,
+                "leader": self.leader,
+                "actions": [
+                    {"id": a.id, "target": a.target, "size": a.size, "done": a.done}
+                    for a in self.actions
+                ],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def load(cls, text: str | None) -> Record:
+        if not text:
+            return cls()
+        try:
+            raw = json.loads(text)
+            return cls(
+                int(raw.get("seq", 0)),
+                str(raw.get("leader", "")),
+                tuple(
+                    Action(str(a["id"]), str(a["target"]), int(a["size"]), bool(a.get("done")))
+                    for a in raw.get("actions", [])
+                ),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("unreadable intent record in the anchor ConfigMap: starting afresh")
+            return cls()
+
+    @property
+    def pending(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if not a.done)
+
+
+def reconcile(
+    record: Record,
+    planned: Mapping[str, int],
+    current: Mapping[str, int],
+    leader: str,
+) -> tuple[Record, tuple[Action, ...]]:
+    """The record to write before acting, and the actions to run.
+
+    `planned`: target -> size this tick wants (only targets whose size changes); `current`:
+    target -> size observed now, for every target that still exists. An unfinished action
+    of the record that this tick's plan still wants is run again under its own id (so a
+    crash between deciding and acting neither loses it nor mints a second action); one
+    observed done, on a target gone, or that the plan no longer wants is dropped (level-based:
+    the plan, not an old decision, sets sizes).
+    New actions get ids from the next `seq`.
+    """
+    run: dict[str, Action] = {}
+    for action in record.pending:
+        now = current.get(action.target)
+        if now is None or now == action.size:
+            continue  # gone, or done before the crash
+        if planned.get(action.target) == action.size:
+            run[action.target] = action  # unfinished and still wanted: under its own id
+    fresh = {t: s for t, s in sorted(planned.items()) if t not in run and current.get(t) != s}
+    seq = record.seq + 1 if fresh else record.seq
+    for target, size in fresh.items():
+        run[target] = Action(f"{seq}.{target}={size}", target, size)
+    actions = tuple(run[t] for t in sorted(run))
+    if not fresh and actions == record.pending and (not actions or record.leader == leader):
+        return record, actions  # nothing new to record (retries keep their ids)
+    # A leader that takes over unfinished actions claims the record before it acts.
+    return Record(seq, leader, actions), actions
+
+
+def finished(record: Record, done: set[str]) -> Record:
+    return replace(
+        record, actions=tuple(replace(a, done=a.done or a.id in done) for a in record.actions)
+    )
+
+
+@dataclass
+class Journal:
+    """The intent record on the anchor ConfigMap `namespace/name`."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    leader: str
+    record: Record | None = None
+    version: str | None = None
+    read_at: float = 0.0
+    # With nothing to do, trust the last record this long before reading the anchor again.
+    trust_seconds: float = 10.0
+
+    async def begin(
+        self, planned: Mapping[str, int], current: Mapping[str, int]
+    ) -> tuple[Action, ...] | None:
+        """Record what is about to be done; None when another writer got there first."""
+        quiet = self.record is not None and not self.record.pending and not planned
+        if quiet and time.monotonic() - self.read_at < self.trust_seconds:
+            return ()  # steady state: no reads, no writes
+        data, self.version = await self.kube.read_config_map(self.namespace, self.name)
+        self.read_at = time.monotonic()
+        previous = Record.load(data.get(INTENT_KEY))
+        record, actions = reconcile(previous, planned, current, self.leader)
+        for action in actions:
+            if action in previous.pending:
+                log.info(
+                    "resuming recorded action %s",
+                    action.id,
+                    extra={"actionId": action.id, "recordedBy": previous.leader},
+                )
+        if record != previous:
+            try:
+                self.version = await self._write(record)
+            except Conflict:
+                log.warning("intent record changed under us (another leader?): not acting")
+                self.record = None
+                return None
+        self.record = record
+        return actions
+
+    async def finish(self, done: set[str]) -> None:
+        """Mark `done` done; a conflict means a newer leader has taken over its record."""
+        if self.record is None or not done:
+            return
+        record = replace(finished(self.record, done), leader=self.leader)
+        if record == self.record:
+            return
+        try:
+            self.version = await self._write(record)
+            self.record = record
+        except Conflict:
+            log.warning("intent record changed under us: result not recorded")
+            self.record = None
+
+    async def _write(self, record: Record) -> str:
+        assert self.version is not None
+        return await self.kube.patch_config_map_data(
+            self.namespace, self.name, {INTENT_KEY: record.dump()}, self.version
+        )
+
+
+def record_of(data: Mapping[str, Any]) -> Record:
+    """The intent record of an anchor ConfigMap's `data` (for tests and `inspect`)."""
+    return Record.load(data.get(INTENT_KEY))

@@ -1,0 +1,245 @@
+"""Status, Events and metrics from a plan: written only when what they say changes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.power import MeasurementType, PowerBudgetSpec
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.metrics.exporter import OperatorMetrics
+from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, Reason
+from gpufleet.reconcilers import status as st
+from gpufleet.reconcilers.cache import PoolEntry, View
+from gpufleet.reconcilers.conditions import Cond, ready
+from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.observe import Observed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reporter:
+    kube: Kube
+    metrics: OperatorMetrics
+
+    async def report(
+        self,
+        view: View,
+        plan: FleetPlan,
+        fleet: Fleet,
+        observed: Observed,
+        target_errors: Mapping[PoolKey, str],
+        remote: Iterable[str],
+        now: float,
+    ) -> None:
+        for entry in view.pools:
+            key = PoolKey(entry.namespace, entry.name)
+            spec = entry.parsed.value
+            pool_plan = plan.pools.get(key)
+            if spec is None:
+                status = st.pool_status(
+                    entry.status,
+                    entry.generation,
+                    st.invalid_pool_conditions(entry.parsed.errors),
+                    now,
+                )
+            elif pool_plan is None:
+                target = Cond("TargetFound", False, "TargetNotFound", target_errors.get(key, ""))
+                conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
+                status = st.pool_status(entry.status, entry.generation, conds, now)
+            else:
+                conds = st.pool_conditions(spec, pool_plan, observed.metrics_errors.get(key), None)
+                status = st.pool_status(
+                    entry.status,
+                    entry.generation,
+                    conds,
+                    now,
+                    pool_plan,
+                    observed.queue.get(key),
+                    fleet.providers,
+                    observed.current_by_provider.get(key),
+                    observed.arrival.get(key),
+                )
+                self._pool_metrics(key, pool_plan, observed)
+                await self._scale_event(entry, spec, pool_plan)
+            await self._write("inferencepools", entry.namespace, entry.name, entry.status, status)
+        remote_set = set(remote)
+        for provider_entry in view.providers:
+            provider_spec = provider_entry.parsed.value
+            node_plans = {
+                k.node_pool: p
+                for k, p in plan.node_pools.items()
+                if k.provider == provider_entry.name
+            }
+            ready_nodes = {
+                n: s.ready
+                for k, s in observed.node_states.items()
+                if k.provider == provider_entry.name
+                for n in [k.node_pool]
+            }
+            error = observed.driver_errors.get(provider_entry.name)
+            if provider_entry.name in remote_set:
+                error = "remote clusters (cluster.kubeconfigSecretRef) are not reconciled yet"
+            status = (
+                st.provider_status(
+                    provider_entry.status,
+                    provider_entry.generation,
+                    provider_spec,
+                    node_plans,
+                    ready_nodes,
+                    error,
+                    now,
+                    provider_entry.parsed.errors,
+                )
+                if provider_spec is not None
+                else st.provider_status(
+                    provider_entry.status,
+                    provider_entry.generation,
+                    _EMPTY_PROVIDER,
+                    {},
+                    {},
+                    None,
+                    now,
+                    provider_entry.parsed.errors,
+                )
+            )
+            for np_key, np_plan in plan.node_pools.items():
+                if np_key.provider == provider_entry.name:
+                    self.metrics.desired_nodes.labels(np_key.provider, np_key.node_pool).set(
+                        np_plan.desired_nodes
+                    )
+                    self.metrics.current_nodes.labels(np_key.provider, np_key.node_pool).set(
+                        np_plan.current_nodes
+                    )
+            await self._write(
+                "cloudproviders", None, provider_entry.name, provider_entry.status, status
+            )
+        for budget_entry in view.budgets:
+            budget_plan = plan.budgets.get(budget_entry.name)
+            budget_spec: PowerBudgetSpec | None = budget_entry.parsed.value
+            measured = (
+                budget_spec is not None
+                and budget_spec.measurement.type == MeasurementType.PROMETHEUS
+            )
+            status = st.budget_status(
+                budget_entry.status,
+                budget_entry.generation,
+                budget_plan,
+                measured,
+                now,
+                budget_entry.parsed.errors,
+            )
+            if budget_plan is not None:
+                drawn = (
+                    budget_plan.measured_watts
+                    if budget_plan.measured_watts is not None
+                    else budget_plan.planned_watts
+                )
+                self.metrics.budget_drawn_kw.labels(budget_entry.name).set(drawn / 1000)
+                self.metrics.budget_planned_kw.labels(budget_entry.name).set(
+                    budget_plan.planned_watts / 1000
+                )
+                self.metrics.budget_allowed_kw.labels(budget_entry.name).set(
+                    budget_plan.allowed_watts / 1000
+                )
+            await self._write("powerbudgets", None, budget_entry.name, budget_entry.status, status)
+
+    def _pool_metrics(self, key: PoolKey, plan: Any, observed: Observed) -> None:
+        desired = plan.replicas_by_provider()
+        current = observed.current_by_provider.get(key, {})
+        for provider in sorted(set(desired) | set(current)):
+            self.metrics.desired_replicas.labels(key.namespace, key.name, provider).set(
+                desired.get(provider, 0)
+            )
+            self.metrics.current_replicas.labels(key.namespace, key.name, provider).set(
+                current.get(provider, 0)
+            )
+        queue = observed.queue.get(key)
+        self.metrics.metrics_available.labels(key.namespace, key.name).set(
+            0 if queue is None else 1
+        )
+        if queue is not None:
+            self.metrics.queue_depth.labels(key.namespace, key.name).set(queue)
+        self.metrics.pool_watts.labels(key.namespace, key.name).set(plan.planned_watts)
+        self.metrics.burst_replicas.labels(key.namespace, key.name).set(plan.burst_replicas)
+        throttle = plan.throttle
+        sustainable = self.metrics.sustainable_rate
+        if throttle is None:
+            sustainable.labels(key.namespace, key.name, "").set(float("nan"))
+        else:
+            sustainable.labels(key.namespace, key.name, "").set(throttle.sustainable)
+            for tier in throttle.tiers:
+                sustainable.labels(key.namespace, key.name, tier.name).set(tier.allowed)
+
+    async def _scale_event(self, entry: PoolEntry, spec: InferencePoolSpec, plan: Any) -> None:
+        if plan.desired_replicas == plan.current_replicas and Reason.DRY_RUN not in plan.reasons:
+            return
+        previous = (entry.status or {}).get("desiredReplicas")
+        if previous == plan.desired_replicas:
+            return  # already told: one Event per decision, not per tick
+        reason = plan.notes[0].reason.value if plan.notes else "Scaled"
+        message = "; ".join(n.message for n in plan.notes[:4])
+        self.metrics.decisions.labels(entry.namespace, entry.name, reason).inc()
+        log.info(
+            "pool %s/%s: %s",
+            entry.namespace,
+            entry.name,
+            message,
+            extra={
+                "pool": f"{entry.namespace}/{entry.name}",
+                "reason": reason,
+                "desired": plan.desired_replicas,
+                "current": plan.current_replicas,
+            },
+        )
+        try:
+            await self.kube.event(
+                "InferencePool", entry.namespace, entry.name, None, reason, message
+            )
+        except Exception as exc:
+            log.info("event for %s/%s not posted: %s", entry.namespace, entry.name, exc)
+
+    async def _write(
+        self,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+    ) -> None:
+        if st.same(previous, status):
+            return
+        try:
+            await self.kube.patch_status(plural, namespace, name, previous, status)
+        except Exception as exc:
+            self.metrics.reconcile_errors.labels("status").inc()
+            log.warning("status of %s %s not written: %s", plural, name, exc)
+
+
+def _empty_provider() -> CloudProviderSpec:
+    from gpufleet.api.provider import CloudProviderSpec as Spec
+
+    return Spec.model_validate(
+        {
+            "subprocessor": {"legalEntity": "-", "jurisdiction": "ZZ"},
+            "driver": {"type": "Simulated"},
+            "nodePools": [
+                {
+                    "name": "none",
+                    "gpuType": "none",
+                    "gpusPerNode": 1,
+                    "wattsPerGpu": 1,
+                    "idleWattsPerGpu": 0,
+                    "maxNodes": 0,
+                    "site": "none",
+                }
+            ],
+        }
+    )
+
+
+_EMPTY_PROVIDER = _empty_provider()
