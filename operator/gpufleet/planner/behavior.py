@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from gpufleet.api.pool import (
     Behavior,
@@ -54,7 +55,7 @@ class Resolved:
     up: Rules
     down: Rules
 
-    @property
+    @cached_property
     def horizon(self) -> int:
         periods = [p.period_seconds for p in self.up.policies + self.down.policies]
         return max([self.up.window, self.down.window, *periods])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner import behavior
 from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
@@ -332,7 +333,7 @@ def plan_fleet(
     backoffs = update_backoffs(state.backoffs, snapshot, now, settings)
     ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, now)
     order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
-    catalog = Catalog(fleet.providers)
+    catalog = _catalog(fleet.providers)
     cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
     pool_plans: dict[PoolKey, PoolPlan] = {}
     memories: dict[PoolKey, PoolMemory] = {}
@@ -340,7 +341,9 @@ def plan_fleet(
         spec = fleet.pools[key]
         signature = _signature(spec)
         if signature not in cache:
-            options = candidates(spec, catalog)
+            options = catalog.memo.get(signature)
+            if options is None:
+                options = catalog.memo[signature] = candidates(spec, catalog)
             cache[signature] = (options, Progress(options))
         options, progress = cache[signature]
         plan, memory = _plan_pool(
@@ -362,6 +365,26 @@ def plan_fleet(
         budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
         state=PlannerState(pools=frozen_map(memories), backoffs=frozen_map(backoffs)),
     )
+
+
+# Catalogs of recent provider sets, by the identity of their (immutable) specs. The fleet loop
+# parses a spec once per change, so from one tick to the next the same objects come back and
+# the candidate lists built from them can be reused; the cache holds the specs themselves, so
+# an identity cannot be recycled while its entry lives. Results never depend on the cache.
+_CATALOGS: dict[tuple[tuple[str, int], ...], tuple[Mapping[str, CloudProviderSpec], Catalog]] = {}
+_CATALOGS_KEPT = 4
+
+
+def _catalog(providers: Mapping[str, CloudProviderSpec]) -> Catalog:
+    key = tuple((name, id(spec)) for name, spec in sorted(providers.items()))
+    hit = _CATALOGS.get(key)
+    if hit is not None:
+        return hit[1]
+    catalog = Catalog(providers)
+    if len(_CATALOGS) >= _CATALOGS_KEPT:
+        _CATALOGS.pop(next(iter(_CATALOGS)))
+    _CATALOGS[key] = (dict(providers), catalog)
+    return catalog
 
 
 def _signature(spec: InferencePoolSpec) -> tuple[object, ...]:

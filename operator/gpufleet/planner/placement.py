@@ -152,6 +152,8 @@ class Catalog:
                 )
                 by_type.setdefault(node_pool.gpu_type, []).append(entry)
         self.by_type = {t: sorted(entries, key=_order) for t, entries in by_type.items()}
+        # Candidate lists by pool signature, filled by the planner (see fleet._catalog).
+        self.memo: dict[tuple[object, ...], Candidates] = {}
         self._merged: dict[frozenset[str], list[Entry]] = {}
 
     def of_types(self, gpu_types: frozenset[str]) -> list[Entry]:

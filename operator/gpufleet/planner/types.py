@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
@@ -91,7 +92,7 @@ class PoolObservation:
     replicas: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
     tier_rates: Mapping[str, float] = field(default_factory=frozen_map)
 
-    @property
+    @cached_property
     def total_replicas(self) -> int:
         return sum(self.replicas.values())
 
