@@ -114,6 +114,7 @@ def test_cluster_scoped_kinds_are_granted_by_cluster_roles() -> None:
 def test_secret_reads_are_get_only_in_the_configured_namespaces() -> None:
     found = grants(render({"rbac.secretNamespaces": ["clouds", "gpufleet-system"]}))
     secrets = {k: v for k, v in found.items() if k[1] == "secrets"}
+    assert set(secrets) == set(kube.SECRET_CALLS)
     assert secrets == {("", "secrets", "get"): {("Role", "clouds"), ("Role", "gpufleet-system")}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ class WorkloadEntry:
     name: str
     replicas: int
     selector: Selector
+    # `{"selector": ..., "template": ...}` of the spec as JSON: what a burst copy carries.
+    source: str = ""
 
 
 def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
@@ -111,6 +114,9 @@ def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]
         name,
         1 if replicas is None else int(replicas),
         from_label_selector(spec.get("selector")),
+        json.dumps(
+            {"selector": spec.get("selector"), "template": spec.get("template")}, sort_keys=True
+        ),
     )
 
 

@@ -39,6 +39,7 @@ from gpufleet.reconcilers.config import RunConfig
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.loop import FleetLoop
+from gpufleet.reconcilers.remote import RemoteClusters
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,21 @@ def identity() -> str:
 
 def driver_factory(api: ApiClient, config: RunConfig, metrics: OperatorMetrics) -> Any:
     def make(name: str, spec: CloudProviderSpec) -> NodePoolDriver:
+        return make_driver(
+            name,
+            spec,
+            api_client=api,
+            registry=metrics.registry,
+            simulated_namespace=config.simulated_namespace,
+        )
+
+    return make
+
+
+def remote_driver_factory(config: RunConfig, metrics: OperatorMetrics) -> Any:
+    """Drivers for remote providers: built on the ApiClient of the provider's cluster."""
+
+    def make(name: str, spec: CloudProviderSpec, api: ApiClient) -> NodePoolDriver:
         return make_driver(
             name,
             spec,
@@ -152,6 +168,12 @@ def register(
         )
         memo.fleet = FleetLoop(kube, source, driver_factory(api, config, metrics), metrics)
         memo.fleet.journal = Journal(kube, config.operator_namespace, config.anchor, identity())
+        memo.fleet.remote = RemoteClusters(
+            kube,
+            remote_driver_factory(config, metrics),
+            config.operator_namespace,
+            config.namespaces,
+        )
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
 
     @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)

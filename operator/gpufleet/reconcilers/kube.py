@@ -29,6 +29,10 @@ CALLS = (
     ("", "configmaps", "get"),
     ("", "configmaps", "patch"),
 )
+# Only where `rbac.secretNamespaces` grants it: Kube.read_secret, for a CloudProvider's
+# `cluster.kubeconfigSecretRef` (reconcilers/remote.py). The Deployment a burst copies comes
+# from the deployments index, which lists and watches it already.
+SECRET_CALLS = (("", "secrets", "get"),)
 # Only with leader election (`--leader-election`): Kube.ensure_peering.
 PEERING_CALLS = (("kopf.dev", "clusterkopfpeerings", "create"),)
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
@@ -155,6 +159,14 @@ class Kube:
                 raise Conflict(f"configmap {namespace}/{name} changed since {version}") from exc
             raise
         return _version(written)
+
+    async def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], str]:
+        """The Secret's (base64) data and resourceVersion; callers never log either."""
+        found = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        data = {
+            k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (found.data or {}).items()
+        }
+        return data, _version(found)
 
     async def ensure_peering(self, name: str) -> None:
         """The ClusterKopfPeering kopf's leader election keeps its peers in (kopf needs it)."""

@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpufleet.api.pool import InferencePoolSpec, Mode
@@ -34,6 +34,8 @@ from gpufleet.reconcilers.cache import (
 from gpufleet.reconcilers.intent import Action, Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for
+from gpufleet.reconcilers.remote import Copy, RemoteClusters, attribute, source_hash
+from gpufleet.reconcilers.remote import target as remote_target
 from gpufleet.reconcilers.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class FleetLoop:
 
     # The intent record (crash safety, HA); None acts without one (tests, one replica).
     journal: Journal | None = None
+    # Remote clusters (kubeconfigSecretRef); None: such providers are unreachable.
+    remote: RemoteClusters | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -95,13 +99,28 @@ class FleetLoop:
             targets[key] = workload
         providers = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
-        drivers = {
-            n: d for n, spec in providers.items() if (d := self._driver(n, spec)) is not None
-        }
-        # Remote clusters (kubeconfigSecretRef) are reached by the burst machinery; until it
-        # runs, nothing is placed there and what exists there is held.
         remote = {n for n, p in providers.items() if p.cluster.kubeconfig_secret_ref is not None}
-        unreachable = remote | {n for n in providers if n not in drivers}
+        drivers = {
+            n: d
+            for n, spec in providers.items()
+            if n not in remote and (d := self._driver(n, spec)) is not None
+        }
+        copies: dict[str, dict[PoolKey, Copy]] = {}
+        copy_errors: dict[str, str] = {}
+        credential_errors: dict[str, str] = {}
+        if self.remote is not None:
+            drivers.update(await self.remote.connect({n: providers[n] for n in remote}))
+            copies, copy_errors = await self.remote.copies([n for n in remote if n in drivers])
+            credential_errors = dict(self.remote.errors)
+        else:
+            credential_errors = dict.fromkeys(remote, "remote clusters are not enabled")
+        # A provider is reachable with a driver and, if remote, a listing of its copies.
+        unreachable = {n for n in providers if n not in drivers} | set(copy_errors)
+        # Local pods are attributed to local node pools only; remote ones come from copies.
+        local_last = {
+            k: {np: c for np, c in v.items() if np.provider not in remote}
+            for k, v in self.last_placements.items()
+        }
         observed = await observe(
             pools,
             targets,
@@ -112,17 +131,50 @@ class FleetLoop:
             drivers,
             unreachable,
             self.capacity_errors,
-            self.last_placements,
+            local_last,
             self.source,
         )
+        observed.driver_errors.update(copy_errors)
+        self._add_remote_replicas(observed, pools, providers, copies)
         fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
         plan = plan_fleet(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
-        await self._actuate(plan, fleet, targets, drivers, observed, now)
-        await self.reporter.report(view, plan, fleet, observed, target_errors, remote, now)
+        known = {PoolKey(e.namespace, e.name) for e in view.pools}
+        await self._actuate(plan, fleet, targets, drivers, observed, now, copies, known)
+        await self.reporter.report(
+            view, plan, fleet, observed, target_errors, credential_errors, now
+        )
         self.last_plan = plan
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         return plan
+
+    def _add_remote_replicas(
+        self,
+        observed: Observed,
+        pools: Mapping[PoolKey, InferencePoolSpec],
+        providers: Mapping[str, CloudProviderSpec],
+        copies: Mapping[str, Mapping[PoolKey, Copy]],
+    ) -> None:
+        """A pool's replicas on a remote provider are its copy's replicas there."""
+        snapshot = observed.snapshot
+        pool_obs = dict(snapshot.pools)
+        for provider, found in sorted(copies.items()):
+            for key, copy in sorted(found.items()):
+                if key not in pool_obs or copy.replicas <= 0:
+                    continue
+                placed = dict(pool_obs[key].replicas)
+                for np_key, count in attribute(
+                    provider,
+                    copy.replicas,
+                    providers[provider],
+                    self.last_placements.get(key, {}),
+                    pools[key].gpu_types,
+                ).items():
+                    placed[np_key] = placed.get(np_key, 0) + count
+                pool_obs[key] = replace(pool_obs[key], replicas=frozen_map(placed))
+                by_provider = observed.current_by_provider.setdefault(key, {})
+                by_provider[provider] = by_provider.get(provider, 0) + copy.replicas
+        observed.snapshot = replace(snapshot, pools=frozen_map(pool_obs))
 
     async def _actuate(
         self,
@@ -132,6 +184,8 @@ class FleetLoop:
         drivers: Mapping[str, NodePoolDriver],
         observed: Observed,
         now: float,
+        copies: Mapping[str, Mapping[PoolKey, Copy]] | None = None,
+        known: set[PoolKey] | None = None,
     ) -> None:
         # Every target this tick can resize: its observed size, the size the plan wants
         # where that differs, and how to set it. Then record intent, act, record the result.
@@ -169,14 +223,17 @@ class FleetLoop:
             setters[target] = functools.partial(self._scale, workload, pool_key)
             if local != workload.replicas:
                 planned[target] = local
+        refresh = self._remote_targets(
+            plan, fleet, targets, observed, copies or {}, known or set(), current, planned, setters
+        )
         if self.journal is None:
             actions: tuple[Action, ...] | None = tuple(
                 Action(f"{t}={n}@{int(now)}", t, n) for t, n in planned.items()
             )
         else:
             actions = await self.journal.begin(planned, current)
-        if not actions:
-            return
+        if actions is None:
+            return  # another writer recorded first: it acts
         done: set[str] = set()
         # Node pools first: capacity before the replicas that need it.
         for action in sorted(
@@ -192,6 +249,63 @@ class FleetLoop:
                 done.add(action.id)
         if self.journal is not None:
             await self.journal.finish(done)
+        # A copy whose source template changed is re-applied at its size (no resize).
+        for target in refresh:
+            if target not in planned and (setter := setters.get(target)) is not None:
+                await setter(current[target], f"{target}@{int(now)}")
+
+    def _remote_targets(
+        self,
+        plan: FleetPlan,
+        fleet: Fleet,
+        targets: Mapping[PoolKey, WorkloadEntry],
+        observed: Observed,
+        copies: Mapping[str, Mapping[PoolKey, Copy]],
+        known: set[PoolKey],
+        current: dict[str, int],
+        planned: dict[str, int],
+        setters: dict[str, Callable[[int, str], Awaitable[bool]]],
+    ) -> list[str]:
+        """Add each burst copy (wanted or existing) to the targets; those to re-apply."""
+        if self.remote is None:
+            return []
+        wanted: dict[tuple[str, PoolKey], int] = {}
+        for pool_key, pool_plan in plan.pools.items():
+            if fleet.pools[pool_key].mode == Mode.DRY_RUN:
+                continue
+            for (provider, _), count in pool_plan.placements.items():
+                if fleet.providers[provider].cluster.kubeconfig_secret_ref is not None:
+                    wanted[(provider, pool_key)] = wanted.get((provider, pool_key), 0) + count
+        # A copy whose pool is gone is deleted; one whose pool is invalid, has no target or
+        # is in DryRun is held (a typo must not drain a burst), as are other installations'.
+        for provider, found in copies.items():
+            for pool_key in found:
+                planned_pool = pool_key in plan.pools and pool_key in fleet.pools
+                active = planned_pool and fleet.pools[pool_key].mode != Mode.DRY_RUN
+                gone = pool_key not in known and self.remote.owns(pool_key.namespace)
+                if active or gone:
+                    wanted.setdefault((provider, pool_key), 0)
+        refresh: list[str] = []
+        for (provider, pool_key), size in sorted(wanted.items()):
+            if provider in observed.snapshot.unreachable_providers:
+                continue  # neither seen nor reachable: hold what is there
+            copy = copies.get(provider, {}).get(pool_key)
+            workload = targets.get(pool_key)
+            name = copy.name if copy else workload.name if workload else None
+            if name is None:
+                continue
+            target = remote_target(provider, pool_key.namespace, name)
+            current[target] = copy.replicas if copy else 0
+            setters[target] = functools.partial(
+                self.remote.resize, provider, pool_key, name, workload
+            )
+            if copy is not None and size == 0:
+                current[target] = -1  # an empty copy is still there to delete
+            if size != current[target]:
+                planned[target] = size
+            elif copy and workload and size > 0 and copy.source_hash != source_hash(workload):
+                refresh.append(target)
+        return refresh
 
     async def _set_nodes(
         self, driver: NodePoolDriver, ref: Any, key: NodePoolKey, now: float, size: int, action: str

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ class Reporter:
         fleet: Fleet,
         observed: Observed,
         target_errors: Mapping[PoolKey, str],
-        remote: Iterable[str],
+        credential_errors: Mapping[str, str],
         now: float,
     ) -> None:
         for entry in view.pools:
@@ -67,7 +67,6 @@ class Reporter:
                 self._pool_metrics(key, pool_plan, observed)
                 await self._scale_event(entry, spec, pool_plan)
             await self._write("inferencepools", entry.namespace, entry.name, entry.status, status)
-        remote_set = set(remote)
         for provider_entry in view.providers:
             provider_spec = provider_entry.parsed.value
             node_plans = {
@@ -82,8 +81,9 @@ class Reporter:
                 for n in [k.node_pool]
             }
             error = observed.driver_errors.get(provider_entry.name)
-            if provider_entry.name in remote_set:
-                error = "remote clusters (cluster.kubeconfigSecretRef) are not reconciled yet"
+            credentials_error = credential_errors.get(provider_entry.name)
+            if credentials_error:
+                error = "no usable credentials: see CredentialsValid"
             status = (
                 st.provider_status(
                     provider_entry.status,
@@ -94,6 +94,7 @@ class Reporter:
                     error,
                     now,
                     provider_entry.parsed.errors,
+                    credentials_error,
                 )
                 if provider_spec is not None
                 else st.provider_status(

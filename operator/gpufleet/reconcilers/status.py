@@ -211,6 +211,7 @@ def provider_status(
     driver_error: str | None,
     now: float,
     errors: Sequence[SpecError] = (),
+    credentials_error: str | None = None,
 ) -> dict[str, Any]:
     previous = previous or {}
     if errors:
@@ -234,11 +235,15 @@ def provider_status(
         )
     else:
         quota = Cond("QuotaAvailable", True, "WithinQuota", "")
-    credentials = Cond(
-        "CredentialsValid",
-        True,
-        "NoCredentialsNeeded" if not spec.cluster.kubeconfig_secret_ref else "Valid",
-        "",
+    credentials = (
+        Cond("CredentialsValid", False, "CredentialsInvalid", credentials_error)
+        if credentials_error
+        else Cond(
+            "CredentialsValid",
+            True,
+            "NoCredentialsNeeded" if not spec.cluster.kubeconfig_secret_ref else "Valid",
+            "",
+        )
     )
     conds = [
         ready([reachable, credentials], {"DriverReachable": True, "CredentialsValid": True}),

@@ -1,0 +1,313 @@
+"""Issue 8 on two test beds: a surge past the primary's quota bursts into a second cluster
+(the secondary test bed), only to the provider the pool's data policy allows, and the burst
+copy is removed when demand falls. Waits poll to a deadline; no fixed sleeps."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpufleet_testbed.kubectl import Kubectl
+from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.testbed import Testbed
+
+pytestmark = pytest.mark.e2e
+
+# A GPU type of its own: pools that other tests leave on the shared test bed cannot use
+# these nodes, so their placements cannot change what this module measures.
+GPU = "E2E-BURST-GPU"
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "e2e-burst"
+PRIMARY = "e2e-burst-primary"
+NL = "e2e-burst-nl"
+US = "e2e-burst-us"
+SECRET = "e2e-burst-secondary-kubeconfig"
+QUOTA_GPUS = 8  # one 8-GPU node
+
+
+def _node_pool(name: str, max_nodes: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "gpuType": GPU,
+        "gpusPerNode": 8,
+        "wattsPerGpu": 700,
+        "idleWattsPerGpu": 90,
+        "maxNodes": max_nodes,
+        "bootSeconds": 1,
+        "site": f"{name}-site",
+    }
+
+
+def _provider(
+    name: str, jurisdiction: str, approved: bool, node_pool: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpufleet.io/v1alpha1",
+        "kind": "CloudProvider",
+        "metadata": {"name": name},
+        "spec": {
+            "subprocessor": {
+                "legalEntity": f"{name} B.V.",
+                "jurisdiction": jurisdiction,
+                "approved": approved,
+                "dataClasses": ["Internal"],
+            },
+            "driver": {"type": "Simulated"},
+            "nodePools": [_node_pool(node_pool, 4)],
+            **extra,
+        },
+    }
+
+
+def _objects() -> list[dict[str, Any]]:
+    remote = {"cluster": {"kubeconfigSecretRef": {"name": SECRET, "key": "kubeconfig"}}}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "chat"}},
+            "template": {
+                "metadata": {"labels": {"app": "chat"}},
+                "spec": {
+                    # The GPU type, not the provider: the same template runs in both clusters.
+                    "nodeSelector": {"gpufleet.io/gpu-type": GPU},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "example.com/server:1",
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    pool = {
+        "apiVersion": "gpufleet.io/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"name": "chat"},
+            "gpuTypes": [GPU],
+            "queue": {
+                "query": f'sum(inference_queue_depth{{namespace="{NS}",pool="chat"}})',
+                "targetPerReplica": 2,
+            },
+            "minReplicas": 1,
+            "maxReplicas": 40,
+            "modelLoadSeconds": 1,
+            "dataPolicy": {"allowedJurisdictions": ["DE", "NL"]},
+            "burst": {"enabled": True},
+            "behavior": {
+                "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
+                "scaleDown": {"stabilizationWindowSeconds": 5},
+            },
+        },
+    }
+    primary = _provider(PRIMARY, "DE", True, "burst-de")
+    primary["spec"]["gpuQuota"] = QUOTA_GPUS
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        primary,
+        _provider(NL, "NL", True, "burst-nl", role="Secondary", **remote),
+        _provider(US, "US", False, "burst-us", role="Secondary", **remote),
+        deployment,
+        pool,
+    ]
+
+
+def _apply(kubectl: Kubectl, items: list[dict[str, Any]]) -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    testbed: Testbed, secondary_testbed: Testbed, kubectl: Kubectl
+) -> Iterator[OperatorProcess]:
+    secondary = secondary_testbed.kubectl()
+    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    kubectl.run("create", "namespace", "gpufleet-system", check=False)
+    # The simulated cloud keeps its launches in a ConfigMap beside the nodes it makes.
+    secondary.run("create", "namespace", "gpufleet-system", check=False)
+    # The secondary's admin kubeconfig, certificates embedded (a Secret holds no file paths).
+    config = secondary.run("config", "view", "--raw", "--flatten", "--minify").stdout
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": "gpufleet-system"},
+        "stringData": {"kubeconfig": config},
+    }
+    _apply(kubectl, [secret, *_objects()])
+    exporter = testbed.exporter()
+    exporter.set_queue(NS, "chat", 2)  # 1 replica
+    process = OperatorProcess(testbed, testbed.directory / "logs" / "operator-burst.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
+        for name in (PRIMARY, NL, US):
+            kubectl.run("delete", "cloudprovider", name, "--wait=false", check=False)
+        kubectl.run("delete", "secret", "-n", "gpufleet-system", SECRET, check=False)
+        secondary.run("delete", "namespace", NS, "--wait=false", check=False)
+        for name in (NL, US):
+            secondary.run("delete", "nodes", "-l", f"gpufleet.io/provider={name}", check=False)
+
+
+def _until(probe: Callable[[], Any], timeout: float, what: str, fleet: OperatorProcess) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}; last: {last}\n"
+        f"operator log:\n{fleet.tail(30)}"
+    )
+
+
+def _status(kubectl: Kubectl) -> dict[str, Any]:
+    return dict(kubectl.json("get", "inferencepool", "-n", NS, "chat").get("status") or {})
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def _copy(secondary: Kubectl) -> dict[str, Any] | None:
+    found = secondary.run("get", "deployment", "-n", NS, "chat", "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _nodes(kubectl: Kubectl, provider: str) -> list[dict[str, Any]]:
+    return list(kubectl.json("get", "nodes", "-l", f"gpufleet.io/provider={provider}")["items"])
+
+
+def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
+    fleet: OperatorProcess, testbed: Testbed, secondary_testbed: Testbed, kubectl: Kubectl
+) -> None:
+    secondary = secondary_testbed.kubectl()
+    testbed.exporter().set_queue(NS, "chat", 40)  # wants 20 replicas; the primary holds 8
+    copy = _until(
+        lambda: (c := _copy(secondary)) is not None and c["spec"]["replicas"] > 0 and c,
+        60,
+        "the burst copy in the secondary cluster",
+        fleet,
+    )
+    assert copy["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "gpufleet",
+        "gpufleet.io/pool": f"{NS}.chat",
+        "gpufleet.io/provider": NL,
+    }
+    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{NS}/Deployment/chat"
+    assert copy["spec"]["template"]["spec"]["nodeSelector"] == {"gpufleet.io/gpu-type": GPU}
+    _until(lambda: _nodes(secondary, NL), 60, "NL nodes in the secondary cluster", fleet)
+    status = _until(
+        lambda: (
+            (s := _status(kubectl)).get("burstPercent", 0) > 0
+            and _condition(s, "BurstActive").get("status") == "True"
+            and s
+        ),
+        60,
+        "burst in the pool status",
+        fleet,
+    )
+    by_provider = {p["provider"]: p for p in status["providers"]}
+    assert set(by_provider) == {PRIMARY, NL}
+    assert by_provider[PRIMARY]["desiredReplicas"] == QUOTA_GPUS
+    assert by_provider[NL]["desiredReplicas"] == status["desiredReplicas"] - QUOTA_GPUS > 0
+    assert kubectl.json("get", "deployment", "-n", NS, "chat")["spec"]["replicas"] == QUOTA_GPUS
+    _until(
+        lambda: (
+            (c := _copy(secondary)) and c["spec"]["replicas"] == by_provider[NL]["desiredReplicas"]
+        ),
+        30,
+        "the copy at the NL share",
+        fleet,
+    )
+    _until(
+        lambda: any(
+            p["provider"] == NL and p["currentReplicas"] > 0 for p in _status(kubectl)["providers"]
+        ),
+        30,
+        "NL replicas observed",
+        fleet,
+    )
+    nl = kubectl.json("get", "cloudprovider", NL)["status"]
+    assert _condition(nl, "CredentialsValid")["status"] == "True"
+    assert _condition(nl, "DriverReachable")["status"] == "True"
+    assert not _nodes(secondary, US) and not _nodes(kubectl, US)
+    assert not _nodes(kubectl, NL)  # the NL cloud's nodes live in its own cluster
+
+    testbed.exporter().set_queue(NS, "chat", 2)  # 1 replica: the burst is over
+    _until(lambda: _copy(secondary) is None, 60, "the burst copy removed", fleet)
+    status = _until(
+        lambda: (
+            (s := _status(kubectl)).get("burstPercent") == 0
+            and _condition(s, "BurstActive").get("status") == "False"
+            and s
+        ),
+        30,
+        "burst over in the pool status",
+        fleet,
+    )
+    assert {p["provider"] for p in status["providers"] if p["desiredReplicas"]} == {PRIMARY}
+    assert not _nodes(secondary, US)
+    log = fleet.log.read_text()
+    assert "client-key-data" not in log and "BEGIN" not in log  # no kubeconfig in the log
+
+
+def test_an_unusable_kubeconfig_marks_the_provider_and_places_nothing(
+    fleet: OperatorProcess, kubectl: Kubectl
+) -> None:
+    name = "e2e-burst-broken"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-kubeconfig", "namespace": "gpufleet-system"},
+        "stringData": {
+            "kubeconfig": json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "users": [{"name": "u", "user": {"tokenFile": "/etc/passwd"}}],
+                }
+            )
+        },
+    }
+    ref = {"cluster": {"kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "key": "kubeconfig"}}}
+    _apply(kubectl, [secret, _provider(name, "NL", True, "broken", role="Secondary", **ref)])
+    try:
+        condition = _until(
+            lambda: (
+                (
+                    c := _condition(
+                        kubectl.json("get", "cloudprovider", name).get("status") or {},
+                        "CredentialsValid",
+                    )
+                ).get("status")
+                == "False"
+                and c
+            ),
+            30,
+            "CredentialsValid=False",
+            fleet,
+        )
+        assert f"Secret gpufleet-system/{name}-kubeconfig" in condition["message"]
+        assert "/etc/passwd" not in condition["message"]
+    finally:
+        kubectl.run("delete", "cloudprovider", name, "--wait=false", check=False)
+        kubectl.run("delete", "secret", "-n", "gpufleet-system", f"{name}-kubeconfig", check=False)
