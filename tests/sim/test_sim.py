@@ -214,3 +214,14 @@ def test_scenario_rejects_an_invalid_manifest() -> None:
     raw = {"name": "t", "fleet": {"inline": _fleet(max_nodes=-1)}, "workloads": []}
     with pytest.raises(ScenarioError, match="CloudProvider c"):
         parse_scenario(raw, Path())
+
+
+def test_command_line_modifiers_keep_the_scenarios_loop() -> None:
+    from gpufleet.sim.cli import override
+    from gpufleet.sim.trace import Modifiers, Surge
+
+    looped = Modifiers(multiply=40.0, loop=True)
+    assert override(looped, None, None, None) == looped
+    changed = override(looped, 2.0, None, Surge(3.0, 60.0, 60.0))
+    assert changed.loop and changed.multiply == 40.0 and changed.compress == 2.0
+    assert changed.surge == Surge(3.0, 60.0, 60.0)

@@ -42,6 +42,18 @@ def _advance(bar: Progress, task: TaskID, fraction: float) -> None:
     bar.update(task, completed=fraction)
 
 
+def override(
+    modifiers: Modifiers, compress: float | None, multiply: float | None, surge: Surge | None
+) -> Modifiers:
+    """The scenario's modifiers with those given on the command line; the others (loop) stay."""
+    return dataclasses.replace(
+        modifiers,
+        compress=modifiers.compress if compress is None else compress,
+        multiply=modifiers.multiply if multiply is None else multiply,
+        surge=modifiers.surge if surge is None else surge,
+    )
+
+
 def _parse_surge(text: str) -> Surge:
     parts = [float(x) for x in text.split(",")]
     if len(parts) < 3:
@@ -122,10 +134,8 @@ def simulate(
     sc.workloads = [
         dataclasses.replace(
             w,
-            modifiers=Modifiers(
-                compress if compress is not None else w.modifiers.compress,
-                multiply if multiply is not None else w.modifiers.multiply,
-                _parse_surge(surge) if surge else w.modifiers.surge,
+            modifiers=override(
+                w.modifiers, compress, multiply, _parse_surge(surge) if surge else None
             ),
         )
         for w in sc.workloads
