@@ -286,3 +286,18 @@ def test_default_clients_use_the_given_credentials() -> None:
         eks, autoscaling = _default_clients(REGION, AwsCredentials("AKIDEXAMPLE", SECRET))
         assert eks.meta.region_name == REGION
         assert autoscaling.meta.service_model.service_name == "autoscaling"
+
+
+def test_credentials_file_keeps_percent_signs_and_refuses_empty_values() -> None:
+    got = parse_credentials_file(
+        "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = a%b%%c\n"
+    )
+    assert got.secret_access_key == "a%b%%c"  # data, not interpolation
+    for text in (
+        f"[default]\naws_access_key_id =\naws_secret_access_key = {SECRET}\n",
+        "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = \n",
+    ):
+        with pytest.raises(DriverError) as raised:
+            parse_credentials_file(text)
+        assert raised.value.reason == "CredentialsInvalid"
+        assert SECRET not in str(raised.value)

@@ -107,14 +107,17 @@ class AwsCredentials:
 
 def parse_credentials_file(text: str, profile: str = "default") -> AwsCredentials:
     """Credentials from a shared-credentials-file text (what credentialsSecretRef holds)."""
-    parser = configparser.ConfigParser()
+    # No interpolation: a "%" in a key is data, not a reference to another option.
+    parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text)
         section = parser[profile]
+        key_id = section["aws_access_key_id"].strip()
+        secret = section["aws_secret_access_key"].strip()
+        if not key_id or not secret:
+            raise KeyError("empty")  # the same answer as a missing option
         return AwsCredentials(
-            section["aws_access_key_id"].strip(),
-            section["aws_secret_access_key"].strip(),
-            (section.get("aws_session_token") or "").strip() or None,
+            key_id, secret, (section.get("aws_session_token") or "").strip() or None
         )
     except (configparser.Error, KeyError):
         # Never echo the text: it is a secret.

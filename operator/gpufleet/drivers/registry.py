@@ -1,9 +1,9 @@
 """CloudProviderSpec -> an instrumented NodePoolDriver that retries transient errors.
 
 The caller (a reconciler) builds the ApiClient for the provider's cluster, including one
-from `cluster.kubeconfigSecretRef`, and reads `eks.credentialsSecretRef` (see
-`eks.parse_credentials_file`): drivers never read Secrets or kubeconfig files, so no
-credential passes through here except as an opaque AwsCredentials.
+from `cluster.kubeconfigSecretRef`, and reads `eks.credentialsSecretRef` (reconcilers/
+credentials.py, with `eks.parse_credentials_file`): drivers never read Secrets or
+kubeconfig files, so no credential passes through here except as an opaque AwsCredentials.
 
 The layers, outside in: InstrumentedDriver (call time, errors by reason: the final
 outcome of a call) -> RetryingDriver (jittered retries of Throttled and

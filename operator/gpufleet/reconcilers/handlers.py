@@ -21,6 +21,7 @@ from gpufleet.api.common import GROUP, VERSION
 from gpufleet.api.parse import parse_budget, parse_pool, parse_provider
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver
+from gpufleet.drivers.eks import AwsCredentials, ClientFactory
 from gpufleet.drivers.registry import make_driver
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import PrometheusSource
@@ -36,6 +37,12 @@ from gpufleet.reconcilers.cache import (
     workload_entry,
 )
 from gpufleet.reconcilers.config import RunConfig
+from gpufleet.reconcilers.credentials import (
+    AwsCredentialSource,
+    CredentialedFactory,
+    RemoteCredentialedFactory,
+)
+from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.loop import FleetLoop
@@ -87,32 +94,50 @@ def identity() -> str:
     return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
 
 
-def driver_factory(api: ApiClient, config: RunConfig, metrics: OperatorMetrics) -> Any:
-    def make(name: str, spec: CloudProviderSpec) -> NodePoolDriver:
+def driver_factory(
+    api: ApiClient,
+    config: RunConfig,
+    metrics: OperatorMetrics,
+    aws_clients: ClientFactory | None = None,
+) -> CredentialedFactory:
+    """Drivers for local providers. An EKS driver gets the AWS credentials its
+    `credentialsSecretRef` holds: the fleet loop refreshes the factory's source each tick
+    (a Secret without a namespace is in the operator's). `aws_clients`: tests' boto3 seam."""
+
+    def make(name: str, spec: CloudProviderSpec, aws: AwsCredentials | None) -> NodePoolDriver:
         return make_driver(
             name,
             spec,
             api_client=api,
             registry=metrics.registry,
             simulated_namespace=config.simulated_namespace,
+            aws_credentials=aws,
+            aws_clients=aws_clients,
         )
 
-    return make
+    return CredentialedFactory(AwsCredentialSource(config.operator_namespace), make)
 
 
-def remote_driver_factory(config: RunConfig, metrics: OperatorMetrics) -> Any:
-    """Drivers for remote providers: built on the ApiClient of the provider's cluster."""
+def remote_driver_factory(
+    config: RunConfig, metrics: OperatorMetrics, aws_clients: ClientFactory | None = None
+) -> RemoteCredentialedFactory:
+    """Drivers for remote providers: built on the ApiClient of the provider's cluster; AWS
+    credentials as for local ones (the Secret is in this cluster, not the remote one)."""
 
-    def make(name: str, spec: CloudProviderSpec, api: ApiClient) -> NodePoolDriver:
+    def make(
+        name: str, spec: CloudProviderSpec, api: ApiClient, aws: AwsCredentials | None
+    ) -> NodePoolDriver:
         return make_driver(
             name,
             spec,
             api_client=api,
             registry=metrics.registry,
             simulated_namespace=config.simulated_namespace,
+            aws_credentials=aws,
+            aws_clients=aws_clients,
         )
 
-    return make
+    return RemoteCredentialedFactory(AwsCredentialSource(config.operator_namespace), make)
 
 
 def _values(index: kopf.Index[Any, Any]) -> list[Any]:
@@ -174,6 +199,10 @@ def register(
             config.operator_namespace,
             config.namespaces,
         )
+        if config.gateway_config_map:
+            memo.fleet.gateway = GatewayConfigMap(
+                kube, metrics, config.operator_namespace, config.gateway_config_map
+            )
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
 
     @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)

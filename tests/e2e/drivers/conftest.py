@@ -37,11 +37,20 @@ def driver_namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
 
+def eks_harness(client: ApiClient, kubectl: Kubectl, namespace: str) -> DriverHarness:
+    # boto3 and moto are the optional `aws` extra: without them the EKS runs skip.
+    pytest.importorskip("moto", reason="the EKS harness needs moto (pip install -e '.[aws]')")
+    from eks_harness import EksHarness
+
+    return EksHarness(client, kubectl, namespace)
+
+
 HarnessFactory = Callable[[ApiClient, Kubectl, str], DriverHarness]
 HARNESSES: dict[str, HarnessFactory] = {
     "Simulated": lambda client, kubectl, namespace: SimulatedHarness(client, kubectl, namespace),
     "ClusterAPI": lambda client, kubectl, namespace: ClusterApiHarness(client, kubectl, namespace),
     "Karpenter": lambda client, kubectl, namespace: KarpenterHarness(client, kubectl, namespace),
+    "EKS": eks_harness,
 }
 
 
