@@ -1,6 +1,8 @@
 """Issue 8 on two test beds: a surge past the primary's quota bursts into a second cluster
 (the secondary test bed), only to the provider the pool's data policy allows, and the burst
-copy is removed when demand falls. Waits poll to a deadline; no fixed sleeps."""
+copy is removed when demand falls. A StatefulSet-backed pool bursts the same way; a namespace
+gpufleet created for a copy goes with the burst, one that existed before stays. Waits poll
+to a deadline; no fixed sleeps."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.e2e
 GPU = "E2E-BURST-GPU"
 
 REPO = Path(__file__).resolve().parents[2]
-NS = "e2e-burst"
+NS = "e2e-burst"  # exists in the secondary cluster before the burst: it stays
+STS_NS = "e2e-burst-sts"  # does not: gpufleet creates it for the copy and deletes it after
 PRIMARY = "e2e-burst-primary"
 NL = "e2e-burst-nl"
 US = "e2e-burst-us"
@@ -125,6 +128,65 @@ def _objects() -> list[dict[str, Any]]:
     ]
 
 
+def _stateful_objects() -> list[dict[str, Any]]:
+    labels = {"app": "chat-sts"}
+    stateful_set = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "chat", "namespace": STS_NS},
+        "spec": {
+            "replicas": 1,
+            "serviceName": "chat",
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"gpufleet.io/gpu-type": GPU},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "example.com/server:1",
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                            "volumeMounts": [{"name": "model-cache", "mountPath": "/models"}],
+                        }
+                    ],
+                },
+            },
+            # A storage class only the primary cluster has: the copy must not carry it.
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "model-cache"},
+                    "spec": {
+                        "storageClassName": "e2e-burst-primary-only",
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ],
+        },
+    }
+    pool = _objects()[-1]
+    pool = {
+        **pool,
+        "metadata": {"name": "chat", "namespace": STS_NS},
+        "spec": {
+            **pool["spec"],
+            "scaleTargetRef": {"kind": "StatefulSet", "name": "chat"},
+            "queue": {
+                "query": f'sum(inference_queue_depth{{namespace="{STS_NS}",pool="chat"}})',
+                "targetPerReplica": 2,
+            },
+        },
+    }
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STS_NS}},
+        stateful_set,
+        pool,
+    ]
+
+
 def _apply(kubectl: Kubectl, items: list[dict[str, Any]]) -> None:
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
@@ -140,6 +202,8 @@ def fleet(
     kubectl.run("create", "namespace", "gpufleet-system", check=False)
     # The simulated cloud keeps its launches in a ConfigMap beside the nodes it makes.
     secondary.run("create", "namespace", "gpufleet-system", check=False)
+    # The user's namespace: a copy may go into it, but gpufleet never deletes it.
+    secondary.run("create", "namespace", NS, check=False)
     # The secondary's admin kubeconfig, certificates embedded (a Secret holds no file paths).
     config = secondary.run("config", "view", "--raw", "--flatten", "--minify").stdout
     secret = {
@@ -156,11 +220,12 @@ def fleet(
         yield process
     finally:
         process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
+        for namespace in (NS, STS_NS):
+            kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+            secondary.run("delete", "namespace", namespace, "--wait=false", check=False)
         for name in (PRIMARY, NL, US):
             kubectl.run("delete", "cloudprovider", name, "--wait=false", check=False)
         kubectl.run("delete", "secret", "-n", "gpufleet-system", SECRET, check=False)
-        secondary.run("delete", "namespace", NS, "--wait=false", check=False)
         for name in (NL, US):
             secondary.run("delete", "nodes", "-l", f"gpufleet.io/provider={name}", check=False)
 
@@ -187,8 +252,21 @@ def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
-def _copy(secondary: Kubectl) -> dict[str, Any] | None:
-    found = secondary.run("get", "deployment", "-n", NS, "chat", "-o", "json", check=False)
+def _copy(
+    secondary: Kubectl, kind: str = "deployment", namespace: str = NS
+) -> dict[str, Any] | None:
+    found = secondary.run("get", kind, "-n", namespace, "chat", "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _gone(found: dict[str, Any] | None) -> bool:
+    """Deleted, or being deleted: a copy goes foreground, after its pods (on nodes that are
+    gone already, the pod garbage collector takes them after 40 s)."""
+    return found is None or "deletionTimestamp" in found["metadata"]
+
+
+def _namespace(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    found = kubectl.run("get", "namespace", name, "-o", "json", check=False)
     return json.loads(found.stdout) if found.returncode == 0 else None
 
 
@@ -253,7 +331,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     assert not _nodes(kubectl, NL)  # the NL cloud's nodes live in its own cluster
 
     testbed.exporter().set_queue(NS, "chat", 2)  # 1 replica: the burst is over
-    _until(lambda: _copy(secondary) is None, 60, "the burst copy removed", fleet)
+    _until(lambda: _gone(_copy(secondary)), 60, "the burst copy removed", fleet)
     status = _until(
         lambda: (
             (s := _status(kubectl)).get("burstPercent") == 0
@@ -266,6 +344,15 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     )
     assert {p["provider"] for p in status["providers"] if p["desiredReplicas"]} == {PRIMARY}
     assert not _nodes(secondary, US)
+    # The copy went; the namespace it was in existed before gpufleet came, so it stays.
+    _until(
+        lambda: f"kept namespace {NS}: not created by gpufleet" in fleet.log.read_text(),
+        30,
+        "the pre-existing namespace looked at and kept",
+        fleet,
+    )
+    namespace = _namespace(secondary, NS)
+    assert namespace is not None and "deletionTimestamp" not in namespace["metadata"]
     log = fleet.log.read_text()
     assert "client-key-data" not in log and "BEGIN" not in log  # no kubeconfig in the log
 
@@ -311,3 +398,62 @@ def test_an_unusable_kubeconfig_marks_the_provider_and_places_nothing(
     finally:
         kubectl.run("delete", "cloudprovider", name, "--wait=false", check=False)
         kubectl.run("delete", "secret", "-n", "gpufleet-system", f"{name}-kubeconfig", check=False)
+
+
+def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_drains(
+    fleet: OperatorProcess, testbed: Testbed, secondary_testbed: Testbed, kubectl: Kubectl
+) -> None:
+    secondary = secondary_testbed.kubectl()
+    assert _namespace(secondary, STS_NS) is None
+    exporter = testbed.exporter()
+    exporter.set_queue(NS, "chat", 2)  # the Deployment pool stays at 1 replica
+    exporter.set_queue(STS_NS, "chat", 2)
+    _apply(kubectl, _stateful_objects())
+    exporter.set_queue(STS_NS, "chat", 40)  # wants 20 replicas; the primary holds 8 GPUs
+    copy = _until(
+        lambda: (
+            (c := _copy(secondary, "statefulset", STS_NS)) is not None
+            and c["spec"]["replicas"] > 0
+            and c
+        ),
+        60,
+        "the StatefulSet copy in the secondary cluster",
+        fleet,
+    )
+    assert copy["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "gpufleet",
+        "gpufleet.io/pool": f"{STS_NS}.chat",
+        "gpufleet.io/provider": NL,
+    }
+    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{STS_NS}/StatefulSet/chat"
+    assert copy["spec"]["serviceName"] == "chat"
+    assert copy["spec"]["podManagementPolicy"] == "Parallel"
+    # No claims on the primary's storage class: the claim template is a scratch volume.
+    assert not copy["spec"].get("volumeClaimTemplates")
+    assert {"name": "model-cache", "emptyDir": {}} in copy["spec"]["template"]["spec"]["volumes"]
+    namespace = _namespace(secondary, STS_NS)
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["gpufleet.io/created-by"] == "gpufleet"
+    _until(
+        lambda: secondary.json("get", "pods", "-n", STS_NS, "-l", "app=chat-sts")["items"],
+        60,
+        "the copy's pods in the secondary cluster",
+        fleet,
+    )
+    assert not secondary.json("get", "pvc", "-n", STS_NS)["items"]
+
+    exporter.set_queue(STS_NS, "chat", 2)  # 1 replica: the burst is over
+    _until(
+        lambda: _gone(_copy(secondary, "statefulset", STS_NS)),
+        60,
+        "the StatefulSet copy removed",
+        fleet,
+    )
+    _until(
+        lambda: _namespace(secondary, STS_NS) is None,
+        120,
+        "the namespace gpufleet made removed from the secondary cluster",
+        fleet,
+    )
+    assert _namespace(secondary, NS) is not None  # the user's stays
+    assert kubectl.json("get", "statefulset", "-n", STS_NS, "chat")["spec"]["replicas"] >= 1

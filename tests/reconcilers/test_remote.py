@@ -1,5 +1,6 @@
-"""The pure parts of the burst into remote clusters: the copy, the attribution of its
-replicas to node pools, and which kubeconfigs are refused."""
+"""The pure parts of the burst into remote clusters: the copy (of a Deployment or a
+StatefulSet), the attribution of its replicas to node pools, which kubeconfigs are refused,
+and when a namespace gpufleet created in a remote cluster may be deleted."""
 
 from __future__ import annotations
 
@@ -11,16 +12,64 @@ import pytest
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.reconcilers.cache import workload_entry
-from gpufleet.reconcilers.remote import (
-    CredentialsError,
+from gpufleet.reconcilers.copies import (
+    CONTENT,
+    Copy,
+    Fate,
     attribute,
-    check_kubeconfig,
     copy_manifest,
+    held_by_other,
+    namespace_fate,
+    namespace_manifest,
     source_hash,
+    stale,
 )
+from gpufleet.reconcilers.kubeconfig import CredentialsError, check_kubeconfig
+from gpufleet.reconcilers.remote import REMOTE_CALLS
 
 TEMPLATE = {"metadata": {"labels": {"app": "chat"}}, "spec": {"containers": [{"name": "s"}]}}
 BODY = {"spec": {"replicas": 3, "selector": {"matchLabels": {"app": "chat"}}, "template": TEMPLATE}}
+STATEFUL_TEMPLATE = {
+    "metadata": {"labels": {"app": "chat"}},
+    "spec": {
+        "containers": [{"name": "s", "volumeMounts": [{"name": "cache", "mountPath": "/models"}]}],
+        "volumes": [{"name": "config", "configMap": {"name": "chat"}}],
+    },
+}
+STATEFUL_BODY = {
+    "apiVersion": "apps/v1",
+    "kind": "StatefulSet",
+    "metadata": {
+        "name": "chat",
+        "namespace": "team",
+        "uid": "0b6f",
+        "resourceVersion": "42",
+        "generation": 7,
+        "labels": {"team": "a"},
+        "ownerReferences": [{"kind": "Rollout", "name": "chat", "uid": "1"}],
+        "managedFields": [{"manager": "kubectl"}],
+    },
+    "spec": {
+        "replicas": 2,
+        "serviceName": "chat-headless",
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": {"app": "chat"}},
+        "template": STATEFUL_TEMPLATE,
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}},
+        "volumeClaimTemplates": [
+            {
+                "metadata": {"name": "cache"},
+                "spec": {
+                    "storageClassName": "fast-local",
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "200Gi"}},
+                },
+            }
+        ],
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain"},
+    },
+    "status": {"replicas": 2, "readyReplicas": 2},
+}
 
 
 def _provider() -> CloudProviderSpec:
@@ -59,6 +108,70 @@ def test_copy_carries_the_template_our_labels_and_the_planned_replicas() -> None
         "selector": {"matchLabels": {"app": "chat"}},
         "template": TEMPLATE,
     }
+
+
+def test_statefulset_copy_keeps_service_and_policy_and_turns_claims_into_empty_dirs() -> None:
+    workload = workload_entry("StatefulSet", "team", "chat", STATEFUL_BODY)
+    copy = copy_manifest(PoolKey("team", "pool"), workload, 4, "nl")
+    assert copy["kind"] == "StatefulSet"
+    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == "team/StatefulSet/chat"
+    # Nothing of the source object's metadata or status travels.
+    assert set(copy["metadata"]) == {"name", "namespace", "labels", "annotations"}
+    assert "status" not in copy
+    assert copy["metadata"]["labels"]["gpufleet.io/provider"] == "nl"
+    # The remote cluster's storage classes are not the source's: no claims, scratch volumes.
+    volumes = [{"name": "config", "configMap": {"name": "chat"}}, {"name": "cache", "emptyDir": {}}]
+    assert copy["spec"] == {
+        "replicas": 4,
+        "serviceName": "chat-headless",
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": {"app": "chat"}},
+        "template": {
+            **STATEFUL_TEMPLATE,
+            "spec": {**STATEFUL_TEMPLATE["spec"], "volumes": volumes},
+        },
+    }
+
+
+def test_a_claim_template_replaces_a_template_volume_of_its_name() -> None:
+    body: dict[str, Any] = json.loads(json.dumps(STATEFUL_BODY))
+    body["spec"]["template"]["spec"]["volumes"] = [{"name": "cache", "hostPath": {"path": "/x"}}]
+    copy = copy_manifest(
+        PoolKey("team", "pool"), workload_entry("StatefulSet", "team", "chat", body), 1, "nl"
+    )
+    assert copy["spec"]["template"]["spec"]["volumes"] == [{"name": "cache", "emptyDir": {}}]
+
+
+def test_deployment_copy_carries_no_statefulset_fields() -> None:
+    workload = workload_entry(
+        "Deployment", "team", "chat", {**BODY, "spec": {**BODY["spec"], "serviceName": "x"}}
+    )
+    assert set(copy_manifest(PoolKey("team", "pool"), workload, 1, "nl")["spec"]) == {
+        "replicas",
+        "selector",
+        "template",
+    }
+    assert set(json.loads(workload.source)) == {"selector", "template"}
+
+
+def test_a_copy_is_stale_when_its_workload_changes_template_kind_or_name() -> None:
+    workload = workload_entry("StatefulSet", "team", "chat", STATEFUL_BODY)
+    current = Copy("team", "chat", 2, source_hash(workload), "StatefulSet")
+    assert not stale(current, workload)
+    assert stale(Copy("team", "chat", 2, source_hash(workload), "Deployment"), workload)
+    assert stale(Copy("team", "chat-v1", 2, source_hash(workload), "StatefulSet"), workload)
+    assert stale(Copy("team", "chat", 2, "0123", "StatefulSet"), workload)
+    assert stale(Copy("team", "chat", 2, "", ""), workload)  # copies of both kinds
+
+
+def test_a_copy_of_another_provider_or_of_no_gpufleet_is_held_by_them() -> None:
+    ours = {"labels": {"app.kubernetes.io/managed-by": "gpufleet", "gpufleet.io/provider": "nl"}}
+    assert held_by_other("StatefulSet", None, "nl") is None
+    assert held_by_other("StatefulSet", ours, "nl") is None
+    assert held_by_other("StatefulSet", ours, "fr") == "provider nl"
+    assert held_by_other("StatefulSet", {"labels": {}}, "nl") == (
+        "a StatefulSet gpufleet does not manage"
+    )
 
 
 def test_source_hash_changes_with_the_template_not_the_replicas() -> None:
@@ -102,3 +215,80 @@ def test_embedded_kubeconfigs_are_accepted() -> None:
     )
     with pytest.raises(CredentialsError):
         check_kubeconfig({"clusters": [{"name": "c", "cluster": {"certificate-authority": "/ca"}}]})
+
+
+CREATED = {"name": "team", "uid": "u", "labels": {"gpufleet.io/created-by": "gpufleet"}}
+DEFAULTS = {
+    "ConfigMap": [{"name": "kube-root-ca.crt"}],
+    "ServiceAccount": [{"name": "default"}],
+    # A legacy token of the default ServiceAccount (clusters before 1.24 made one).
+    "Secret": [
+        {
+            "name": "default-token-x",
+            "annotations": {"kubernetes.io/service-account.name": "default"},
+        }
+    ],
+}
+COPY = {"app.kubernetes.io/managed-by": "gpufleet", "gpufleet.io/provider": "nl"}
+
+
+def _content(**extra: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    content: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _, _ in CONTENT}
+    for kind, items in {**DEFAULTS, **extra}.items():
+        content[kind] = content.get(kind, []) + items
+    return content
+
+
+def test_a_namespace_gpufleet_created_that_holds_only_the_clusters_defaults_goes() -> None:
+    assert namespace_fate(CREATED, _content())[0] == Fate.DELETE
+    assert namespace_manifest("team")["metadata"]["labels"] == CREATED["labels"]
+
+
+def test_a_namespace_that_existed_before_is_kept_even_when_empty() -> None:
+    fate, why = namespace_fate({"name": "team", "labels": {"team": "a"}}, _content())
+    assert fate == Fate.KEEP
+    assert "not created by gpufleet" in why
+
+
+@pytest.mark.parametrize(
+    ("kind", "meta"),
+    [
+        ("Secret", {"name": "pull-secret"}),
+        ("ConfigMap", {"name": "settings"}),
+        ("ServiceAccount", {"name": "chat"}),
+        ("Service", {"name": "chat"}),
+        ("PersistentVolumeClaim", {"name": "models"}),
+        ("Pod", {"name": "debug"}),
+        ("Deployment", {"name": "sidecar"}),  # the user's, not a copy
+        ("Deployment", {"name": "other", "labels": COPY}),  # another pool's copy
+        ("StatefulSet", {"name": "other", "labels": COPY}),
+    ],
+)
+def test_a_namespace_gpufleet_created_that_holds_anything_else_is_kept(
+    kind: str, meta: dict[str, Any]
+) -> None:
+    fate, why = namespace_fate(CREATED, _content(**{kind: [meta]}))
+    assert fate == Fate.KEEP
+    assert f"{kind} {meta['name']}" in why
+
+
+def test_a_namespace_waits_while_a_copy_in_it_is_being_deleted() -> None:
+    deleting = {"name": "chat", "labels": COPY, "deletionTimestamp": "2025-01-01T00:00:00Z"}
+    pod = {"name": "chat-0", "ownerReferences": [{"kind": "StatefulSet", "name": "chat"}]}
+    content = _content(StatefulSet=[deleting], Pod=[pod], Secret=[{"name": "pull-secret"}])
+    assert namespace_fate(CREATED, content)[0] == Fate.WAIT
+
+
+def test_a_namespace_already_being_deleted_is_left_alone() -> None:
+    meta = {**CREATED, "deletionTimestamp": "2025-01-01T00:00:00Z"}
+    assert namespace_fate(meta, _content()) == (Fate.KEEP, "already being deleted")
+
+
+def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None:
+    for verb in ("list", "get", "patch", "delete"):
+        assert ("apps", "statefulsets", verb) in REMOTE_CALLS
+    for verb in ("get", "create", "list", "delete"):
+        assert ("", "namespaces", verb) in REMOTE_CALLS
+    assert ("", "namespaces", "patch") not in REMOTE_CALLS
+    assert {(g, r, "list") for _, g, r in CONTENT} <= set(REMOTE_CALLS)
+    assert len(set(REMOTE_CALLS)) == len(REMOTE_CALLS)

@@ -62,6 +62,7 @@ class PodEntry:
     labels: Mapping[str, str]
     node_name: str | None
     terminating: bool
+    ready: bool = True  # the Ready condition: serving (a missing status counts as ready)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ class WorkloadEntry:
     name: str
     replicas: int
     selector: Selector
-    # `{"selector": ..., "template": ...}` of the spec as JSON: what a burst copy carries.
+    # What a burst copy carries, as JSON: the spec's `selector` and `template`; for a
+    # StatefulSet also `serviceName`, `podManagementPolicy` and `volumeClaimNames` (the names
+    # of its volumeClaimTemplates). reconcilers/copies.py builds the copy from it.
     source: str = ""
 
 
@@ -102,21 +105,35 @@ def pod_entry(namespace: str, name: str, body: Mapping[str, Any]) -> PodEntry:
         dict(meta.get("labels") or {}),
         (body.get("spec") or {}).get("nodeName"),
         meta.get("deletionTimestamp") is not None,
+        _ready(body),
     )
+
+
+def _ready(body: Mapping[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions")
+    if not conditions:
+        return True  # no status to go by: never throttle on what cannot be seen
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> WorkloadEntry:
     spec = body.get("spec") or {}
     replicas = spec.get("replicas")
+    source: dict[str, Any] = {"selector": spec.get("selector"), "template": spec.get("template")}
+    if kind == "StatefulSet":
+        source["serviceName"] = spec.get("serviceName")
+        source["podManagementPolicy"] = spec.get("podManagementPolicy")
+        claims = (
+            (c.get("metadata") or {}).get("name") for c in spec.get("volumeClaimTemplates") or ()
+        )
+        source["volumeClaimNames"] = sorted(str(name) for name in claims if name)
     return WorkloadEntry(
         namespace,
         kind,
         name,
         1 if replicas is None else int(replicas),
         from_label_selector(spec.get("selector")),
-        json.dumps(
-            {"selector": spec.get("selector"), "template": spec.get("template")}, sort_keys=True
-        ),
+        json.dumps(source, sort_keys=True),
     )
 
 

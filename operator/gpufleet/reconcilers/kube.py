@@ -4,6 +4,7 @@ synchronous) and each named here, so RBAC can be checked against this list."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,13 +26,20 @@ CALLS = (
     (GROUP, "powerbudgets/status", "patch"),
     ("", "events", "create"),
     ("", "configmaps", "create"),
-    # reconcilers/intent.py: the intent record on the anchor (resourceVersion precondition).
+    # reconcilers/intent.py: the intent record on the anchor (resourceVersion precondition);
+    # reconcilers/gateway.py: the optional gateway ConfigMap, the same three calls.
     ("", "configmaps", "get"),
     ("", "configmaps", "patch"),
+    # reconcilers/drain.py: preempted replicas leave through the Eviction API (which honours
+    # PodDisruptionBudgets); the pods and nodes it picks them from are listed fresh (the
+    # watches grant both lists already).
+    ("", "pods/eviction", "create"),
+    ("", "pods", "list"),
+    ("", "nodes", "list"),
 )
 # Only where `rbac.secretNamespaces` grants it: Kube.read_secret, for a CloudProvider's
-# `cluster.kubeconfigSecretRef` (reconcilers/remote.py). The Deployment a burst copies comes
-# from the deployments index, which lists and watches it already.
+# `cluster.kubeconfigSecretRef` (reconcilers/kubeconfig.py). The Deployment or StatefulSet a
+# burst copies comes from the deployments or statefulsets index, which list and watch them.
 SECRET_CALLS = (("", "secrets", "get"),)
 # Only with leader election (`--leader-election`): Kube.ensure_peering.
 PEERING_CALLS = (("kopf.dev", "clusterkopfpeerings", "create"),)
@@ -40,6 +48,17 @@ PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfp
 
 class Conflict(Exception):
     """A write's resourceVersion precondition failed: someone else wrote first."""
+
+
+class EvictionRefused(Exception):
+    """The API server refused an eviction for now (HTTP 429). `budget`: a
+    PodDisruptionBudget allows no disruption now (the message names it); otherwise the
+    server throttled the request."""
+
+    def __init__(self, message: str, budget: bool) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.reason = "DisruptionBudget" if budget else "Throttled"
 
 
 class Kube:
@@ -122,6 +141,39 @@ class Kube:
         )
         await asyncio.to_thread(self.core.create_namespaced_event, target_namespace, body)
 
+    async def evict(self, namespace: str, name: str, grace_seconds: int) -> bool:
+        """Evict one pod, giving it `grace_seconds` from SIGTERM (as `kubectl drain
+        --grace-period`): True when the eviction was accepted, False when the pod is gone;
+        EvictionRefused when the API server says not now."""
+        body = client.V1Eviction(
+            api_version="policy/v1",
+            kind="Eviction",
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=grace_seconds),
+        )
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_pod_eviction, name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 429:
+                message, budget = _refusal(exc)
+                raise EvictionRefused(message, budget) from exc
+            raise
+        return True
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The namespace's pods that match the selector, as JSON objects."""
+        found = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=label_selector
+        )
+        serialize: Any = self.api.sanitize_for_serialization
+        return [dict(serialize(pod)) for pod in found.items]
+
+    async def list_node_names(self, label_selector: str) -> list[str]:
+        found = await asyncio.to_thread(self.core.list_node, label_selector=label_selector)
+        return sorted(str(node.metadata.name) for node in found.items if node.metadata)
+
     async def ensure_config_map(self, namespace: str, name: str) -> None:
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(
@@ -142,9 +194,10 @@ class Kube:
         return dict(found.data or {}), _version(found)
 
     async def patch_config_map_data(
-        self, namespace: str, name: str, data: Mapping[str, str], version: str
+        self, namespace: str, name: str, data: Mapping[str, str | None], version: str
     ) -> str:
-        """Merge `data` in, only if the ConfigMap is still at `version`; its new version."""
+        """Merge `data` in (None removes a key), only if the ConfigMap is still at `version`;
+        its new version."""
         body = {"metadata": {"resourceVersion": version}, "data": dict(data)}
         try:
             written = await asyncio.to_thread(
@@ -187,6 +240,25 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+
+def _refusal(exc: ApiException) -> tuple[str, bool]:
+    """The API server's words for a refused eviction (they name the disruption budget), and
+    whether a budget refused it; nothing else of the reply is kept."""
+    try:
+        status = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    status = status if isinstance(status, dict) else {}
+    causes = (status.get("details") or {}).get("causes") or []
+    budget_words = [
+        str(c.get("message", ""))
+        for c in causes
+        if isinstance(c, dict) and c.get("reason") == "DisruptionBudget"  # metav1.StatusCause
+    ]
+    message = str(status.get("message") or exc.reason or "too many requests")
+    budget = bool(budget_words) or "disruption budget" in message.lower()
+    return "; ".join([message, *budget_words])[:512], budget
 
 
 def _version(obj: Any) -> str:

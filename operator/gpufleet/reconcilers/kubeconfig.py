@@ -1,0 +1,157 @@
+"""Connections to remote clusters: CloudProviders with `cluster.kubeconfigSecretRef`.
+
+Each tick, for every such provider: read the Secret, build an ApiClient from its kubeconfig
+(cached per Secret resourceVersion) and the provider's driver on it, so its nodes live in
+that cluster.
+
+Nothing of the Secret leaves this module: errors name the Secret and key, never its data.
+Kubeconfigs that run commands (`exec`, `auth-provider`) or read local files (`…-file`,
+paths) are refused: a CloudProvider must not make the operator hand out its own token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from kubernetes import config
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.drivers.base import DriverError, NodePoolDriver
+from gpufleet.reconcilers.kube import Kube
+
+log = logging.getLogger(__name__)
+
+_USER_REFUSED = (
+    "exec",
+    "auth-provider",
+    "token-file",
+    "tokenFile",
+    "client-certificate",
+    "client-key",
+)
+_CLUSTER_REFUSED = ("certificate-authority", "client-certificate", "client-key")
+
+RemoteDriverFactory = Callable[[str, CloudProviderSpec, ApiClient], NodePoolDriver]
+
+
+class CredentialsError(Exception):
+    """The Secret or its kubeconfig is unusable; the message is safe to show."""
+
+
+@dataclass
+class Connection:
+    version: str
+    api: ApiClient
+    spec: CloudProviderSpec
+    driver: NodePoolDriver
+
+
+def check_kubeconfig(raw: Any) -> None:
+    """Refuse kubeconfigs that run commands or read the operator's files."""
+    if not isinstance(raw, dict):
+        raise CredentialsError("not a kubeconfig mapping")
+    for entry in raw.get("users") or []:
+        user = (entry or {}).get("user") or {}
+        if any(k in user for k in _USER_REFUSED):
+            raise CredentialsError(
+                "users may not use exec, auth-provider or file references: "
+                "embed client-certificate-data/client-key-data or a token"
+            )
+    for entry in raw.get("clusters") or []:
+        cluster = (entry or {}).get("cluster") or {}
+        if any(k in cluster for k in _CLUSTER_REFUSED):
+            raise CredentialsError(
+                "clusters may not reference files: embed certificate-authority-data"
+            )
+
+
+def client_from(text: str) -> ApiClient:
+    """An ApiClient for the kubeconfig `text`, once check_kubeconfig accepts it."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise CredentialsError("not valid YAML") from None
+    check_kubeconfig(raw)
+    try:
+        api: ApiClient = config.new_client_from_config_dict(  # type: ignore[no-untyped-call]
+            raw, persist_config=False
+        )
+        return api
+    except Exception as exc:  # ConfigException and friends: name only, they may quote data
+        raise CredentialsError(f"unusable kubeconfig ({type(exc).__name__})") from None
+
+
+def api_reason(exc: ApiException) -> str:
+    return f"{exc.reason or 'error'} ({exc.status})"
+
+
+@dataclass
+class Connections:
+    kube: Kube
+    make_driver: RemoteDriverFactory
+    operator_namespace: str
+    by_provider: dict[str, Connection] = field(default_factory=dict)
+    # provider -> why its credentials are unusable (CredentialsValid=False), this tick.
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def api(self, provider: str) -> ApiClient | None:
+        connection = self.by_provider.get(provider)
+        return connection.api if connection else None
+
+    async def connect(
+        self, providers: Mapping[str, CloudProviderSpec]
+    ) -> dict[str, NodePoolDriver]:
+        """Drivers of the remote providers whose kubeconfig is usable now."""
+        for gone in set(self.by_provider) - set(providers):
+            await self._close(self.by_provider.pop(gone))
+        names = sorted(providers)
+        results = await asyncio.gather(*(self._connect(n, providers[n]) for n in names))
+        self.errors = {n: e for n, e in zip(names, results, strict=True) if e is not None}
+        return {n: self.by_provider[n].driver for n in names if n not in self.errors}
+
+    async def _connect(self, name: str, spec: CloudProviderSpec) -> str | None:
+        ref = spec.cluster.kubeconfig_secret_ref
+        assert ref is not None
+        namespace = ref.namespace or self.operator_namespace
+        where = f"key {ref.key} of Secret {namespace}/{ref.name}"
+        try:
+            data, version = await self.kube.read_secret(namespace, ref.name)
+        except ApiException as exc:
+            return f"Secret {namespace}/{ref.name}: {api_reason(exc)}"
+        except Exception as exc:
+            return f"Secret {namespace}/{ref.name}: {type(exc).__name__}"
+        cache_key = f"{namespace}/{ref.name}/{ref.key}@{version}"
+        cached = self.by_provider.get(name)
+        if cached is not None and cached.version == cache_key and cached.spec == spec:
+            return None
+        if ref.key not in data:
+            return f"{where}: missing"
+        try:
+            text = base64.b64decode(data[ref.key], validate=True).decode()
+            api = await asyncio.to_thread(client_from, text)
+        except (binascii.Error, UnicodeDecodeError):
+            return f"{where}: not base64-encoded UTF-8"
+        except CredentialsError as exc:
+            return f"{where}: {exc}"
+        try:
+            driver = self.make_driver(name, spec, api)
+        except DriverError as exc:
+            await asyncio.to_thread(api.close)
+            return f"no driver: {exc.reason}"
+        if cached is not None:
+            await self._close(cached)
+        self.by_provider[name] = Connection(cache_key, api, spec, driver)
+        log.info("connected to the remote cluster of %s", name, extra={"provider": name})
+        return None
+
+    async def _close(self, connection: Connection) -> None:
+        await asyncio.to_thread(connection.api.close)
