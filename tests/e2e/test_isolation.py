@@ -24,6 +24,7 @@ GPU = "E2E-ISO-GPU"
 REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-isolation"
 PROVIDER = "e2e-iso-cloud"
+GATEWAY = "e2e-isolation-throttle"  # the gateway ConfigMap (--gateway-config-map)
 
 
 def _objects() -> list[dict[str, Any]]:
@@ -141,7 +142,9 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
     exporter.set_queue(NS, "chat", 12)  # 6 replicas
     exporter.set_queue(NS, "image", 0)
     process = OperatorProcess(
-        testbed, testbed.directory / "logs" / "operator-isolation.log"
+        testbed,
+        testbed.directory / "logs" / "operator-isolation.log",
+        extra_args=("--gateway-config-map", GATEWAY),
     ).start()
     try:
         yield process
@@ -149,6 +152,7 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
         process.stop()
         kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
         kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
+        kubectl.run("delete", "configmap", "-n", "gpufleet-system", GATEWAY, check=False)
 
 
 def _status(kubectl: Kubectl, name: str) -> dict[str, Any]:
@@ -181,6 +185,7 @@ def test_a_low_priority_surge_never_takes_the_high_priority_pools_replicas(
         assert kubectl.json("get", "deployment", "-n", NS, "chat")["spec"]["replicas"] == 6
         time.sleep(1)
     image = _status(kubectl, "image")
+    throttle = image["throttle"]  # with the replicas serving (while they start it is lower)
     assert image["desiredReplicas"] == 10  # 16 GPUs less chat's 6
     assert throttle["demandRequestsPerMinute"] == 1200
     assert 0 < throttle["sustainableRequestsPerMinute"] < 600
@@ -191,3 +196,18 @@ def test_a_low_priority_surge_never_takes_the_high_priority_pools_replicas(
     condition = next(c for c in image["conditions"] if c["type"] == "Throttled")
     assert condition["status"] == "True"
     assert "tiers cut: free" in condition["message"]
+    # The gateway ConfigMap carries the same figures, and is not rewritten while they hold.
+    gateway = kubectl.json("get", "configmap", "-n", "gpufleet-system", GATEWAY)
+    published = json.loads(gateway["data"][f"{NS}.image.json"])
+    assert published["throttled"] is True and published["message"] == condition["message"]
+    status = _status(kubectl, "image")["throttle"]
+    for key in ("sustainableRequestsPerMinute", "demandRequestsPerMinute", "tiers"):
+        assert published[key] == status[key]
+    assert json.loads(gateway["data"][f"{NS}.chat.json"])["throttled"] is False
+    assert gateway["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpufleet"
+    version = gateway["metadata"]["resourceVersion"]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # three ticks with the same plan: no write
+        again = kubectl.json("get", "configmap", "-n", "gpufleet-system", GATEWAY)
+        assert again["metadata"]["resourceVersion"] == version
+        time.sleep(0.5)

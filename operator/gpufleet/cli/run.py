@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated
 
 import typer
@@ -84,6 +85,15 @@ def run(
             "(a standby takes over after about this long).",
         ),
     ] = 10,
+    gateway_config_map: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPUFLEET_GATEWAY_CONFIG_MAP",
+            help="Publish every pool's sustainable rate, by tier, in this ConfigMap of the "
+            "operator namespace, one `<namespace>.<name>.json` key per pool, for a gateway "
+            "to read (docs/gateway.md). Default: not published.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch the fleet, plan every period, scale pools and node pools."""
@@ -98,6 +108,10 @@ def run(
 
     if log_format not in ("json", "plain"):
         raise typer.BadParameter("log format must be json or plain")
+    if gateway_config_map and not re.fullmatch(
+        r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", gateway_config_map
+    ):
+        raise typer.BadParameter("gateway ConfigMap name must be a DNS subdomain name")
     kopf.configure(
         verbose=verbose,
         log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN,
@@ -119,7 +133,10 @@ def run(
         metrics_port=metrics_port,
         health_port=health_port,
         bind_address=bind_address,
+        gateway_config_map=gateway_config_map or None,
     )
+    if settings.gateway_config_map == settings.anchor:
+        raise typer.BadParameter(f"the gateway ConfigMap cannot be the anchor {settings.anchor}")
     metrics = OperatorMetrics()
     start_http_server(metrics_port, addr=bind_address, registry=metrics.registry)
     peering = (
@@ -143,6 +160,7 @@ def run(
             "identity": identity(),
             "peering": None if peering is None else peering.name,
             "priority": None if peering is None else peering.priority,
+            "gatewayConfigMap": settings.gateway_config_map,
         },
     )
     kopf.run(

@@ -16,6 +16,9 @@ class RunConfig:
     bind_address: str = "0.0.0.0"
     max_sample_age_seconds: float = 120.0
     simulated_namespace: str = "gpufleet-system"
+    # The ConfigMap (in operator_namespace) a gateway reads the sustainable rates from
+    # (reconcilers/gateway.py); None: not published.
+    gateway_config_map: str | None = None
 
     @property
     def anchor(self) -> str:
