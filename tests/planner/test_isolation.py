@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpufleet.planner import PlannerState, PoolObservation, Reason, Snapshot, plan_fleet
+from gpufleet.planner import (
+    NodePoolKey,
+    PlannerState,
+    PoolObservation,
+    Reason,
+    Snapshot,
+    plan_fleet,
+)
 from gpufleet.planner.demand import erlang_tail, service_rate_per_second
 from gpufleet.planner.types import frozen_map
 
@@ -59,6 +66,40 @@ def test_a_pool_that_keeps_up_publishes_no_throttle() -> None:
     f = fleet({"image": pool(**FAST, **SIZED, **TIERS)}, {"a": provider()})
     plan = plan_fleet(f, observe({"image": 0}, arrivals={"image": 20.0}), EMPTY, 0.0)
     assert plan.pools[key("image")].throttle is None
+
+
+def _starting(ready: int) -> Snapshot:
+    return Snapshot(
+        pools=frozen_map(
+            {
+                key("image"): PoolObservation(
+                    0.0,
+                    20.0,
+                    replicas=frozen_map({NodePoolKey("a", "h100"): 30}),
+                    ready_replicas=ready,
+                )
+            }
+        )
+    )
+
+
+def test_while_new_replicas_start_the_ready_ones_set_the_published_rate() -> None:
+    f = fleet({"image": pool(**FAST, **SIZED, **TIERS)}, {"a": provider()})
+    plan = plan_fleet(f, _starting(ready=8), EMPTY, 0.0)
+    image = plan.pools[key("image")]
+    throttle = image.throttle
+    assert image.unplaced_replicas == 0  # capacity can be had: it is only starting
+    assert throttle is not None and throttle.starting
+    assert throttle.sustainable < 8.0
+    assert throttle.tiers[0].allowed == throttle.tiers[0].demand  # paid whole
+    assert throttle.tiers[1].allowed < throttle.tiers[1].demand
+    note = next(n for n in image.notes if n.reason == Reason.THROTTLED)
+    assert "more replicas serve" in note.message
+
+
+def test_the_throttle_lifts_once_the_replicas_serve() -> None:
+    f = fleet({"image": pool(**FAST, **SIZED, **TIERS)}, {"a": provider()})
+    assert plan_fleet(f, _starting(ready=30), EMPTY, 0.0).pools[key("image")].throttle is None
 
 
 def test_a_surge_in_a_low_priority_pool_leaves_the_high_priority_pool_whole() -> None:

@@ -234,6 +234,39 @@ class Burst(Model):
     )
 
 
+class Preemption(Model):
+    """How the pool yields GPUs that higher-priority pools need on the existing nodes."""
+
+    drain_timeout_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="Seconds a preempted replica is given, from SIGTERM, to finish its "
+        "in-flight requests before it is killed. Replaces the pod's "
+        "terminationGracePeriodSeconds for that eviction; 0 stops it at once (sent as 1, "
+        "never a forced delete). PodDisruptionBudgets are honoured either way.",
+    )
+
+
+class WarmSpares(Model):
+    """Extra replicas on GPUs left idle on the nodes the fleet keeps for demand."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Run replicas on GPUs that the nodes kept for demand leave idle, after "
+        "every pool's demand is placed (highest priority first). They add no node and hold "
+        "every power budget; they serve a spike at once instead of after a model load, and "
+        "are the first replicas a higher-priority pool takes back.",
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="At most this many spare replicas; unset: as many as the idle GPUs "
+        "and maxReplicas allow.",
+    )
+
+
 class InferencePoolSpec(Model):
     """Desired behaviour of an inference pool."""
 
@@ -310,6 +343,14 @@ class InferencePoolSpec(Model):
         default_factory=DataPolicy, description="Where the pool's data may be processed."
     )
     burst: Burst = Field(default_factory=Burst, description="Overflow to secondary providers.")
+    preemption: Preemption = Field(
+        default_factory=Preemption,
+        description="How replicas drain when higher-priority pools need the GPUs they hold.",
+    )
+    warm_spares: WarmSpares = Field(
+        default_factory=WarmSpares,
+        description="Spare replicas on idle GPUs of nodes already paid for (off by default).",
+    )
     mode: Mode = Field(
         default=Mode.ACTIVE,
         description="Active actuates the plan; DryRun plans and reports but changes nothing.",

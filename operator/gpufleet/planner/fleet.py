@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gpufleet.api.pool import InferencePoolSpec, Mode
-from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner import behavior
+from gpufleet.planner.catalogs import catalog_of, signature_of
 from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
-from gpufleet.planner.placement import Candidates, Catalog, Progress, candidates, place
+from gpufleet.planner.placement import Candidates, Progress, candidates, place
 from gpufleet.planner.power import allowed_watts, busy_gpu_watts, cap_in_force, covers, node_watts
-from gpufleet.planner.throttle import throttle
+from gpufleet.planner.spares import add_spares
+from gpufleet.planner.throttle import plan_throttle
 from gpufleet.planner.types import (
     Backoff,
     BudgetPlan,
@@ -228,19 +229,18 @@ def _plan_pool(
     elif not notes:
         notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
     throttled = None
-    short = placement.unplaced > 0 or Reason.LIMITED_BY_MAX in {n.reason for n in notes}
-    if short and not dry_run and needed is not None:
-        throttled = throttle(spec, final, observation.arrival_rate, observation.tier_rates)
-        if throttled is not None:
-            cut = [t.name for t in throttled.tiers if t.allowed < t.demand]
-            notes.append(
-                Note(
-                    Reason.THROTTLED,
-                    f"carries {throttled.sustainable:.2f} of {throttled.demand:.2f} req/s at the SLO"
-                    + (f"; tiers cut: {', '.join(cut)}" if cut else "")
-                    + "; more quota, power or an allowed burst target would lift it",
-                )
-            )
+    if not dry_run and needed is not None:
+        short = placement.unplaced > 0 or Reason.LIMITED_BY_MAX in {n.reason for n in notes}
+        throttled, note = plan_throttle(
+            spec,
+            final,
+            short,
+            observation.ready_replicas,
+            observation.arrival_rate,
+            observation.tier_rates,
+        )
+        if note is not None:
+            notes.append(note)
     watts = sum(
         count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
         for k, count in placement.placements.items()
@@ -257,6 +257,7 @@ def _plan_pool(
         metrics_available=needed is not None,
         notes=tuple(notes),
         throttle=throttled,
+        preempted=frozen_map(placement.preempted if not dry_run else {}),
     )
     return plan, PoolMemory(history, events, forecast, last_scale)
 
@@ -333,13 +334,14 @@ def plan_fleet(
     backoffs = update_backoffs(state.backoffs, snapshot, now, settings)
     ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, now)
     order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
-    catalog = _catalog(fleet.providers)
+    catalog = catalog_of(fleet.providers)
     cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
     pool_plans: dict[PoolKey, PoolPlan] = {}
     memories: dict[PoolKey, PoolMemory] = {}
+    options_of: dict[PoolKey, Candidates] = {}
     for key in order:
         spec = fleet.pools[key]
-        signature = _signature(spec)
+        signature = signature_of(spec)
         if signature not in cache:
             options = catalog.memo.get(signature)
             if options is None:
@@ -359,46 +361,11 @@ def plan_fleet(
         )
         pool_plans[key] = plan
         memories[key] = memory
+        options_of[key] = options
+    add_spares(order, fleet.pools, options_of, pool_plans, ledger)
     return FleetPlan(
         pools=frozen_map(pool_plans),
         node_pools=frozen_map(_node_plans(ledger, snapshot)),
         budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
         state=PlannerState(pools=frozen_map(memories), backoffs=frozen_map(backoffs)),
-    )
-
-
-# Catalogs of recent provider sets, by the identity of their (immutable) specs. The fleet loop
-# parses a spec once per change, so from one tick to the next the same objects come back and
-# the candidate lists built from them can be reused; the cache holds the specs themselves, so
-# an identity cannot be recycled while its entry lives. Results never depend on the cache.
-_CATALOGS: dict[tuple[tuple[str, int], ...], tuple[Mapping[str, CloudProviderSpec], Catalog]] = {}
-_CATALOGS_KEPT = 4
-
-
-def _catalog(providers: Mapping[str, CloudProviderSpec]) -> Catalog:
-    key = tuple((name, id(spec)) for name, spec in sorted(providers.items()))
-    hit = _CATALOGS.get(key)
-    if hit is not None:
-        return hit[1]
-    catalog = Catalog(providers)
-    if len(_CATALOGS) >= _CATALOGS_KEPT:
-        _CATALOGS.pop(next(iter(_CATALOGS)))
-    _CATALOGS[key] = (dict(providers), catalog)
-    return catalog
-
-
-def _signature(spec: InferencePoolSpec) -> tuple[object, ...]:
-    """What decides a pool's candidate node pools; pools that share it share the list."""
-    policy, burst = spec.data_policy, spec.burst
-    return (
-        frozenset(spec.gpu_types),
-        spec.gpus_per_replica,
-        spec.allow_spot,
-        spec.model_load_seconds,
-        policy.data_class,
-        tuple(policy.allowed_jurisdictions),
-        policy.approved_subprocessors_only,
-        burst.enabled,
-        tuple(burst.providers),
-        burst.max_lead_seconds,
     )

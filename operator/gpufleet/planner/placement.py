@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
@@ -152,7 +152,7 @@ class Catalog:
                 )
                 by_type.setdefault(node_pool.gpu_type, []).append(entry)
         self.by_type = {t: sorted(entries, key=_order) for t, entries in by_type.items()}
-        # Candidate lists by pool signature, filled by the planner (see fleet._catalog).
+        # Candidate lists by pool signature, filled by the planner (see catalogs.catalog_of).
         self.memo: dict[tuple[object, ...], Candidates] = {}
         self._merged: dict[frozenset[str], list[Entry]] = {}
 
@@ -237,6 +237,9 @@ class Placement:
     unplaced: int
     burst: int
     notes: tuple[Note, ...]
+    # Current replicas per node pool that no longer fit on its existing nodes because pools
+    # placed earlier (higher priority) took the room; some may be placed again on new nodes.
+    preempted: dict[NodePoolKey, int] = field(default_factory=dict)
 
 
 def _names(keys: set[str] | list[str]) -> str:
@@ -260,6 +263,7 @@ def place(
     burst_room = pool.burst.max_replicas if pool.burst.max_replicas is not None else want
     burst = 0
     remaining = want
+    displaced: dict[NodePoolKey, int] = {}
 
     def take(
         key: NodePoolKey, count: int, new_nodes: bool, keep: bool = False
@@ -282,6 +286,9 @@ def place(
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
             limits.setdefault(reason, set()).add(str(key))
+        if keep and limit is None and fitted < asked:
+            # The existing nodes are full with replicas of pools placed before this one.
+            displaced[key] = asked - fitted
         if fitted:
             ledger.commit(slot, gpus, fitted)
             placed[key] = placed.get(key, 0) + fitted
@@ -303,6 +310,7 @@ def place(
     for key in kept:
         if key not in placed and remaining > 0 and current[key] > 0:
             take(key, current[key], new_nodes=False, keep=True)
+    kept_count = {key: placed.get(key, 0) for key in displaced}
     for new_nodes, order in ((False, options.fill), (True, options.grow)):
         index = progress.find(new_nodes, 0)
         while index < len(order) and remaining > 0:
@@ -336,4 +344,19 @@ def place(
         )
     if burst > 0:
         notes.append(Note(Reason.BURST_ACTIVE, f"{burst} replicas on secondary providers"))
-    return Placement({k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes))
+    # Replicas placed there again go to new nodes of the same node pool: they still leave
+    # the existing ones now (a move), or the higher-priority pool waits a boot for them.
+    preempted = dict(displaced)
+    if preempted:
+        moved = sum(min(n, placed.get(k, 0) - kept_count[k]) for k, n in preempted.items())
+        notes.append(
+            Note(
+                Reason.PREEMPTED,
+                f"{sum(preempted.values())} replicas on {_names([str(k) for k in preempted])} "
+                "yield to higher-priority pools: their existing nodes are full"
+                + (f"; {moved} of them restart on new nodes" if moved else ""),
+            )
+        )
+    return Placement(
+        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), preempted
+    )

@@ -2,7 +2,9 @@
 
 When no more GPUs, quota, power or allowed burst target can be had, the gateway is told how
 much traffic the planned replicas carry at the SLO, so it sheds the lowest tier instead of
-letting every request's wait grow.
+letting every request's wait grow. The same holds for the minutes a sudden step in demand
+waits for nodes to boot and models to load: until they serve, the ready replicas set the
+rate, so the top tier keeps its SLO while capacity catches up.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping
 
 from gpufleet.api.pool import InferencePoolSpec
 from gpufleet.planner.demand import erlang_tail, service_rate_per_second
-from gpufleet.planner.types import Throttle, TierAllowance
+from gpufleet.planner.types import Note, Reason, Throttle, TierAllowance
 
 
 def sustainable_rate(spec: InferencePoolSpec, replicas: int) -> float | None:
@@ -55,11 +57,45 @@ def throttle(
     replicas: int,
     demand: float | None,
     tier_rates: Mapping[str, float],
+    starting: bool = False,
 ) -> Throttle | None:
-    """What to publish for a pool whose planned capacity is below its demand."""
+    """What to publish for a pool whose `replicas` (planned, or ready while the rest start)
+    carry less than its demand."""
     if demand is None or not math.isfinite(demand):
         return None
     rate = sustainable_rate(spec, replicas)
     if rate is None or rate >= demand:
         return None
-    return Throttle(rate, demand, split(spec, rate, demand, tier_rates))
+    return Throttle(rate, demand, split(spec, rate, demand, tier_rates), starting)
+
+
+def plan_throttle(
+    spec: InferencePoolSpec,
+    planned: int,
+    short: bool,
+    ready: int | None,
+    demand: float | None,
+    tier_rates: Mapping[str, float],
+) -> tuple[Throttle | None, Note | None]:
+    """The throttle of a pool planned at `planned` replicas (`short` of its need), `ready` of
+    them serving now, and the note saying why and what lifts it."""
+    starting = ready is not None and ready < planned
+    if not short and not starting:
+        return None, None
+    serving = min(planned, ready) if ready is not None else planned
+    found = throttle(spec, serving, demand, tier_rates, starting)
+    if found is None:
+        return None, None
+    cut = [t.name for t in found.tiers if t.allowed < t.demand]
+    lift = []
+    if starting:
+        lift.append(f"until {planned - serving} more replicas serve")
+    if short:
+        lift.append("more quota, power or an allowed burst target would lift it")
+    return found, Note(
+        Reason.THROTTLED,
+        f"carries {found.sustainable:.2f} of {found.demand:.2f} req/s at the SLO"
+        + (f"; tiers cut: {', '.join(cut)}" if cut else "")
+        + "; "
+        + "; ".join(lift),
+    )

@@ -64,6 +64,8 @@ class Reason(StrEnum):
     PROVIDER_UNAVAILABLE = "ProviderUnavailable"
     DRY_RUN = "DryRun"
     THROTTLED = "Throttled"
+    PREEMPTED = "Preempted"
+    WARM_SPARES = "WarmSpares"
     CAP_REACHED = "CapReached"
     MEASUREMENT_UNAVAILABLE = "MeasurementUnavailable"
 
@@ -84,13 +86,15 @@ class PoolObservation:
     """What the operator saw of one pool at the last scrape.
 
     `queue_depth` None means the metric was missing, empty, NaN or stale: capacity is held.
-    `replicas` are the replicas that exist now per node pool (ready or starting).
+    `replicas` are the replicas that exist now per node pool (ready or starting);
+    `ready_replicas` those of them serving now (None: not known, taken as all of them).
     """
 
     queue_depth: float | None
     arrival_rate: float | None = None
     replicas: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
     tier_rates: Mapping[str, float] = field(default_factory=frozen_map)
+    ready_replicas: int | None = None
 
     @cached_property
     def total_replicas(self) -> int:
@@ -200,11 +204,13 @@ class TierAllowance:
 
 @dataclass(frozen=True)
 class Throttle:
-    """Set when the planned replicas cannot carry the demand at the SLO."""
+    """Set when the replicas cannot carry the demand at the SLO: the planned ones (more
+    cannot be had), or the ready ones while the rest start (`starting`)."""
 
-    sustainable: float  # requests/s the planned replicas carry at the SLO
+    sustainable: float  # requests/s the replicas carry at the SLO
     demand: float
     tiers: tuple[TierAllowance, ...]
+    starting: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,10 @@ class PoolPlan:
     metrics_available: bool
     notes: tuple[Note, ...]
     throttle: Throttle | None = None
+    spare_replicas: int = 0  # of desired_replicas: on idle GPUs of nodes kept for demand
+    # Replicas per node pool that are not kept because pools placed before this one (higher
+    # priority) took the room on its existing nodes; the reconciler drains them (issue 10).
+    preempted: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
 
     def replicas_by_provider(self) -> dict[str, int]:
         out: dict[str, int] = {}

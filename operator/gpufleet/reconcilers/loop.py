@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.pool import InferencePoolSpec, Mode
@@ -27,15 +27,19 @@ from gpufleet.planner.types import (
     PoolKey,
     frozen_map,
 )
+from gpufleet.reconcilers.bursting import add_remote_replicas, remote_targets
 from gpufleet.reconcilers.cache import (
     View,
     WorkloadEntry,
 )
+from gpufleet.reconcilers.copies import Copy
+from gpufleet.reconcilers.credentials import credential_source
+from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
+from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Action, Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for
-from gpufleet.reconcilers.remote import Copy, RemoteClusters, attribute, source_hash
-from gpufleet.reconcilers.remote import target as remote_target
+from gpufleet.reconcilers.remote import RemoteClusters
 from gpufleet.reconcilers.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class FleetLoop:
     last_placements: dict[PoolKey, Mapping[NodePoolKey, int]] = field(default_factory=dict)
     last_plan: FleetPlan | None = None
     reporter: Reporter = field(init=False)
+    drainer: Drainer = field(default_factory=Drainer)  # preempted replicas (issue 10)
 
     def __post_init__(self) -> None:
         self.reporter = Reporter(self.kube, self.metrics)
@@ -63,6 +68,8 @@ class FleetLoop:
     journal: Journal | None = None
     # Remote clusters (kubeconfigSecretRef); None: such providers are unreachable.
     remote: RemoteClusters | None = None
+    # The sustainable rates for a gateway (--gateway-config-map); None: not published.
+    gateway: GatewayConfigMap | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -75,6 +82,20 @@ class FleetLoop:
             return None
         self.drivers[name] = (spec, driver)
         return driver
+
+    async def _read_credentials(
+        self, providers: Mapping[str, CloudProviderSpec], remote: set[str]
+    ) -> dict[str, str]:
+        """Refreshes the factories' AWS credentials (credentialsSecretRef) before drivers
+        are built or used; why each unusable provider's are (it is unreachable this tick)."""
+        errors: dict[str, str] = {}
+        factories = (self.make_driver, self.remote.make_driver if self.remote else None)
+        for factory, remote_ones in zip(factories, (False, True), strict=True):
+            source = credential_source(factory)
+            if source is not None:
+                mine = {n: p for n, p in providers.items() if (n in remote) == remote_ones}
+                errors.update(await source.refresh(self.kube, mine))
+        return errors
 
     async def tick(self, view: View) -> FleetPlan:
         started = time.perf_counter()
@@ -100,20 +121,23 @@ class FleetLoop:
         providers = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
         remote = {n for n, p in providers.items() if p.cluster.kubeconfig_secret_ref is not None}
+        credential_errors = await self._read_credentials(providers, remote)
         drivers = {
             n: d
             for n, spec in providers.items()
-            if n not in remote and (d := self._driver(n, spec)) is not None
+            if n not in remote
+            and n not in credential_errors
+            and (d := self._driver(n, spec)) is not None
         }
         copies: dict[str, dict[PoolKey, Copy]] = {}
         copy_errors: dict[str, str] = {}
-        credential_errors: dict[str, str] = {}
         if self.remote is not None:
-            drivers.update(await self.remote.connect({n: providers[n] for n in remote}))
+            usable = {n: providers[n] for n in remote if n not in credential_errors}
+            drivers.update(await self.remote.connect(usable))
             copies, copy_errors = await self.remote.copies([n for n in remote if n in drivers])
-            credential_errors = dict(self.remote.errors)
+            credential_errors.update(self.remote.errors)
         else:
-            credential_errors = dict.fromkeys(remote, "remote clusters are not enabled")
+            credential_errors.update(dict.fromkeys(remote, "remote clusters are not enabled"))
         # A provider is reachable with a driver and, if remote, a listing of its copies.
         unreachable = {n for n in providers if n not in drivers} | set(copy_errors)
         # Local pods are attributed to local node pools only; remote ones come from copies.
@@ -135,7 +159,7 @@ class FleetLoop:
             self.source,
         )
         observed.driver_errors.update(copy_errors)
-        self._add_remote_replicas(observed, pools, providers, copies)
+        add_remote_replicas(observed, pools, providers, copies, self.last_placements)
         fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
         plan = plan_fleet(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
@@ -144,37 +168,11 @@ class FleetLoop:
         await self.reporter.report(
             view, plan, fleet, observed, target_errors, credential_errors, now
         )
+        if self.gateway is not None:
+            await self.gateway.publish(view, plan, now)
         self.last_plan = plan
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         return plan
-
-    def _add_remote_replicas(
-        self,
-        observed: Observed,
-        pools: Mapping[PoolKey, InferencePoolSpec],
-        providers: Mapping[str, CloudProviderSpec],
-        copies: Mapping[str, Mapping[PoolKey, Copy]],
-    ) -> None:
-        """A pool's replicas on a remote provider are its copy's replicas there."""
-        snapshot = observed.snapshot
-        pool_obs = dict(snapshot.pools)
-        for provider, found in sorted(copies.items()):
-            for key, copy in sorted(found.items()):
-                if key not in pool_obs or copy.replicas <= 0:
-                    continue
-                placed = dict(pool_obs[key].replicas)
-                for np_key, count in attribute(
-                    provider,
-                    copy.replicas,
-                    providers[provider],
-                    self.last_placements.get(key, {}),
-                    pools[key].gpu_types,
-                ).items():
-                    placed[np_key] = placed.get(np_key, 0) + count
-                pool_obs[key] = replace(pool_obs[key], replicas=frozen_map(placed))
-                by_provider = observed.current_by_provider.setdefault(key, {})
-                by_provider[provider] = by_provider.get(provider, 0) + copy.replicas
-        observed.snapshot = replace(snapshot, pools=frozen_map(pool_obs))
 
     async def _actuate(
         self,
@@ -207,9 +205,14 @@ class FleetLoop:
             setters[target] = functools.partial(self._set_nodes, driver, ref, key, now)
             if node_plan.desired_nodes != state.target_size:
                 planned[target] = node_plan.desired_nodes
+        self.reporter.drains = self.drainer.outcomes  # for the Preempted conditions
+        moves: list[str] = []
         for pool_key, pool_plan in sorted(plan.pools.items()):
             spec = fleet.pools[pool_key]
             self.last_placements[pool_key] = pool_plan.placements
+            # Replicas that yield to higher-priority pools are drained, not just scaled away.
+            drain = request_for(pool_key, plan, fleet, observed.snapshot)
+            await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
             if spec.mode == Mode.DRY_RUN:
                 continue
             local = sum(
@@ -220,11 +223,22 @@ class FleetLoop:
             workload = targets[pool_key]
             target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
             current[target] = workload.replicas
-            setters[target] = functools.partial(self._scale, workload, pool_key)
+            setters[target] = functools.partial(self._scale, workload, pool_key, drain, now)
             if local != workload.replicas:
                 planned[target] = local
-        refresh = self._remote_targets(
-            plan, fleet, targets, observed, copies or {}, known or set(), current, planned, setters
+            elif drain is not None:
+                moves.append(target)  # the same size: preempted replicas move
+        refresh = remote_targets(
+            self.remote,
+            plan,
+            fleet,
+            targets,
+            observed,
+            copies or {},
+            known or set(),
+            current,
+            planned,
+            setters,
         )
         if self.journal is None:
             actions: tuple[Action, ...] | None = tuple(
@@ -235,10 +249,7 @@ class FleetLoop:
         if actions is None:
             return  # another writer recorded first: it acts
         done: set[str] = set()
-        # Node pools first: capacity before the replicas that need it.
-        for action in sorted(
-            actions, key=lambda a: (not a.target.startswith("nodepool/"), a.target)
-        ):
+        for action in sorted(actions, key=lambda a: (_phase(a, current), a.target)):
             setter = setters.get(action.target)
             if setter is not None and await setter(action.size, action.id):
                 log.info(
@@ -249,63 +260,16 @@ class FleetLoop:
                 done.add(action.id)
         if self.journal is not None:
             await self.journal.finish(done)
+        # Moves change no size, so no intent is recorded: a retry after a crash evicts only
+        # what has not moved yet (the drain counts pods already waiting for new nodes).
+        for target in moves:
+            await setters[target](current[target], f"{target}@{int(now)}")
         # A copy whose source template changed is re-applied at its size (no resize).
         for target in refresh:
             if target not in planned and (setter := setters.get(target)) is not None:
                 await setter(current[target], f"{target}@{int(now)}")
-
-    def _remote_targets(
-        self,
-        plan: FleetPlan,
-        fleet: Fleet,
-        targets: Mapping[PoolKey, WorkloadEntry],
-        observed: Observed,
-        copies: Mapping[str, Mapping[PoolKey, Copy]],
-        known: set[PoolKey],
-        current: dict[str, int],
-        planned: dict[str, int],
-        setters: dict[str, Callable[[int, str], Awaitable[bool]]],
-    ) -> list[str]:
-        """Add each burst copy (wanted or existing) to the targets; those to re-apply."""
-        if self.remote is None:
-            return []
-        wanted: dict[tuple[str, PoolKey], int] = {}
-        for pool_key, pool_plan in plan.pools.items():
-            if fleet.pools[pool_key].mode == Mode.DRY_RUN:
-                continue
-            for (provider, _), count in pool_plan.placements.items():
-                if fleet.providers[provider].cluster.kubeconfig_secret_ref is not None:
-                    wanted[(provider, pool_key)] = wanted.get((provider, pool_key), 0) + count
-        # A copy whose pool is gone is deleted; one whose pool is invalid, has no target or
-        # is in DryRun is held (a typo must not drain a burst), as are other installations'.
-        for provider, found in copies.items():
-            for pool_key in found:
-                planned_pool = pool_key in plan.pools and pool_key in fleet.pools
-                active = planned_pool and fleet.pools[pool_key].mode != Mode.DRY_RUN
-                gone = pool_key not in known and self.remote.owns(pool_key.namespace)
-                if active or gone:
-                    wanted.setdefault((provider, pool_key), 0)
-        refresh: list[str] = []
-        for (provider, pool_key), size in sorted(wanted.items()):
-            if provider in observed.snapshot.unreachable_providers:
-                continue  # neither seen nor reachable: hold what is there
-            copy = copies.get(provider, {}).get(pool_key)
-            workload = targets.get(pool_key)
-            name = copy.name if copy else workload.name if workload else None
-            if name is None:
-                continue
-            target = remote_target(provider, pool_key.namespace, name)
-            current[target] = copy.replicas if copy else 0
-            setters[target] = functools.partial(
-                self.remote.resize, provider, pool_key, name, workload
-            )
-            if copy is not None and size == 0:
-                current[target] = -1  # an empty copy is still there to delete
-            if size != current[target]:
-                planned[target] = size
-            elif copy and workload and size > 0 and copy.source_hash != source_hash(workload):
-                refresh.append(target)
-        return refresh
+        if self.remote is not None:  # namespaces that gpufleet made and whose copies went
+            await self.remote.sweep(observed.snapshot.unreachable_providers)
 
     async def _set_nodes(
         self, driver: NodePoolDriver, ref: Any, key: NodePoolKey, now: float, size: int, action: str
@@ -337,11 +301,31 @@ class FleetLoop:
             return False
         return True
 
-    async def _scale(self, workload: WorkloadEntry, pool_key: PoolKey, size: int, _: str) -> bool:
+    async def _scale(
+        self,
+        workload: WorkloadEntry,
+        pool_key: PoolKey,
+        drain: DrainRequest | None,
+        now: float,
+        size: int,
+        _: str,
+    ) -> bool:
+        """Set the workload's size; True only when it is set. A shrink that preempted
+        replicas are part of drains them first and may stop short (retried next tick)."""
         try:
+            if drain is not None:
+                return await self.drainer.resize(self.kube, workload, pool_key, drain, size, now)
             await self.kube.scale(workload.kind, pool_key.namespace, workload.name, size)
         except Exception as exc:  # one pool's failure must not stop the others
             self.metrics.reconcile_errors.labels("scale").inc()
             log.warning("scale %s failed: %s", pool_key, exc, extra={"pool": str(pool_key)})
             return False
         return True
+
+
+def _phase(action: Action, current: Mapping[str, int]) -> int:
+    """Node pools grow before the replicas that need the room, and shrink after the replicas
+    (local and burst copies) have left, so no running pod loses its node first."""
+    if not action.target.startswith("nodepool/"):
+        return 1
+    return 0 if action.size > current.get(action.target, 0) else 2

@@ -61,6 +61,18 @@ def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolR
     raise KeyError(node_pool)
 
 
+def ready_replicas(workload: WorkloadEntry, pods: Sequence[PodEntry]) -> int:
+    """The workload's pods that serve now (bound, Ready, not terminating)."""
+    return sum(
+        1
+        for pod in pods
+        if pod.ready
+        and not pod.terminating
+        and pod.node_name is not None
+        and workload.selector.matches(pod.labels)
+    )
+
+
 def replicas_by_node_pool(
     workload: WorkloadEntry,
     pods: Sequence[PodEntry],
@@ -198,6 +210,7 @@ async def observe(
             arrival_of.get(key),
             frozen_map(placed),
             frozen_map(tier_rates.get(key, {})),
+            ready_replicas(workload, pods.get(key.namespace, ())) if workload else None,
         )
     observed.snapshot = Snapshot(
         pools=frozen_map(pool_obs),

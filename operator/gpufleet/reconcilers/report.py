@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.pool import InferencePoolSpec
@@ -15,6 +15,7 @@ from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, Reason
 from gpufleet.reconcilers import status as st
 from gpufleet.reconcilers.cache import PoolEntry, View
 from gpufleet.reconcilers.conditions import Cond, ready
+from gpufleet.reconcilers.drain import DrainOutcome
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 class Reporter:
     kube: Kube
     metrics: OperatorMetrics
+    # What draining preempted replicas did this tick (reconcilers/drain.py), per pool.
+    drains: Mapping[PoolKey, DrainOutcome] = field(default_factory=dict)
 
     async def report(
         self,
@@ -52,7 +55,9 @@ class Reporter:
                 conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
                 status = st.pool_status(entry.status, entry.generation, conds, now)
             else:
-                conds = st.pool_conditions(spec, pool_plan, observed.metrics_errors.get(key), None)
+                conds = st.pool_conditions(
+                    spec, pool_plan, observed.metrics_errors.get(key), None, self.drains.get(key)
+                )
                 status = st.pool_status(
                     entry.status,
                     entry.generation,

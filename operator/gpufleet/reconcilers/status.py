@@ -4,13 +4,16 @@ without a cluster, and compared with the stored status so unchanged status is no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpufleet.api.parse import SpecError
 from gpufleet.api.pool import InferencePoolSpec, Mode
 from gpufleet.api.provider import CloudProviderSpec, Role
 from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason
 from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
+
+if TYPE_CHECKING:
+    from gpufleet.reconcilers.drain import DrainOutcome
 
 _CAPACITY = (
     Reason.INSUFFICIENT_CAPACITY,
@@ -50,7 +53,11 @@ def invalid_pool_conditions(errors: Sequence[SpecError]) -> list[Cond]:
 
 
 def pool_conditions(
-    spec: InferencePoolSpec, plan: PoolPlan, metrics_error: str | None, target_error: str | None
+    spec: InferencePoolSpec,
+    plan: PoolPlan,
+    metrics_error: str | None,
+    target_error: str | None,
+    drain: DrainOutcome | None = None,
 ) -> list[Cond]:
     spec_valid = Cond("SpecValid", True, "Valid", "")
     target = (
@@ -107,7 +114,14 @@ def pool_conditions(
         burst = Cond("BurstActive", False, "NoBurst", "")
     throttled_note = _message(plan, (Reason.THROTTLED,))
     throttled = (
-        Cond("Throttled", True, "DemandAboveCapacity", throttled_note[1])
+        Cond(
+            "Throttled",
+            True,
+            "CapacityStarting"
+            if plan.throttle is not None and plan.throttle.starting
+            else "DemandAboveCapacity",
+            throttled_note[1],
+        )
         if throttled_note
         else Cond("Throttled", False, "DemandWithinCapacity", "")
     )
@@ -123,7 +137,37 @@ def pool_conditions(
         power,
         burst,
         throttled,
+        preempted_condition(plan, drain),
     ]
+
+
+def preempted_condition(plan: PoolPlan, drain: DrainOutcome | None) -> Cond:
+    """`Preempted`: whether replicas yield to higher-priority pools, and how their drain goes
+    (reconcilers/drain.py): blocked by a PodDisruptionBudget, draining, or neither."""
+    note = _message(plan, (Reason.PREEMPTED,))
+    planned = note[1] if note else ""
+    if drain is not None and drain.blocked:
+        done = f"{drain.evicted} of {drain.wanted} replicas drained; " if drain.wanted else ""
+        return Cond(
+            "Preempted",
+            True,
+            "DrainBlockedByDisruptionBudget",
+            f"{done}eviction refused: {drain.blocked}; retried until the budget allows it",
+        )
+    if drain is not None and drain.error:
+        return Cond("Preempted", True, "DrainFailed", f"{drain.error}; retried next tick")
+    if drain is not None and (drain.evicted or drain.draining):
+        by = f" for {', '.join(drain.by[:3])}" if drain.by else ""
+        return Cond(
+            "Preempted",
+            True,
+            "Draining",
+            f"{max(drain.draining, drain.evicted)} evicted replicas finishing in-flight "
+            f"requests{by}" + (f"; {planned}" if planned else ""),
+        )
+    if plan.preempted:
+        return Cond("Preempted", True, "Preempted", planned)
+    return Cond("Preempted", False, "NotPreempted", "")
 
 
 def pool_status(
@@ -235,15 +279,14 @@ def provider_status(
         )
     else:
         quota = Cond("QuotaAvailable", True, "WithinQuota", "")
+    # Secrets the operator reads for this provider: a kubeconfig, EKS's AWS credentials.
+    secrets = spec.cluster.kubeconfig_secret_ref or (
+        spec.driver.eks.credentials_secret_ref if spec.driver.eks else None
+    )
     credentials = (
         Cond("CredentialsValid", False, "CredentialsInvalid", credentials_error)
         if credentials_error
-        else Cond(
-            "CredentialsValid",
-            True,
-            "NoCredentialsNeeded" if not spec.cluster.kubeconfig_secret_ref else "Valid",
-            "",
-        )
+        else Cond("CredentialsValid", True, "Valid" if secrets else "NoCredentialsNeeded", "")
     )
     conds = [
         ready([reachable, credentials], {"DriverReachable": True, "CredentialsValid": True}),

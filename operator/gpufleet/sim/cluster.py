@@ -155,6 +155,24 @@ class Cluster:
             drop -= 1
         r.ready -= drop
 
+    def preempt(self, pool: PoolKey, key: NodePoolKey, count: int, target: int) -> None:
+        """Evict up to `count` of the pool's replicas on the node pool's nodes, as the
+        operator's drain does before resizing to `target`: unscheduled replicas beyond the
+        shrink are earlier moves already made, so they count as evicted. The evicted ones
+        become pending; the next schedule hands their GPUs to higher-priority pools first.
+        In-flight requests are not modelled: a replica serves until it is evicted."""
+        r = self.replicas[pool][key]
+        shrink = max(0, r.total - target)
+        count = max(0, count - max(0, r.pending - shrink))
+        while count and (r.loading or r.ready):
+            if r.loading:
+                r.loading.pop()
+            else:
+                r.ready -= 1
+            r.pending += 1
+            count -= 1
+            self.next_event = min(self.next_event, 0.0)
+
     def _used_gpus(self, key: NodePoolKey) -> int:
         return sum(
             (len(rs[key].loading) + rs[key].ready) * self.fleet.pools[p].gpus_per_replica

@@ -109,6 +109,9 @@ def _apply(cluster: Cluster, d: Decision, t: float, warm: bool = False) -> None:
     # Nodes first so that replicas of the same decision can schedule on warm nodes
     for key, target in d.nodes.items():
         cluster.set_nodes(key, max(0, target), t, warm)
+    for pool, drains in d.preempt.items():
+        for key, count in drains.items():
+            cluster.preempt(pool, key, count, d.replicas.get(pool, {}).get(key, 0))
     for pool, targets in d.replicas.items():
         for key, target in targets.items():
             cluster.set_replicas(pool, key, max(0, target), t, warm)
@@ -181,6 +184,7 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
             bound,
             {k: cluster.pending(k) for k in pools},
             nps,
+            {k: sum(r.ready for r in cluster.replicas[k].values()) for k in pools},
         )
 
     # Warm start: the fleet ran before the trace began, so the first decision is in place

@@ -37,6 +37,7 @@ class View:
     bound: Mapping[PoolKey, Mapping[NodePoolKey, int]]  # scheduled on a node: loading, ready
     pending: Mapping[PoolKey, int]
     node_pools: Mapping[NodePoolKey, NodePoolObservation]
+    ready: Mapping[PoolKey, int] = field(default_factory=dict)  # serving: model loaded
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Decision:
     replicas: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
     nodes: dict[NodePoolKey, int] = field(default_factory=dict)
     throttles: dict[PoolKey, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # Replicas to drain off each node pool's existing nodes before the resize (preemption).
+    preempt: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

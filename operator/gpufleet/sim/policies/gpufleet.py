@@ -48,6 +48,7 @@ class GpufleetPolicy(Policy):
                 arrival_rate=rate if spec.queue.arrival_rate_query else None,
                 replicas=frozen_map({k: n for k, n in view.replicas[key].items() if n}),
                 tier_rates=frozen_map(tiers),
+                ready_replicas=view.ready.get(key),
             )
         budgets = {
             name: view.scrape.budget_watts.get(name)
@@ -67,6 +68,8 @@ class GpufleetPolicy(Policy):
             targets = {k: 0 for k, n in view.replicas[key].items() if n}
             targets.update(pp.placements)
             d.replicas[key] = targets
+            if pp.preempted:  # drained first, as the operator's drain does
+                d.preempt[key] = dict(pp.preempted)
             if pp.throttle is not None:  # published for the gateway until the next plan
                 d.throttles[key] = {t.name: (t.allowed, t.demand) for t in pp.throttle.tiers}
         d.nodes = {k: npp.desired_nodes for k, npp in plan.node_pools.items()}

@@ -1,0 +1,45 @@
+"""Candidate lists reused across plans: catalogs of provider sets and pool signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.planner.placement import Catalog
+
+# Catalogs of recent provider sets, by the identity of their (immutable) specs. The fleet loop
+# parses a spec once per change, so from one tick to the next the same objects come back and
+# the candidate lists built from them can be reused; the cache holds the specs themselves, so
+# an identity cannot be recycled while its entry lives. Results never depend on the cache.
+_CATALOGS: dict[tuple[tuple[str, int], ...], tuple[Mapping[str, CloudProviderSpec], Catalog]] = {}
+_CATALOGS_KEPT = 4
+
+
+def catalog_of(providers: Mapping[str, CloudProviderSpec]) -> Catalog:
+    key = tuple((name, id(spec)) for name, spec in sorted(providers.items()))
+    hit = _CATALOGS.get(key)
+    if hit is not None:
+        return hit[1]
+    catalog = Catalog(providers)
+    if len(_CATALOGS) >= _CATALOGS_KEPT:
+        _CATALOGS.pop(next(iter(_CATALOGS)))
+    _CATALOGS[key] = (dict(providers), catalog)
+    return catalog
+
+
+def signature_of(spec: InferencePoolSpec) -> tuple[object, ...]:
+    """What decides a pool's candidate node pools; pools that share it share the list."""
+    policy, burst = spec.data_policy, spec.burst
+    return (
+        frozenset(spec.gpu_types),
+        spec.gpus_per_replica,
+        spec.allow_spot,
+        spec.model_load_seconds,
+        policy.data_class,
+        tuple(policy.allowed_jurisdictions),
+        policy.approved_subprocessors_only,
+        burst.enabled,
+        tuple(burst.providers),
+        burst.max_lead_seconds,
+    )

@@ -1,0 +1,111 @@
+"""Warm spares: GPUs left idle on the nodes a plan keeps run extra replicas.
+
+A node is paid for by the hour whether its GPUs serve or not. Once every pool's demand is
+placed, highest priority first, the room left on the nodes the plan keeps goes to the pools
+that may use those node pools and ask for it (`warmSpares.enabled`), again highest priority
+first. A spare is loaded before a
+spike arrives, where a scrape, a rate window and a model load would otherwise stand between
+the spike and new capacity. Spares never add a node (the node count is set by demand alone,
+so they never hold one either), never exceed `maxReplicas` or `burst.maxReplicas`, hold
+every power budget at full load, and are the first replicas a higher-priority pool's demand
+takes back at the next plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, MutableMapping, Sequence
+
+from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.provider import Role
+from gpufleet.planner.ledger import Ledger
+from gpufleet.planner.placement import Candidates
+from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
+
+_EPS = 1e-9
+_SCALE_NOTES = (Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.STEADY)
+
+
+def add_spares(
+    order: Sequence[PoolKey],
+    pools: Mapping[PoolKey, InferencePoolSpec],
+    options: Mapping[PoolKey, Candidates],
+    plans: MutableMapping[PoolKey, PoolPlan],
+    ledger: Ledger,
+) -> None:
+    """Give idle room on kept nodes to pools in `order`; replaces their plans in `plans`."""
+    for key in order:
+        spec, plan = pools[key], plans[key]
+        spares = spec.warm_spares
+        if (
+            not spares.enabled
+            or spec.mode == Mode.DRY_RUN
+            or not plan.metrics_available
+            or plan.desired_replicas == 0
+        ):
+            continue  # an idle pool stays idle; without metrics, capacity is only held
+        room = spec.max_replicas - plan.desired_replicas
+        if spares.max_replicas is not None:
+            room = min(room, spares.max_replicas)
+        burst_cap = spec.burst.max_replicas if spec.burst.max_replicas is not None else room
+        burst_room = burst_cap - plan.burst_replicas
+        added: dict[NodePoolKey, int] = {}
+        gpus = spec.gpus_per_replica
+        for node_pool in options[key].fill:
+            if room <= 0:
+                break
+            slot = ledger.slots[node_pool]
+            per_node = slot.spec.gpus_per_node // gpus
+            if slot.held or per_node == 0:
+                continue
+            free = math.floor((slot.nodes - slot.usage) * per_node + _EPS)
+            want = min(free, room)
+            if slot.provider.role == Role.SECONDARY:
+                want = min(want, burst_room)
+            if want <= 0:
+                continue
+            fitted, _ = ledger.fit(slot, gpus, want, new_nodes=False)
+            if fitted <= 0:
+                continue
+            ledger.commit(slot, gpus, fitted)
+            added[node_pool] = fitted
+            room -= fitted
+            if slot.provider.role == Role.SECONDARY:
+                burst_room -= fitted
+        if added:
+            plans[key] = _with_spares(plan, spec, added, ledger)
+
+
+def _with_spares(
+    plan: PoolPlan, spec: InferencePoolSpec, added: Mapping[NodePoolKey, int], ledger: Ledger
+) -> PoolPlan:
+    placements = dict(plan.placements)
+    for node_pool, count in added.items():
+        placements[node_pool] = placements.get(node_pool, 0) + count
+    spares = sum(added.values())
+    desired = plan.desired_replicas + spares
+    current = plan.current_replicas
+    notes = [n for n in plan.notes if n.reason not in _SCALE_NOTES]
+    if desired != current:
+        change = Reason.SCALED_UP if desired > current else Reason.SCALED_DOWN
+        notes.insert(0, Note(change, f"{current} -> {desired} replicas"))
+    notes.append(
+        Note(Reason.WARM_SPARES, f"{spares} warm spare replicas on idle GPUs of kept nodes")
+    )
+    watts = sum(
+        count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
+        for k, count in added.items()
+    )
+    burst = sum(
+        count for k, count in added.items() if ledger.slots[k].provider.role == Role.SECONDARY
+    )
+    return dataclasses.replace(
+        plan,
+        desired_replicas=desired,
+        placements=frozen_map(placements),
+        burst_replicas=plan.burst_replicas + burst,
+        planned_watts=plan.planned_watts + watts,
+        notes=tuple(notes),
+        spare_replicas=spares,
+    )

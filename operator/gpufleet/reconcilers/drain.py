@@ -1,0 +1,319 @@
+"""Preemption with drain (issue 10): replicas that a higher-priority pool displaces leave
+through the Eviction API, so PodDisruptionBudgets hold and each server gets time to finish.
+
+The planner marks, per node pool, the replicas a pool no longer keeps on the existing nodes
+because pools placed before it took the room (`PoolPlan.preempted`), whether or not they
+are placed again on new nodes. The fleet loop resizes such a pool's workload here instead
+of with a plain scale: that many of its pods on nodes of those node pools are evicted, each
+with the pool's `preemption.drainTimeoutSeconds` as its grace period (SIGTERM, then up to
+the timeout to finish in-flight requests, as `kubectl drain --grace-period` does), and the
+workload is made smaller only by the evictions the API server accepted, so its ReplicaSet
+removes no other pod. Where the pool keeps its size (its replicas are placed again on new
+nodes), the evicted pods are recreated and wait, unscheduled, for those nodes while the
+higher-priority pool's pending pods take the GPUs they held; a PriorityClass per pool makes
+the scheduler hand them over in that order (docs/preemption.md). An eviction refused with
+HTTP 429 (a PodDisruptionBudget allows no disruption now) leaves the pod and its replica in
+place; the rest is tried again after `RETRY_SECONDS`. The part of a shrink that is not
+preemption (the pool's own scale-down, pods not yet scheduled) is a plain scale, as the HPA
+does.
+
+Only Deployments drain this way (a StatefulSet recreates an evicted ordinal); replicas on
+remote clusters (burst copies) shrink with their copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, Snapshot
+from gpufleet.reconcilers.cache import NODE_POOL_LABEL, PROVIDER_LABEL, WorkloadEntry, pod_entry
+from gpufleet.reconcilers.kube import EvictionRefused, Kube
+from gpufleet.reconcilers.selectors import Selector
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0  # between tries after a refusal, as `kubectl drain` waits
+INDEX_LAG_SECONDS = 10.0  # how long a resize of ours may take to show in the index
+DRAINABLE_KINDS = frozenset({"Deployment"})
+
+
+@dataclass(frozen=True)
+class DrainRequest:
+    """What the plan asks of one pool: replicas to drain per local node pool."""
+
+    node_pools: Mapping[NodePoolKey, int]
+    timeout_seconds: int
+    by: tuple[str, ...] = ()  # pools placed before it that grew on those node pools
+
+    @property
+    def replicas(self) -> int:
+        return sum(self.node_pools.values())
+
+
+@dataclass(frozen=True)
+class DrainOutcome:
+    """What draining a pool did this tick, for its `Preempted` condition."""
+
+    wanted: int = 0  # pods to evict this tick
+    evicted: int = 0  # evictions the API server accepted this tick
+    draining: int = 0  # evicted pods still within their drain timeout
+    blocked: str = ""  # the API server's refusal, naming the PodDisruptionBudget
+    error: str = ""
+    by: tuple[str, ...] = ()
+
+
+def request_for(
+    pool_key: PoolKey, plan: FleetPlan, fleet: Fleet, snapshot: Snapshot
+) -> DrainRequest | None:
+    """The drain a pool's plan asks for on node pools of this cluster, or None."""
+    pool_plan = plan.pools.get(pool_key)
+    spec = fleet.pools.get(pool_key)
+    if pool_plan is None or spec is None or not pool_plan.preempted:
+        return None
+    local = {
+        np_key: count
+        for np_key, count in sorted(pool_plan.preempted.items())
+        if np_key.provider in fleet.providers
+        and fleet.providers[np_key.provider].cluster.kubeconfig_secret_ref is None
+    }
+    if not local:
+        return None
+    rank = (-spec.priority, pool_key.namespace, pool_key.name)
+    # Pools placed before it that grew there; once their new replicas are counted as
+    # existing (scheduled or not), those placed there at all.
+    grew, there = [], []
+    for other, other_plan in sorted(plan.pools.items()):
+        other_spec = fleet.pools.get(other)
+        if other_spec is None or (-other_spec.priority, *other) >= rank:
+            continue
+        seen = snapshot.pools.get(other)
+        before = seen.replicas if seen is not None else {}
+        if any(other_plan.placements.get(k, 0) > before.get(k, 0) for k in local):
+            grew.append(str(other))
+        if any(other_plan.placements.get(k, 0) for k in local):
+            there.append(str(other))
+    by = grew or there
+    timeout = max(1, spec.preemption.drain_timeout_seconds)  # 0 would force-delete
+    return DrainRequest(local, timeout, tuple(by))
+
+
+def selector_text(selector: Selector) -> str:
+    """The string form of a label selector, for a list call."""
+    parts = []
+    for r in selector.requirements:
+        values = ",".join(sorted(r.values))
+        if r.operator == "In" and len(r.values) == 1:
+            parts.append(f"{r.key}={values}")
+        elif r.operator in ("In", "NotIn"):
+            parts.append(f"{r.key} {r.operator.lower()} ({values})")
+        elif r.operator == "Exists":
+            parts.append(r.key)
+        else:
+            parts.append(f"!{r.key}")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class _Pod:
+    name: str
+    node: str | None
+    ready: bool
+    created: str
+
+
+def _active_pods(workload: WorkloadEntry, bodies: Sequence[Mapping[str, Any]]) -> list[_Pod]:
+    pods = []
+    for body in bodies:
+        meta = body.get("metadata") or {}
+        entry = pod_entry(workload.namespace, str(meta.get("name", "")), body)
+        if entry.terminating or not workload.selector.matches(entry.labels):
+            continue
+        conditions = (body.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        pods.append(_Pod(entry.name, entry.node_name, ready, str(meta.get("creationTimestamp"))))
+    return pods
+
+
+def pick(
+    pods: Sequence[_Pod], nodes: Mapping[NodePoolKey, set[str]], wanted: Mapping[NodePoolKey, int]
+) -> list[_Pod]:
+    """Up to `wanted` pods per node pool on its nodes: not ready ones first (they serve
+    nothing), then the newest (as a ReplicaSet chooses), by name for a stable order."""
+    chosen: list[_Pod] = []
+    for np_key, count in sorted(wanted.items()):
+        there = [p for p in pods if p.node is not None and p.node in nodes.get(np_key, set())]
+        newest_first = sorted(there, key=lambda p: p.created, reverse=True)
+        ordered = sorted(newest_first, key=lambda p: p.ready)  # stable: not ready first
+        chosen.extend(ordered[:count])
+    return chosen
+
+
+@dataclass
+class Drainer:
+    """Drains preempted replicas; remembers evictions in flight and refusals between ticks."""
+
+    outcomes: dict[PoolKey, DrainOutcome] = field(default_factory=dict)
+    in_flight: dict[PoolKey, dict[str, float]] = field(default_factory=dict)  # pod: deadline
+    retry_at: dict[PoolKey, float] = field(default_factory=dict)
+    resized: dict[PoolKey, tuple[int, float]] = field(default_factory=dict)  # size, when
+
+    async def begin(
+        self,
+        kube: Kube,
+        workload: WorkloadEntry,
+        pool_key: PoolKey,
+        request: DrainRequest | None,
+        now: float,
+    ) -> None:
+        """Start the pool's tick: forget evicted pods that are gone or past their timeout,
+        and a refusal once the plan no longer asks for a drain."""
+        if request is None:
+            self.retry_at.pop(pool_key, None)
+        flight = {p: t for p, t in self.in_flight.get(pool_key, {}).items() if t > now}
+        if flight:
+            try:
+                bodies = await kube.list_pods(workload.namespace, selector_text(workload.selector))
+                names = {str((b.get("metadata") or {}).get("name")) for b in bodies}
+                flight = {p: t for p, t in flight.items() if p in names}
+            except Exception as exc:  # the condition may show a drain a little longer
+                log.info("pods of %s not listed: %s", pool_key, exc, extra={"pool": str(pool_key)})
+        if flight:
+            self.in_flight[pool_key] = flight
+        else:
+            self.in_flight.pop(pool_key, None)
+        previous = self.outcomes.pop(pool_key, None)
+        if previous is not None and previous.blocked and pool_key in self.retry_at:
+            # Between tries the refusal stands, as it was last told.
+            self.outcomes[pool_key] = replace(previous, draining=len(flight))
+        elif flight:  # evicted pods drain until they are gone
+            by = previous.by if previous is not None else ()
+            self.outcomes[pool_key] = DrainOutcome(draining=len(flight), by=by)
+
+    async def resize(
+        self,
+        kube: Kube,
+        workload: WorkloadEntry,
+        pool_key: PoolKey,
+        request: DrainRequest,
+        size: int,
+        now: float,
+    ) -> bool:
+        """Resize the workload to `size`, draining the preempted replicas first: removed when
+        it shrinks, moved (evicted and recreated, to wait for new nodes) where it does not.
+        True when it is at `size` with every drain done; False when part waits for a later
+        tick (refused, or not yet seen)."""
+        if workload.kind not in DRAINABLE_KINDS:
+            await kube.scale(workload.kind, workload.namespace, workload.name, size)
+            return True
+        last = self.resized.pop(pool_key, None)
+        if last is not None and last[0] != workload.replicas and now - last[1] < INDEX_LAG_SECONDS:
+            self.resized[pool_key] = last
+            return False  # our last resize is not in the index yet: never act on it twice
+        if now < self.retry_at.get(pool_key, 0.0):
+            return False
+        self.retry_at.pop(pool_key, None)
+        namespace = workload.namespace
+        bodies = await kube.list_pods(namespace, selector_text(workload.selector))
+        pods = _active_pods(workload, bodies)
+        shrink = max(0, workload.replicas - size)
+        # A ReplicaSet removes pods that are not scheduled first: those need no eviction. The
+        # unscheduled ones a shrink leaves are replacements of pods this drain moved already.
+        unscheduled = sum(1 for p in pods if p.node is None)
+        nodes = {
+            np_key: set(
+                await kube.list_node_names(
+                    f"{PROVIDER_LABEL}={np_key.provider},{NODE_POOL_LABEL}={np_key.node_pool}"
+                )
+            )
+            for np_key in sorted(request.node_pools)
+        }
+        wanted = max(0, request.replicas - max(0, unscheduled - shrink))
+        chosen = pick(pods, nodes, request.node_pools)[:wanted]
+        # Evictions beyond the shrink are moves: their replacements wait for new nodes.
+        plain = shrink - min(len(chosen), shrink)  # pods not found there: a plain scale
+        evicted: list[str] = []
+        blocked = error = ""
+        for pod in chosen:
+            try:
+                if await kube.evict(namespace, pod.name, request.timeout_seconds):
+                    self.in_flight.setdefault(pool_key, {})[pod.name] = (
+                        now + request.timeout_seconds
+                    )
+                evicted.append(pod.name)  # accepted, or gone already
+            except EvictionRefused as exc:
+                blocked, error = (str(exc), "") if exc.budget else ("", str(exc))
+                self.retry_at[pool_key] = now + RETRY_SECONDS
+                break
+            except Exception as exc:  # the rest waits for a later tick
+                error = f"eviction of {pod.name} failed: {exc}"[:512]
+                break
+        target = size if shrink == 0 else workload.replicas - plain - min(len(evicted), shrink)
+        if target != workload.replicas:
+            await kube.scale(workload.kind, namespace, workload.name, target)
+            self.resized[pool_key] = (target, now)
+        outcome = DrainOutcome(
+            wanted=len(chosen),
+            evicted=len(evicted),
+            draining=len(self.in_flight.get(pool_key, {})),
+            blocked=blocked,
+            error=error,
+            by=request.by,
+        )
+        previous = self.outcomes.get(pool_key)
+        self.outcomes[pool_key] = outcome
+        await self._tell(kube, pool_key, request, evicted, outcome, previous)
+        return len(evicted) == len(chosen) and target == size
+
+    async def _tell(
+        self,
+        kube: Kube,
+        pool_key: PoolKey,
+        request: DrainRequest,
+        evicted: Sequence[str],
+        outcome: DrainOutcome,
+        previous: DrainOutcome | None,
+    ) -> None:
+        """A log line and an Event per eviction batch and per new refusal, not per tick."""
+        where = ", ".join(str(k) for k in sorted(request.node_pools))
+        by = f" to {', '.join(request.by[:3])}" if request.by else " to higher-priority pools"
+        events: list[tuple[str, str, bool]] = []
+        if evicted:
+            events.append(
+                (
+                    "Preempted",
+                    f"yielding {outcome.wanted} replicas on {where}{by}: evicted "
+                    f"{', '.join(evicted[:5])}{' and more' if len(evicted) > 5 else ''} with "
+                    f"{request.timeout_seconds}s to drain",
+                    False,
+                )
+            )
+        if outcome.blocked and (previous is None or previous.blocked != outcome.blocked):
+            events.append(
+                (
+                    "DrainBlockedByDisruptionBudget",
+                    f"yielding replicas on {where}{by}: eviction refused: {outcome.blocked}",
+                    True,
+                )
+            )
+        for reason, message, warning in events:
+            log.info(
+                "pool %s: %s",
+                pool_key,
+                message,
+                extra={"pool": str(pool_key), "reason": reason, "evicted": len(evicted)},
+            )
+            try:
+                await kube.event(
+                    "InferencePool",
+                    pool_key.namespace,
+                    pool_key.name,
+                    None,
+                    reason,
+                    message,
+                    warning=warning,
+                )
+            except Exception as exc:
+                log.info("event for %s not posted: %s", pool_key, exc)
