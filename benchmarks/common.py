@@ -19,7 +19,6 @@ import os
 import re
 import ssl
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "e2e") not in sys.path:  # gpufleet_testbed without an install
     sys.path.insert(0, str(REPO / "e2e"))
 
+from gpufleet_testbed import fleets, polling  # noqa: E402
 from gpufleet_testbed import testbed as tb  # noqa: E402
 from gpufleet_testbed.kubectl import Kubectl  # noqa: E402
 from gpufleet_testbed.operator import OperatorProcess  # noqa: E402
@@ -51,14 +51,7 @@ def load_average() -> list[float]:
 
 
 def until(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    return polling.until(probe, timeout=timeout, interval=interval, what=what)
 
 
 # -- the test bed ----------------------------------------------------------------------------
@@ -73,128 +66,63 @@ def stop_bed(name: str) -> None:
 
 
 def install_crds(kubectl: Kubectl) -> None:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
+    fleets.install_crds(kubectl)
 
 
 def apply_list(kubectl: Kubectl, items: list[dict[str, Any]], batch: int = 500) -> None:
     """Server-side apply in batches: one `kubectl apply` of a List per batch."""
     for start in range(0, len(items), batch):
-        kubectl.run(
-            "apply",
-            "--server-side",
-            "--field-manager=gpufleet-bench",
-            "-f",
-            "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items[start:][:batch]}),
-        )
+        fleets.apply(kubectl, items[start:][:batch], field_manager="gpufleet-bench")
 
 
 # -- the fleet -------------------------------------------------------------------------------
 
 
 def provider(max_nodes: int, quota_gpus: int, boot_seconds: int = 1) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "CloudProvider",
-        "metadata": {"name": PROVIDER},
-        "spec": {
-            "subprocessor": {
-                "legalEntity": "Bench Cloud GmbH",
-                "jurisdiction": "DE",
-                "approved": True,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "gpuQuota": quota_gpus,
-            "nodePools": [
-                {
-                    "name": "h100",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 300,
-                    "idleWattsPerGpu": 50,
-                    "nodeOverheadWatts": 500,
-                    "maxNodes": max_nodes,
-                    "bootSeconds": boot_seconds,
-                    "site": SITE,
-                }
-            ],
-        },
-    }
+    h100 = fleets.node_pool(
+        "h100",
+        gpu_type="H100",
+        site=SITE,
+        max_nodes=max_nodes,
+        boot_seconds=boot_seconds,
+        watts_per_gpu=300,
+        idle_watts_per_gpu=50,
+        node_overhead_watts=500,
+    )
+    return fleets.cloud_provider(
+        PROVIDER, legal_entity="Bench Cloud GmbH", gpu_quota=quota_gpus, node_pools=[h100]
+    )
 
 
 def power_budget(cap_kilowatts: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "PowerBudget",
-        "metadata": {"name": SITE},
-        "spec": {"capKilowatts": cap_kilowatts, "scope": {"sites": [SITE]}},
-    }
+    return fleets.power_budget(SITE, cap_kilowatts=cap_kilowatts)
 
 
-def namespace(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
-def queue_query(ns: str, pool: str) -> str:
-    return f'sum(inference_queue_depth{{namespace="{ns}",pool="{pool}"}})'
+namespace = fleets.namespace
+queue_query = fleets.queue_query
 
 
 def pool(ns: str, name: str, target: str, max_replicas: int) -> dict[str, Any]:
     """A pool that reacts in one decision: no scale-down window, unbounded scale-up rate."""
-    return {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "scaleTargetRef": {"name": target},
-            "gpuTypes": ["H100"],
-            "queue": {"query": queue_query(ns, name), "targetPerReplica": 1},
-            "minReplicas": 1,
-            "maxReplicas": max_replicas,
-            "modelLoadSeconds": 1,
-            "dataPolicy": {"allowedJurisdictions": ["DE"]},
-            "behavior": {
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Pods", "value": 1000, "periodSeconds": 1}],
-                },
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Pods", "value": 1000, "periodSeconds": 1}],
-                },
-            },
-        },
+    at_once = [{"type": "Pods", "value": 1000, "periodSeconds": 1}]
+    behavior = {
+        direction: {"stabilizationWindowSeconds": 0, "policies": at_once}
+        for direction in ("scaleUp", "scaleDown")
     }
+    return fleets.inference_pool(
+        ns,
+        name,
+        target=target,
+        gpu_types=["H100"],
+        max_replicas=max_replicas,
+        target_per_replica=1,
+        behavior=behavior,
+    )
 
 
 def deployment(ns: str, name: str) -> dict[str, Any]:
     """One GPU per pod, only on the simulated cloud's (kwok) nodes."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"gpufleet.io/provider": PROVIDER},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.com/server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
+    return fleets.deployment(ns, name, node_selector={fleets.PROVIDER_LABEL: PROVIDER})
 
 
 def many_pools(

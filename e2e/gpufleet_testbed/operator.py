@@ -7,12 +7,16 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from gpufleet_testbed.polling import until
 from gpufleet_testbed.ports import free_ports
 from gpufleet_testbed.testbed import Testbed
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,3 +91,19 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    *operators: OperatorProcess,
+    interval: float = 0.5,
+) -> T:
+    """`until(probe)` for a test of the operator: on time-out the message ends with the
+    tail of each operator's log."""
+
+    def tails() -> str:
+        return "\n".join(f"--- {o.log.name}\n{o.tail(30)}" for o in operators)
+
+    return until(probe, timeout=timeout, interval=interval, what=what, details=tails)

@@ -23,11 +23,13 @@ def until(
     timeout: float,
     interval: float = 0.1,
     what: str = "condition",
+    details: Callable[[], str] | None = None,
 ) -> T:
     """Returns the first truthy value of `probe()`; exceptions count as "not yet".
 
     The last exception or value is kept for the timeout message, which is what
-    one needs to see when a component never became ready.
+    one needs to see when a component never became ready; `details()`, if given,
+    is appended to it (e.g. the tail of a log).
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -43,7 +45,6 @@ def until(
                 return value
             last = value
         if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
-            )
+            message = f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
+            raise WaitTimeoutError(f"{message}\n{details()}" if details else message)
         time.sleep(interval)

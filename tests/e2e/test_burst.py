@@ -7,15 +7,14 @@ to a deadline; no fixed sleeps."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +23,6 @@ pytestmark = pytest.mark.e2e
 # these nodes, so their placements cannot change what this module measures.
 GPU = "E2E-BURST-GPU"
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-burst"  # exists in the secondary cluster before the burst: it stays
 STS_NS = "e2e-burst-sts"  # does not: gpufleet creates it for the copy and deletes it after
 PRIMARY = "e2e-burst-primary"
@@ -34,102 +32,59 @@ SECRET = "e2e-burst-secondary-kubeconfig"
 QUOTA_GPUS = 8  # one 8-GPU node
 
 
-def _node_pool(name: str, max_nodes: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "gpuType": GPU,
-        "gpusPerNode": 8,
-        "wattsPerGpu": 700,
-        "idleWattsPerGpu": 90,
-        "maxNodes": max_nodes,
-        "bootSeconds": 1,
-        "site": f"{name}-site",
-    }
-
-
 def _provider(
     name: str, jurisdiction: str, approved: bool, node_pool: str, **extra: Any
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "CloudProvider",
-        "metadata": {"name": name},
-        "spec": {
-            "subprocessor": {
-                "legalEntity": f"{name} B.V.",
-                "jurisdiction": jurisdiction,
-                "approved": approved,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "nodePools": [_node_pool(node_pool, 4)],
-            **extra,
-        },
-    }
+    pool = fleets.node_pool(
+        node_pool,
+        gpu_type=GPU,
+        site=f"{node_pool}-site",
+        max_nodes=4,
+        watts_per_gpu=700,
+        idle_watts_per_gpu=90,
+    )
+    return fleets.cloud_provider(
+        name,
+        legal_entity=f"{name} B.V.",
+        jurisdiction=jurisdiction,
+        approved=approved,
+        node_pools=[pool],
+        **extra,
+    )
+
+
+def _pool(namespace: str, **target: Any) -> dict[str, Any]:
+    return fleets.inference_pool(
+        namespace,
+        "chat",
+        gpu_types=[GPU],
+        max_replicas=40,
+        jurisdictions=["DE", "NL"],
+        burst={"enabled": True},
+        behavior=fleets.behavior(scale_down_window_seconds=5),
+        **target,
+    )
 
 
 def _objects() -> list[dict[str, Any]]:
     remote = {"cluster": {"kubeconfigSecretRef": {"name": SECRET, "key": "kubeconfig"}}}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "chat"}},
-            "template": {
-                "metadata": {"labels": {"app": "chat"}},
-                "spec": {
-                    # The GPU type, not the provider: the same template runs in both clusters.
-                    "nodeSelector": {"gpufleet.io/gpu-type": GPU},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.com/server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    pool = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {
-            "scaleTargetRef": {"name": "chat"},
-            "gpuTypes": [GPU],
-            "queue": {
-                "query": f'sum(inference_queue_depth{{namespace="{NS}",pool="chat"}})',
-                "targetPerReplica": 2,
-            },
-            "minReplicas": 1,
-            "maxReplicas": 40,
-            "modelLoadSeconds": 1,
-            "dataPolicy": {"allowedJurisdictions": ["DE", "NL"]},
-            "burst": {"enabled": True},
-            "behavior": {
-                "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
-                "scaleDown": {"stabilizationWindowSeconds": 5},
-            },
-        },
-    }
-    primary = _provider(PRIMARY, "DE", True, "burst-de")
-    primary["spec"]["gpuQuota"] = QUOTA_GPUS
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        primary,
+        fleets.namespace(NS),
+        _provider(PRIMARY, "DE", True, "burst-de", gpu_quota=QUOTA_GPUS),
         _provider(NL, "NL", True, "burst-nl", role="Secondary", **remote),
         _provider(US, "US", False, "burst-us", role="Secondary", **remote),
-        deployment,
-        pool,
+        # The GPU type, not the provider: the same template runs in both clusters.
+        fleets.deployment(NS, "chat", node_selector={fleets.GPU_TYPE_LABEL: GPU}),
+        _pool(NS),
     ]
 
 
 def _stateful_objects() -> list[dict[str, Any]]:
     labels = {"app": "chat-sts"}
+    pod = fleets.gpu_pod_spec(
+        node_selector={fleets.GPU_TYPE_LABEL: GPU},
+        volume_mounts=[{"name": "model-cache", "mountPath": "/models"}],
+    )
     stateful_set = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -139,21 +94,7 @@ def _stateful_objects() -> list[dict[str, Any]]:
             "serviceName": "chat",
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"gpufleet.io/gpu-type": GPU},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.com/server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                            "volumeMounts": [{"name": "model-cache", "mountPath": "/models"}],
-                        }
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
             # A storage class only the primary cluster has: the copy must not carry it.
             "volumeClaimTemplates": [
                 {
@@ -167,29 +108,7 @@ def _stateful_objects() -> list[dict[str, Any]]:
             ],
         },
     }
-    pool = _objects()[-1]
-    pool = {
-        **pool,
-        "metadata": {"name": "chat", "namespace": STS_NS},
-        "spec": {
-            **pool["spec"],
-            "scaleTargetRef": {"kind": "StatefulSet", "name": "chat"},
-            "queue": {
-                "query": f'sum(inference_queue_depth{{namespace="{STS_NS}",pool="chat"}})',
-                "targetPerReplica": 2,
-            },
-        },
-    }
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STS_NS}},
-        stateful_set,
-        pool,
-    ]
-
-
-def _apply(kubectl: Kubectl, items: list[dict[str, Any]]) -> None:
-    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    kubectl.run("apply", "--server-side", "-f", "-", stdin=manifest)
+    return [fleets.namespace(STS_NS), stateful_set, _pool(STS_NS, target_kind="StatefulSet")]
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +116,7 @@ def fleet(
     testbed: Testbed, secondary_testbed: Testbed, kubectl: Kubectl
 ) -> Iterator[OperatorProcess]:
     secondary = secondary_testbed.kubectl()
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
+    fleets.install_crds(kubectl)
     # The simulated cloud keeps its launches in a ConfigMap beside the nodes it makes.
     secondary.run("create", "namespace", "gpufleet-system", check=False)
     # The user's namespace: a copy may go into it, but gpufleet never deletes it.
@@ -212,7 +129,7 @@ def fleet(
         "metadata": {"name": SECRET, "namespace": "gpufleet-system"},
         "stringData": {"kubeconfig": config},
     }
-    _apply(kubectl, [secret, *_objects()])
+    fleets.apply(kubectl, [secret, *_objects()])
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 2)  # 1 replica
     process = OperatorProcess(testbed, testbed.directory / "logs" / "operator-burst.log").start()
@@ -228,20 +145,6 @@ def fleet(
         kubectl.run("delete", "secret", "-n", "gpufleet-system", SECRET, check=False)
         for name in (NL, US):
             secondary.run("delete", "nodes", "-l", f"gpufleet.io/provider={name}", check=False)
-
-
-def _until(probe: Callable[[], Any], timeout: float, what: str, fleet: OperatorProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}; last: {last}\n"
-        f"operator log:\n{fleet.tail(30)}"
-    )
 
 
 def _status(kubectl: Kubectl) -> dict[str, Any]:
@@ -279,7 +182,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
 ) -> None:
     secondary = secondary_testbed.kubectl()
     testbed.exporter().set_queue(NS, "chat", 40)  # wants 20 replicas; the primary holds 8
-    copy = _until(
+    copy = wait_for(
         lambda: (c := _copy(secondary)) is not None and c["spec"]["replicas"] > 0 and c,
         60,
         "the burst copy in the secondary cluster",
@@ -292,8 +195,8 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     }
     assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{NS}/Deployment/chat"
     assert copy["spec"]["template"]["spec"]["nodeSelector"] == {"gpufleet.io/gpu-type": GPU}
-    _until(lambda: _nodes(secondary, NL), 60, "NL nodes in the secondary cluster", fleet)
-    status = _until(
+    wait_for(lambda: _nodes(secondary, NL), 60, "NL nodes in the secondary cluster", fleet)
+    status = wait_for(
         lambda: (
             (s := _status(kubectl)).get("burstPercent", 0) > 0
             and _condition(s, "BurstActive").get("status") == "True"
@@ -308,7 +211,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     assert by_provider[PRIMARY]["desiredReplicas"] == QUOTA_GPUS
     assert by_provider[NL]["desiredReplicas"] == status["desiredReplicas"] - QUOTA_GPUS > 0
     assert kubectl.json("get", "deployment", "-n", NS, "chat")["spec"]["replicas"] == QUOTA_GPUS
-    _until(
+    wait_for(
         lambda: (
             (c := _copy(secondary)) and c["spec"]["replicas"] == by_provider[NL]["desiredReplicas"]
         ),
@@ -316,7 +219,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
         "the copy at the NL share",
         fleet,
     )
-    _until(
+    wait_for(
         lambda: any(
             p["provider"] == NL and p["currentReplicas"] > 0 for p in _status(kubectl)["providers"]
         ),
@@ -331,8 +234,8 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     assert not _nodes(kubectl, NL)  # the NL cloud's nodes live in its own cluster
 
     testbed.exporter().set_queue(NS, "chat", 2)  # 1 replica: the burst is over
-    _until(lambda: _gone(_copy(secondary)), 60, "the burst copy removed", fleet)
-    status = _until(
+    wait_for(lambda: _gone(_copy(secondary)), 60, "the burst copy removed", fleet)
+    status = wait_for(
         lambda: (
             (s := _status(kubectl)).get("burstPercent") == 0
             and _condition(s, "BurstActive").get("status") == "False"
@@ -345,7 +248,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     assert {p["provider"] for p in status["providers"] if p["desiredReplicas"]} == {PRIMARY}
     assert not _nodes(secondary, US)
     # The copy went; the namespace it was in existed before gpufleet came, so it stays.
-    _until(
+    wait_for(
         lambda: f"kept namespace {NS}: not created by gpufleet" in fleet.log.read_text(),
         30,
         "the pre-existing namespace looked at and kept",
@@ -376,9 +279,9 @@ def test_an_unusable_kubeconfig_marks_the_provider_and_places_nothing(
         },
     }
     ref = {"cluster": {"kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "key": "kubeconfig"}}}
-    _apply(kubectl, [secret, _provider(name, "NL", True, "broken", role="Secondary", **ref)])
+    fleets.apply(kubectl, [secret, _provider(name, "NL", True, "broken", role="Secondary", **ref)])
     try:
-        condition = _until(
+        condition = wait_for(
             lambda: (
                 (
                     c := _condition(
@@ -408,9 +311,9 @@ def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_dr
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 2)  # the Deployment pool stays at 1 replica
     exporter.set_queue(STS_NS, "chat", 2)
-    _apply(kubectl, _stateful_objects())
+    fleets.apply(kubectl, _stateful_objects())
     exporter.set_queue(STS_NS, "chat", 40)  # wants 20 replicas; the primary holds 8 GPUs
-    copy = _until(
+    copy = wait_for(
         lambda: (
             (c := _copy(secondary, "statefulset", STS_NS)) is not None
             and c["spec"]["replicas"] > 0
@@ -434,7 +337,7 @@ def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_dr
     namespace = _namespace(secondary, STS_NS)
     assert namespace is not None
     assert namespace["metadata"]["labels"]["gpufleet.io/created-by"] == "gpufleet"
-    _until(
+    wait_for(
         lambda: secondary.json("get", "pods", "-n", STS_NS, "-l", "app=chat-sts")["items"],
         60,
         "the copy's pods in the secondary cluster",
@@ -443,13 +346,13 @@ def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_dr
     assert not secondary.json("get", "pvc", "-n", STS_NS)["items"]
 
     exporter.set_queue(STS_NS, "chat", 2)  # 1 replica: the burst is over
-    _until(
+    wait_for(
         lambda: _gone(_copy(secondary, "statefulset", STS_NS)),
         60,
         "the StatefulSet copy removed",
         fleet,
     )
-    _until(
+    wait_for(
         lambda: _namespace(secondary, STS_NS) is None,
         120,
         "the namespace gpufleet made removed from the secondary cluster",

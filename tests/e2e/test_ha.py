@@ -4,22 +4,22 @@ with no action issued twice. Waits poll to a deadline; no fixed sleeps."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gpufleet.reconcilers.intent import record_of
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -33,80 +33,27 @@ APPLIED = re.compile(r"applied (\S+?)[\"\s]")
 
 
 def _fleet() -> list[dict[str, Any]]:
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "surge", "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "surge"}},
-            "template": {
-                "metadata": {"labels": {"app": "surge"}},
-                "spec": {
-                    "nodeSelector": {"gpufleet.io/provider": PROVIDER},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.com/server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    pool = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": "surge", "namespace": NS},
-        "spec": {
-            "scaleTargetRef": {"name": "surge"},
-            "gpuTypes": ["H100"],
-            "queue": {
-                "query": f'sum(inference_queue_depth{{namespace="{NS}",pool="surge"}})',
-                "targetPerReplica": 2,
-            },
-            "minReplicas": 1,
-            "maxReplicas": 40,
-            "modelLoadSeconds": 1,
-            "dataPolicy": {"allowedJurisdictions": ["DE"]},
-            "behavior": {
-                "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
-                "scaleDown": {"stabilizationWindowSeconds": 60},
-            },
-        },
-    }
-    provider = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "CloudProvider",
-        "metadata": {"name": PROVIDER},
-        "spec": {
-            "subprocessor": {
-                "legalEntity": "E2E HA Cloud GmbH",
-                "jurisdiction": "DE",
-                "approved": True,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "gpuQuota": 80,
-            "nodePools": [
-                {
-                    "name": "h100",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 300,
-                    "idleWattsPerGpu": 50,
-                    "nodeOverheadWatts": 500,
-                    "maxNodes": 10,
-                    "bootSeconds": 1,
-                    "site": "e2e-ha-site",
-                }
-            ],
-        },
-    }
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
-    return [namespace, provider, deployment, pool]
+    h100 = fleets.node_pool(
+        "h100",
+        gpu_type="H100",
+        site="e2e-ha-site",
+        max_nodes=10,
+        watts_per_gpu=300,
+        idle_watts_per_gpu=50,
+        node_overhead_watts=500,
+    )
+    provider = fleets.cloud_provider(
+        PROVIDER, legal_entity="E2E HA Cloud GmbH", gpu_quota=80, node_pools=[h100]
+    )
+    deployment = fleets.deployment(NS, "surge", node_selector={fleets.PROVIDER_LABEL: PROVIDER})
+    pool = fleets.inference_pool(
+        NS,
+        "surge",
+        gpu_types=["H100"],
+        max_replicas=40,
+        behavior=fleets.behavior(scale_down_window_seconds=60),
+    )
+    return [fleets.namespace(NS), provider, deployment, pool]
 
 
 def _peering_crd(testbed: Testbed) -> str:
@@ -149,17 +96,9 @@ def _replica(testbed: Testbed, name: str, priority: int) -> OperatorProcess:
 
 @pytest.fixture(scope="module")
 def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("apply", "--server-side", "-f", "-", stdin=_peering_crd(testbed))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
-    kubectl.run(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": _fleet()}),
-    )
+    fleets.install_crds(kubectl, _peering_crd(testbed))
+    objects = _fleet()
+    fleets.apply(kubectl, objects)
     testbed.exporter().set_queue(NS, "surge", 0)
     leader = _replica(testbed, "a", 200).start()
     standby = _replica(testbed, "b", 100)
@@ -169,21 +108,8 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[tuple[OperatorProcess,
     finally:
         for process in (leader, standby):
             process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
-        kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
+        fleets.delete(kubectl, objects)
         kubectl.run("delete", "clusterkopfpeering", PEERING, "--wait=false", check=False)
-
-
-def _until(probe: Callable[[], Any], timeout: float, what: str, *logs: OperatorProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {p.log.name}\n{p.tail(20)}" for p in logs)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}\n{tails}")
 
 
 def _replicas(kubectl: Kubectl) -> int:
@@ -206,10 +132,19 @@ def test_standby_takes_over_a_killed_leader_within_15s_without_duplicate_actions
     fleet: tuple[OperatorProcess, OperatorProcess], testbed: Testbed, kubectl: Kubectl
 ) -> None:
     leader, standby = fleet
-    _until(lambda: {"ha-a", "ha-b"} <= set(_peers(kubectl)), 30, "both peers", leader, standby)
+    wait_for(
+        lambda: {"ha-a", "ha-b"} <= set(_peers(kubectl)),
+        30,
+        "both peers",
+        leader,
+        standby,
+        interval=0.2,
+    )
 
     testbed.exporter().set_queue(NS, "surge", 10)  # 5 replicas
-    _until(lambda: _replicas(kubectl) >= 5, 40, "the leader's scale-up", leader, standby)
+    wait_for(
+        lambda: _replicas(kubectl) >= 5, 40, "the leader's scale-up", leader, standby, interval=0.2
+    )
     assert _applied(leader), "the leader acted"
     assert not _applied(standby), "the standby waited"
 
@@ -219,10 +154,10 @@ def test_standby_takes_over_a_killed_leader_within_15s_without_duplicate_actions
     killed = time.monotonic()
     leader.process.wait(10)
     testbed.exporter().set_queue(NS, "surge", 30)  # 15 replicas
-    _until(lambda: _replicas(kubectl) > 5, 40, "the standby's scale-up", standby)
+    wait_for(lambda: _replicas(kubectl) > 5, 40, "the standby's scale-up", standby, interval=0.2)
     takeover = time.monotonic() - killed
     print(f"takeover after SIGKILL of the leader: {takeover:.1f}s")
-    _until(lambda: _replicas(kubectl) >= 15, 20, "15 replicas", standby)
+    wait_for(lambda: _replicas(kubectl) >= 15, 20, "15 replicas", standby, interval=0.2)
 
     by_a, by_b = _applied(leader), _applied(standby)
     twice = [i for i, n in Counter(by_a + by_b).items() if n > 1]

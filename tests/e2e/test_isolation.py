@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -21,104 +21,45 @@ pytestmark = pytest.mark.e2e
 # these nodes, so their placements cannot change what this module measures.
 GPU = "E2E-ISO-GPU"
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-isolation"
 PROVIDER = "e2e-iso-cloud"
 GATEWAY = "e2e-isolation-throttle"  # the gateway ConfigMap (--gateway-config-map)
 
 
 def _objects() -> list[dict[str, Any]]:
-    behavior = {
-        "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
-        "scaleDown": {"stabilizationWindowSeconds": 5},
-    }
-
     def pool(name: str, priority: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "scaleTargetRef": {"name": name},
-                "gpuTypes": [GPU],
-                "minReplicas": 1,
-                "maxReplicas": 64,
-                "priority": priority,
-                "modelLoadSeconds": 1,
-                "dataPolicy": {"allowedJurisdictions": ["DE"]},
-                "behavior": behavior,
-                **extra,
-            },
-        }
+        return fleets.inference_pool(
+            NS,
+            name,
+            gpu_types=[GPU],
+            max_replicas=64,
+            priority=priority,
+            behavior=fleets.behavior(scale_down_window_seconds=5),
+            **extra,
+        )
 
     def deployment(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "nodeSelector": {"gpufleet.io/provider": PROVIDER},
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                        "containers": [
-                            {
-                                "name": "s",
-                                "image": "example.com/s:1",
-                                "resources": {"limits": {"nvidia.com/gpu": 1}},
-                            }
-                        ],
-                    },
-                },
-            },
-        }
+        return fleets.deployment(
+            NS,
+            name,
+            node_selector={fleets.PROVIDER_LABEL: PROVIDER},
+            container="s",
+            image="example.com/s:1",
+        )
 
-    queue = 'sum(inference_queue_depth{{namespace="{ns}",pool="{pool}"}})'
+    h100 = fleets.node_pool(
+        "h100", gpu_type=GPU, site="iso", max_nodes=8, watts_per_gpu=700, idle_watts_per_gpu=90
+    )
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "CloudProvider",
-            "metadata": {"name": PROVIDER},
-            "spec": {
-                "subprocessor": {
-                    "legalEntity": "Iso GmbH",
-                    "jurisdiction": "DE",
-                    "approved": True,
-                    "dataClasses": ["Internal"],
-                },
-                "driver": {"type": "Simulated"},
-                "gpuQuota": 16,
-                "nodePools": [
-                    {
-                        "name": "h100",
-                        "gpuType": GPU,
-                        "gpusPerNode": 8,
-                        "wattsPerGpu": 700,
-                        "idleWattsPerGpu": 90,
-                        "maxNodes": 8,
-                        "bootSeconds": 1,
-                        "site": "iso",
-                    }
-                ],
-            },
-        },
+        fleets.namespace(NS),
+        fleets.cloud_provider(PROVIDER, legal_entity="Iso GmbH", gpu_quota=16, node_pools=[h100]),
         deployment("chat"),
         deployment("image"),
-        pool(
-            "chat", 1000, queue={"query": queue.format(ns=NS, pool="chat"), "targetPerReplica": 2}
-        ),
+        pool("chat", 1000),
         pool(
             "image",
             1,
-            queue={
-                "query": queue.format(ns=NS, pool="image"),
-                "targetPerReplica": 2,
-                "arrivalRateQuery": "vector(20)",
-            },
+            arrival_rate_query="vector(20)",
             slo={"queueWaitSeconds": 10},
             serviceRates=[{"gpuType": GPU, "requestsPerMinute": 60}],
             tiers=[{"name": "paid", "sharePercent": 25}, {"name": "free", "sharePercent": 75}],
@@ -128,16 +69,9 @@ def _objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
-    kubectl.run(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": _objects()}),
-    )
+    fleets.install_crds(kubectl)
+    objects = _objects()
+    fleets.apply(kubectl, objects)
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 12)  # 6 replicas
     exporter.set_queue(NS, "image", 0)
@@ -150,8 +84,7 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
         yield process
     finally:
         process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
-        kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
+        fleets.delete(kubectl, objects)
         kubectl.run("delete", "configmap", "-n", "gpufleet-system", GATEWAY, check=False)
 
 
@@ -159,26 +92,19 @@ def _status(kubectl: Kubectl, name: str) -> dict[str, Any]:
     return dict(kubectl.json("get", "inferencepool", "-n", NS, name).get("status") or {})
 
 
-def _wait(probe: Any, timeout: float, what: str, fleet: OperatorProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{fleet.tail(30)}")
-
-
 def test_a_low_priority_surge_never_takes_the_high_priority_pools_replicas(
     fleet: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
-    _wait(
+    wait_for(
         lambda: _status(kubectl, "chat").get("desiredReplicas") == 6,
         30,
         "chat at 6 replicas",
         fleet,
     )
     testbed.exporter().set_queue(NS, "image", 400)  # wants 200 replicas; 16 GPUs exist
-    throttle = _wait(lambda: _status(kubectl, "image").get("throttle"), 30, "image throttle", fleet)
+    throttle = wait_for(
+        lambda: _status(kubectl, "image").get("throttle"), 30, "image throttle", fleet
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # through the surge, chat keeps all it needs
         assert _status(kubectl, "chat").get("desiredReplicas") == 6

@@ -3,19 +3,17 @@ an unsatisfiable spec, and a quiet steady state. Waits poll to a deadline; no fi
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from gpufleet_testbed import procs
+from gpufleet_testbed import fleets, procs
 from gpufleet_testbed import prometheus as prom
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +22,6 @@ pytestmark = pytest.mark.e2e
 # these nodes, so their placements cannot change what this module measures.
 GPU = "E2E-OP-GPU"
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-operator"
 PROVIDER = "e2e-cloud"
 QUOTA_GPUS = 24  # three 8-GPU nodes
@@ -33,111 +30,48 @@ CAP_KW = 12  # one node: 500 W + 8 x 50 W idle; each busy GPU adds 250 W
 
 def _fleet() -> list[dict[str, Any]]:
     def pool(name: str, target: str, **extra: Any) -> dict[str, Any]:
-        spec = {
-            "scaleTargetRef": {"name": target},
-            "gpuTypes": [GPU],
-            "queue": {
-                "query": f'sum(inference_queue_depth{{namespace="{NS}",pool="{name}"}})',
-                "targetPerReplica": 2,
-            },
-            "minReplicas": 1,
-            "maxReplicas": 40,
-            "modelLoadSeconds": 1,
-            "dataPolicy": {"allowedJurisdictions": ["DE"]},
-            "behavior": {
-                "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
-                "scaleDown": {"stabilizationWindowSeconds": 10},
-            },
+        return fleets.inference_pool(
+            NS,
+            name,
+            target=target,
+            gpu_types=[GPU],
+            max_replicas=40,
+            behavior=fleets.behavior(scale_down_window_seconds=10),
             **extra,
-        }
-        return {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": spec,
-        }
+        )
 
-    def deployment(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "affinity": {
-                            "nodeAffinity": {
-                                "requiredDuringSchedulingIgnoredDuringExecution": {
-                                    "nodeSelectorTerms": [
-                                        {
-                                            "matchExpressions": [
-                                                {
-                                                    "key": "gpufleet.io/provider",
-                                                    "operator": "In",
-                                                    "values": [PROVIDER],
-                                                }
-                                            ]
-                                        }
-                                    ]
-                                }
-                            }
-                        },
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                        "containers": [
-                            {
-                                "name": "server",
-                                "image": "example.com/server:1",
-                                "resources": {"limits": {"nvidia.com/gpu": 1}},
-                            }
-                        ],
-                    },
-                },
-            },
+    # Required node affinity (where the others use a nodeSelector) to the provider's nodes.
+    on_provider = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": fleets.PROVIDER_LABEL, "operator": "In", "values": [PROVIDER]}
+                        ]
+                    }
+                ]
+            }
         }
-
-    provider = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "CloudProvider",
-        "metadata": {"name": PROVIDER},
-        "spec": {
-            "subprocessor": {
-                "legalEntity": "E2E Cloud GmbH",
-                "jurisdiction": "DE",
-                "approved": True,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "gpuQuota": QUOTA_GPUS,
-            "nodePools": [
-                {
-                    "name": "h100",
-                    "gpuType": GPU,
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 300,
-                    "idleWattsPerGpu": 50,
-                    "nodeOverheadWatts": 500,
-                    "maxNodes": 10,
-                    "bootSeconds": 2,
-                    "site": "e2e-site",
-                }
-            ],
-        },
     }
-    budget = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "PowerBudget",
-        "metadata": {"name": "e2e-site"},
-        "spec": {"capKilowatts": CAP_KW, "headroomPercent": 0, "scope": {"sites": ["e2e-site"]}},
-    }
+    h100 = fleets.node_pool(
+        "h100",
+        gpu_type=GPU,
+        site="e2e-site",
+        max_nodes=10,
+        boot_seconds=2,
+        watts_per_gpu=300,
+        idle_watts_per_gpu=50,
+        node_overhead_watts=500,
+    )
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        provider,
-        budget,
-        deployment("surge"),
-        deployment("dry"),
+        fleets.namespace(NS),
+        fleets.cloud_provider(
+            PROVIDER, legal_entity="E2E Cloud GmbH", gpu_quota=QUOTA_GPUS, node_pools=[h100]
+        ),
+        fleets.power_budget("e2e-site", cap_kilowatts=CAP_KW, headroom_percent=0),
+        fleets.deployment(NS, "surge", affinity=on_provider),
+        fleets.deployment(NS, "dry", affinity=on_provider),
         pool("surge", "surge"),
         pool("dry", "dry", mode="DryRun"),
         pool("broken", "no-such-deployment"),
@@ -146,16 +80,9 @@ def _fleet() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def operator(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
-    kubectl.run(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": _fleet()}),
-    )
+    fleets.install_crds(kubectl)
+    objects = _fleet()
+    fleets.apply(kubectl, objects)
     exporter = testbed.exporter()
     for pool in ("surge", "dry", "broken"):
         exporter.set_queue(NS, pool, 0)
@@ -164,22 +91,7 @@ def operator(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
         yield process
     finally:
         process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
-        kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
-        kubectl.run("delete", "powerbudget", "e2e-site", "--wait=false", check=False)
-
-
-def _until(probe: Callable[[], Any], timeout: float, what: str, operator: OperatorProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}; last: {last}\noperator log:\n{operator.tail(30)}"
-    )
+        fleets.delete(kubectl, objects)
 
 
 def _pool(kubectl: Kubectl, name: str) -> dict[str, Any]:
@@ -204,11 +116,11 @@ def test_surge_raises_replicas_and_gpu_nodes_within_quota_and_cap(
     operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
     testbed.exporter().set_queue(NS, "surge", 60)  # wants 30 replicas
-    _until(lambda: _replicas(kubectl, "surge") > 1, 30, "scale-up of the surge pool", operator)
-    _until(
+    wait_for(lambda: _replicas(kubectl, "surge") > 1, 30, "scale-up of the surge pool", operator)
+    wait_for(
         lambda: len(_nodes(kubectl)) >= 2, 40, "kwok GPU nodes from the simulated cloud", operator
     )
-    pool = _until(
+    pool = wait_for(
         lambda: (
             (p := _pool(kubectl, "surge")).get("status", {}).get("desiredReplicas", 0) > 1 and p
         ),
@@ -235,7 +147,7 @@ def test_missing_metrics_hold_capacity_and_recover_when_prometheus_returns(
     operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
     testbed.exporter().set_queue(NS, "surge", 20)  # 10 replicas
-    _until(
+    wait_for(
         lambda: _pool(kubectl, "surge").get("status", {}).get("desiredReplicas") == 10,
         40,
         "10 replicas",
@@ -246,7 +158,7 @@ def test_missing_metrics_hold_capacity_and_recover_when_prometheus_returns(
     procs.stop(run_dir, "prometheus")
     try:
         testbed.exporter().set_queue(NS, "surge", 0)  # would scale down, if it could be seen
-        pool = _until(
+        pool = wait_for(
             lambda: (
                 _condition(p := _pool(kubectl, "surge"), "MetricsAvailable").get("status")
                 == "False"
@@ -271,20 +183,20 @@ def test_missing_metrics_hold_capacity_and_recover_when_prometheus_returns(
                 testbed.directory / "prometheus.yml", testbed.directory / "prometheus-data", port
             ),
         )
-    _until(
+    wait_for(
         lambda: _condition(_pool(kubectl, "surge"), "MetricsAvailable").get("status") == "True",
         60,
         "recovery",
         operator,
     )
-    _until(lambda: _replicas(kubectl, "surge") == 1, 60, "scale-down after recovery", operator)
+    wait_for(lambda: _replicas(kubectl, "surge") == 1, 60, "scale-down after recovery", operator)
 
 
 def test_dry_run_plans_and_reports_but_changes_nothing(
     operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
     testbed.exporter().set_queue(NS, "dry", 10)
-    pool = _until(
+    pool = wait_for(
         lambda: (p := _pool(kubectl, "dry")).get("status", {}).get("desiredReplicas", 0) >= 5 and p,
         30,
         "DryRun plan",
@@ -297,7 +209,7 @@ def test_dry_run_plans_and_reports_but_changes_nothing(
 def test_unsatisfiable_spec_gets_a_condition_while_others_keep_scaling(
     operator: OperatorProcess, kubectl: Kubectl
 ) -> None:
-    pool = _until(
+    pool = wait_for(
         lambda: (
             _condition(p := _pool(kubectl, "broken"), "TargetFound").get("status") == "False" and p
         ),
@@ -314,7 +226,7 @@ def test_steady_state_writes_nothing(
     operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
     testbed.exporter().set_queue(NS, "surge", 2)
-    _until(
+    wait_for(
         lambda: (
             _replicas(kubectl, "surge") == 1
             and _pool(kubectl, "surge")["status"].get("queueDepth") == 2

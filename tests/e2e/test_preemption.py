@@ -6,16 +6,15 @@ and the high-priority pool gets its replicas."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -24,90 +23,40 @@ pytestmark = pytest.mark.e2e
 # these nodes, so their placements cannot change what this module measures.
 GPU = "E2E-PRE-GPU"
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-preemption"
 PROVIDER = "e2e-pre-cloud"
 PDB = "batch-budget"
-QUEUE = 'sum(inference_queue_depth{{namespace="{ns}",pool="{pool}"}})'
 
 
 def _objects() -> list[dict[str, Any]]:
     def pool(name: str, priority: int, minimum: int) -> dict[str, Any]:
-        return {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "InferencePool",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "scaleTargetRef": {"name": name},
-                "gpuTypes": [GPU],
-                "minReplicas": minimum,
-                "maxReplicas": 16,
-                "priority": priority,
-                "modelLoadSeconds": 1,
-                "queue": {"query": QUEUE.format(ns=NS, pool=name), "targetPerReplica": 2},
-                "dataPolicy": {"allowedJurisdictions": ["DE"]},
-                "preemption": {"drainTimeoutSeconds": 5},
-                "behavior": {
-                    "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]},
-                    "scaleDown": {"stabilizationWindowSeconds": 0},
-                },
-            },
-        }
+        return fleets.inference_pool(
+            NS,
+            name,
+            gpu_types=[GPU],
+            min_replicas=minimum,
+            max_replicas=16,
+            priority=priority,
+            preemption={"drainTimeoutSeconds": 5},
+            behavior=fleets.behavior(scale_down_window_seconds=0),
+        )
 
     def deployment(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "nodeSelector": {"gpufleet.io/provider": PROVIDER},
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                        "containers": [
-                            {
-                                "name": "s",
-                                "image": "example.com/s:1",
-                                "resources": {"limits": {"nvidia.com/gpu": 1}},
-                            }
-                        ],
-                    },
-                },
-            },
-        }
+        return fleets.deployment(
+            NS,
+            name,
+            replicas=0,
+            node_selector={fleets.PROVIDER_LABEL: PROVIDER},
+            container="s",
+            image="example.com/s:1",
+        )
 
+    h100 = fleets.node_pool(
+        "h100", gpu_type=GPU, site="pre", max_nodes=2, watts_per_gpu=700, idle_watts_per_gpu=90
+    )
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "CloudProvider",
-            "metadata": {"name": PROVIDER},
-            "spec": {
-                "subprocessor": {
-                    "legalEntity": "Pre GmbH",
-                    "jurisdiction": "DE",
-                    "approved": True,
-                    "dataClasses": ["Internal"],
-                },
-                "driver": {"type": "Simulated"},
-                "gpuQuota": 16,
-                "nodePools": [
-                    {
-                        "name": "h100",
-                        "gpuType": GPU,
-                        "gpusPerNode": 8,
-                        "wattsPerGpu": 700,
-                        "idleWattsPerGpu": 90,
-                        "maxNodes": 2,
-                        "bootSeconds": 1,
-                        "site": "pre",
-                    }
-                ],
-            },
-        },
+        fleets.namespace(NS),
+        fleets.cloud_provider(PROVIDER, legal_entity="Pre GmbH", gpu_quota=16, node_pools=[h100]),
         deployment("chat"),
         deployment("batch"),
         pool("chat", 1000, 0),
@@ -123,16 +72,9 @@ def _objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl.run("create", "namespace", "gpufleet-system", check=False)
-    kubectl.run(
-        "apply",
-        "--server-side",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": _objects()}),
-    )
+    fleets.install_crds(kubectl)
+    objects = _objects()
+    fleets.apply(kubectl, objects)
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 0)
     exporter.set_queue(NS, "batch", 32)  # 16 replicas: every GPU the quota allows
@@ -143,8 +85,7 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
         yield process
     finally:
         process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
-        kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
+        fleets.delete(kubectl, objects)
 
 
 def _status(kubectl: Kubectl, name: str) -> dict[str, Any]:
@@ -165,19 +106,10 @@ def _pods(kubectl: Kubectl, app: str) -> set[str]:
     return {p["metadata"]["name"] for p in listed if not p["metadata"].get("deletionTimestamp")}
 
 
-def _wait(probe: Any, timeout: float, what: str, fleet: OperatorProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{fleet.tail(30)}")
-
-
 def test_preempted_replicas_drain_only_as_far_as_their_disruption_budget_allows(
     fleet: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
-    _wait(
+    wait_for(
         lambda: (_deployment(kubectl, "batch").get("status") or {}).get("readyReplicas") == 16,
         60,
         "batch running 16 replicas on the two nodes",
@@ -185,7 +117,7 @@ def test_preempted_replicas_drain_only_as_far_as_their_disruption_budget_allows(
     )
     before = _pods(kubectl, "batch")
     testbed.exporter().set_queue(NS, "chat", 8)  # 4 replicas; no node can come (maxNodes)
-    blocked = _wait(
+    blocked = wait_for(
         lambda: (
             (c := _condition(kubectl, "batch", "Preempted")).get("reason")
             == "DrainBlockedByDisruptionBudget"
@@ -207,20 +139,20 @@ def test_preempted_replicas_drain_only_as_far_as_their_disruption_budget_allows(
     kubectl.run(
         "patch", "pdb", "-n", NS, PDB, "--type", "merge", "-p", '{"spec":{"maxUnavailable":4}}'
     )
-    _wait(
+    wait_for(
         lambda: _deployment(kubectl, "batch")["spec"]["replicas"] == 12,
         30,
         "batch drained by the 4 replicas chat takes",
         fleet,
     )
-    _wait(
+    wait_for(
         lambda: (_deployment(kubectl, "chat").get("status") or {}).get("readyReplicas") == 4,
         30,
         "chat running its 4 replicas on the freed GPUs",
         fleet,
     )
     assert len(before - _pods(kubectl, "batch")) >= 4
-    _wait(
+    wait_for(
         lambda: _condition(kubectl, "batch", "Preempted").get("reason") == "NotPreempted",
         30,
         "batch no longer preempted",

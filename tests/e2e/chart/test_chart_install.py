@@ -6,15 +6,15 @@ works, nothing is forbidden, the operator's field manager owns only status and s
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
-from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.operator import OperatorProcess, wait_for
 from gpufleet_testbed.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "gpufleet"
 RELEASE, NAMESPACE = "gpufleet", "gpufleet-system"
-NS, PROVIDER = "e2e-chart", "e2e-chart-cloud"
+NS, PROVIDER, SITE = "e2e-chart", "e2e-chart-cloud", "chart-site"
 APPLIER = "e2e-user"  # the field manager of the "user" (GitOps) in this test
 
 
@@ -39,100 +39,20 @@ def _helm(bed: Testbed, *args: str) -> str:
     return result.stdout
 
 
-def _until(probe: Callable[[], Any], timeout: float, what: str, log: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}\n{log()}")
-
-
 def _fleet() -> list[dict[str, Any]]:
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "chat"}},
-            "template": {
-                "metadata": {"labels": {"app": "chat"}},
-                "spec": {
-                    "nodeSelector": {"gpufleet.io/provider": PROVIDER},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "example.com/server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    pool = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "InferencePool",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {
-            "scaleTargetRef": {"name": "chat"},
-            "gpuTypes": ["H100"],
-            "queue": {
-                "query": f'sum(inference_queue_depth{{namespace="{NS}",pool="chat"}})',
-                "targetPerReplica": 2,
-            },
-            "minReplicas": 1,
-            "maxReplicas": 16,
-            "modelLoadSeconds": 1,
-            "dataPolicy": {"allowedJurisdictions": ["DE"]},
-            "behavior": {
-                "scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]}
-            },
-        },
-    }
-    provider = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "CloudProvider",
-        "metadata": {"name": PROVIDER},
-        "spec": {
-            "subprocessor": {
-                "legalEntity": "Chart Cloud GmbH",
-                "jurisdiction": "DE",
-                "approved": True,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "gpuQuota": 16,
-            "nodePools": [
-                {
-                    "name": "h100",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 300,
-                    "idleWattsPerGpu": 50,
-                    "maxNodes": 2,
-                    "bootSeconds": 1,
-                    "site": "chart-site",
-                }
-            ],
-        },
-    }
-    budget = {
-        "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "PowerBudget",
-        "metadata": {"name": "chart-site"},
-        "spec": {"capKilowatts": 100, "scope": {"sites": ["chart-site"]}},
-    }
+    h100 = fleets.node_pool(
+        "h100", gpu_type="H100", site=SITE, max_nodes=2, watts_per_gpu=300, idle_watts_per_gpu=50
+    )
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        provider,
-        budget,
-        deployment,
-        pool,
+        fleets.namespace(NS),
+        fleets.cloud_provider(
+            PROVIDER, legal_entity="Chart Cloud GmbH", gpu_quota=16, node_pools=[h100]
+        ),
+        fleets.power_budget(SITE, cap_kilowatts=100),
+        fleets.deployment(NS, "chat", node_selector={fleets.PROVIDER_LABEL: PROVIDER}),
+        fleets.inference_pool(
+            NS, "chat", gpu_types=["H100"], max_replicas=16, behavior=fleets.behavior()
+        ),
     ]
 
 
@@ -182,14 +102,8 @@ def operator(
     installed: str, testbed: Testbed, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     kubeconfig = _token_kubeconfig(testbed, kubectl, tmp_path_factory.mktemp("sa") / "sa.json")
-    kubectl.run(
-        "apply",
-        "--server-side",
-        f"--field-manager={APPLIER}",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": _fleet()}),
-    )
+    objects = _fleet()
+    fleets.apply(kubectl, objects, field_manager=APPLIER)
     testbed.exporter().set_queue(NS, "chat", 0)
     process = OperatorProcess(
         testbed,
@@ -201,9 +115,7 @@ def operator(
         yield process
     finally:
         process.stop()
-        kubectl.run("delete", "namespace", NS, "--wait=false", check=False)
-        kubectl.run("delete", "cloudprovider", PROVIDER, "--wait=false", check=False)
-        kubectl.run("delete", "powerbudget", "chart-site", "--wait=false", check=False)
+        fleets.delete(kubectl, objects)
         kubectl.run("delete", "nodes", "-l", f"gpufleet.io/provider={PROVIDER}", check=False)
 
 
@@ -216,24 +128,24 @@ def test_surge_reconciles_with_the_chart_service_account_and_nothing_is_forbidde
     operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
 ) -> None:
     testbed.exporter().set_queue(NS, "chat", 8)  # 4 replicas
-    _until(
+    wait_for(
         lambda: kubectl.json("get", "deployment", "-n", NS, "chat")["spec"]["replicas"] == 4,
         60,
         "the Deployment scaled to 4",
-        operator.tail,
+        operator,
     )
-    _until(
+    wait_for(
         lambda: kubectl.json("get", "nodes", "-l", f"gpufleet.io/provider={PROVIDER}")["items"],
         60,
         "a simulated GPU node",
-        operator.tail,
+        operator,
     )
-    for kind, name in (("cloudprovider", PROVIDER), ("powerbudget", "chart-site")):
-        _until(
+    for kind, name in (("cloudprovider", PROVIDER), ("powerbudget", SITE)):
+        wait_for(
             lambda k=kind, n=name: kubectl.json("get", k, n).get("status", {}).get("conditions"),
             30,
             f"{kind} status",
-            operator.tail,
+            operator,
         )
     pool = kubectl.json("get", "inferencepool", "-n", NS, "chat")
     assert pool["status"]["desiredReplicas"] == 4
@@ -251,7 +163,7 @@ def test_operator_field_manager_owns_only_status_and_scale(
     objects = [
         kubectl.json("get", "inferencepool", "-n", NS, "chat", shown),
         kubectl.json("get", "cloudprovider", PROVIDER, shown),
-        kubectl.json("get", "powerbudget", "chart-site", shown),
+        kubectl.json("get", "powerbudget", SITE, shown),
     ]
     for obj in objects:
         ours = [m for m in obj["metadata"]["managedFields"] if m["manager"] != APPLIER]
@@ -279,11 +191,10 @@ def test_uninstall_leaves_no_operator_objects(testbed: Testbed, kubectl: Kubectl
             ),
             ("clusterrole,clusterrolebinding", ()),
         ):
-            _until(
+            wait_for(
                 lambda k=kinds, f=flags: not kubectl.json("get", k, *f, "-l", selector)["items"],
                 60,
                 f"no {kinds} left",
-                lambda: "",
             )
     finally:
         # The module fixture uninstalls again; give it a release to remove.
