@@ -213,6 +213,14 @@ class NodePool(Model):
     boot_seconds: int = Field(
         default=300, ge=0, le=7200, description="Time from requesting a node to it being Ready."
     )
+    scale_down_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="How long a node stays after demand stops needing it, serving warm "
+        "spares meanwhile. Unset: bootSeconds (a node needed again within its boot time "
+        "costs less kept than booted again); 0 removes unneeded nodes at once.",
+    )
     site: str = Field(
         min_length=1,
         max_length=SHORT_MAX,

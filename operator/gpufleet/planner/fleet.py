@@ -9,6 +9,12 @@ from gpufleet.planner import behavior
 from gpufleet.planner.catalogs import catalog_of, signature_of
 from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
+from gpufleet.planner.nodes import (
+    node_plans,
+    recent_needs,
+    record_needs,
+    update_backoffs,
+)
 from gpufleet.planner.placement import Candidates, Progress, candidates, place
 from gpufleet.planner.power import allowed_watts, busy_gpu_watts, cap_in_force, covers, node_watts
 from gpufleet.planner.spares import add_spares
@@ -19,7 +25,6 @@ from gpufleet.planner.types import (
     Fleet,
     FleetPlan,
     NodePoolKey,
-    NodePoolPlan,
     Note,
     PlannerState,
     PoolKey,
@@ -33,33 +38,15 @@ from gpufleet.planner.types import (
 )
 
 _NO_METRICS = PoolObservation(queue_depth=None)
-
-
-def update_backoffs(
-    previous: Mapping[NodePoolKey, Backoff], snapshot: Snapshot, now: float, settings: Settings
-) -> dict[NodePoolKey, Backoff]:
-    """Capacity back-off per node pool: doubling from the initial period up to the maximum."""
-    result: dict[NodePoolKey, Backoff] = {}
-    for key in sorted(set(previous) | set(snapshot.node_pools)):
-        prior = previous.get(key)
-        observed = snapshot.node_pools.get(key)
-        error = observed.last_error if observed else None
-        if error is not None and (prior is None or error.time > prior.error_time):
-            recent = prior is not None and error.time < prior.until + settings.backoff_max_seconds
-            failures = prior.failures + 1 if prior is not None and recent else 1
-            period = min(
-                settings.backoff_initial_seconds * 2 ** (failures - 1), settings.backoff_max_seconds
-            )
-            result[key] = Backoff(
-                until=error.time + period, failures=failures, error_time=error.time
-            )
-        elif prior is not None and now < prior.until + settings.backoff_max_seconds:
-            result[key] = prior
-    return result
+_NONE: Mapping[NodePoolKey, int] = frozen_map()
 
 
 def _open_ledger(
-    fleet: Fleet, snapshot: Snapshot, backoffs: Mapping[NodePoolKey, Backoff], now: float
+    fleet: Fleet,
+    snapshot: Snapshot,
+    backoffs: Mapping[NodePoolKey, Backoff],
+    kept: Mapping[NodePoolKey, int],
+    now: float,
 ) -> tuple[Ledger, list[str], list[tuple[float, str | None]]]:
     budget_names = sorted(fleet.budgets)
     caps = [cap_in_force(fleet.budgets[name], now) for name in budget_names]
@@ -87,7 +74,7 @@ def _open_ledger(
                 for i in by_site.get(node_pool.site, everywhere)
                 if covers(budgets[i], key, node_pool)
             )
-            slots[key] = Slot(
+            slots[key] = slot = Slot(
                 key=key,
                 spec=node_pool,
                 provider=provider,
@@ -99,7 +86,11 @@ def _open_ledger(
                 else node_pool.max_nodes,
                 backoff=in_backoff,
                 held=held,
+                floor=node_pool.min_nodes,
             )
+            if key in kept:
+                slot.kept = min(kept[key], slot.existing_nodes)
+                slot.floor = max(slot.floor, slot.kept)
     ledger = Ledger(
         slots=slots,
         quota={name: p.gpu_quota for name, p in fleet.providers.items()},
@@ -229,16 +220,19 @@ def _plan_pool(
     elif not notes:
         notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
     throttled = None
+    ready = observation.ready_replicas
     if not dry_run and needed is not None:
-        short = placement.unplaced > 0 or Reason.LIMITED_BY_MAX in {n.reason for n in notes}
-        throttled, note = plan_throttle(
-            spec,
-            final,
-            short,
-            observation.ready_replicas,
-            observation.arrival_rate,
-            observation.tier_rates,
-        )
+        short = placement.unplaced > 0 or any(n.reason == Reason.LIMITED_BY_MAX for n in notes)
+        throttled, note = (None, None)
+        if short or (ready is not None and ready < final):
+            throttled, note = plan_throttle(
+                spec,
+                final,
+                short,
+                observation.ready_replicas,
+                observation.arrival_rate,
+                observation.tier_rates,
+            )
         if note is not None:
             notes.append(note)
     watts = sum(
@@ -257,33 +251,9 @@ def _plan_pool(
         metrics_available=needed is not None,
         notes=tuple(notes),
         throttle=throttled,
-        preempted=frozen_map(placement.preempted if not dry_run else {}),
+        preempted=frozen_map(placement.preempted) if placement.preempted and not dry_run else _NONE,
     )
     return plan, PoolMemory(history, events, forecast, last_scale)
-
-
-def _node_plans(ledger: Ledger, snapshot: Snapshot) -> dict[NodePoolKey, NodePoolPlan]:
-    plans = {}
-    for key, slot in ledger.slots.items():
-        observed = snapshot.node_pools.get(key)
-        current = observed.target_nodes if observed else 0
-        notes: list[Note] = []
-        if slot.held:
-            notes.append(
-                Note(
-                    Reason.PROVIDER_UNAVAILABLE,
-                    f"{key.provider} unreachable: holding {current} nodes",
-                )
-            )
-        if slot.backoff:
-            notes.append(
-                Note(
-                    Reason.CAPACITY_BACKOFF,
-                    f"capacity error: no growth beyond {slot.existing_nodes} ready nodes",
-                )
-            )
-        plans[key] = NodePoolPlan(key, slot.nodes, current, slot.gpus_allocated, tuple(notes))
-    return plans
 
 
 def _budget_plans(
@@ -332,9 +302,12 @@ def plan_fleet(
     """Decide replicas per pool and node pool, and nodes per node pool, for this tick."""
     settings = settings or Settings()
     backoffs = update_backoffs(state.backoffs, snapshot, now, settings)
-    ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, now)
-    order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
     catalog = catalog_of(fleet.providers)
+    delays = catalog.delays
+    needs = recent_needs(state.node_needs, delays, now)
+    kept = {key: entries[0][1] for key, entries in needs.items()}
+    ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, kept, now)
+    order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
     cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
     pool_plans: dict[PoolKey, PoolPlan] = {}
     memories: dict[PoolKey, PoolMemory] = {}
@@ -362,10 +335,15 @@ def plan_fleet(
         pool_plans[key] = plan
         memories[key] = memory
         options_of[key] = options
+    needs = record_needs(needs, ledger, delays, now)  # demand only: spares come next
     add_spares(order, fleet.pools, options_of, pool_plans, ledger)
     return FleetPlan(
         pools=frozen_map(pool_plans),
-        node_pools=frozen_map(_node_plans(ledger, snapshot)),
+        node_pools=frozen_map(node_plans(ledger, snapshot, needs)),
         budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
-        state=PlannerState(pools=frozen_map(memories), backoffs=frozen_map(backoffs)),
+        state=PlannerState(
+            pools=frozen_map(memories),
+            backoffs=frozen_map(backoffs),
+            node_needs=frozen_map(needs),
+        ),
     )

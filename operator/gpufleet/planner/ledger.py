@@ -40,17 +40,19 @@ class Slot:
     held: bool
     usage: float = 0.0
     gpus_allocated: int = 0
+    floor: int = 0  # no fewer nodes than this: minNodes, or those kept
+    kept: int = 0  # nodes recently needed that stay while unneeded (never above existing)
 
     @property
     def nodes(self) -> int:
         if self.held:
             return self.existing_nodes
-        return max(self.spec.min_nodes, math.ceil(self.usage - _EPS))
+        return max(self.floor, math.ceil(self.usage - _EPS))
 
     def nodes_with(self, extra_usage: float) -> int:
         if self.held:
             return self.existing_nodes
-        return max(self.spec.min_nodes, math.ceil(self.usage + extra_usage - _EPS))
+        return max(self.floor, math.ceil(self.usage + extra_usage - _EPS))
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Ledger:
             cap_nodes = slot.node_limit
             reason = Limit.BACKOFF if slot.backoff else Limit.NODE_POOL_MAX
         else:
-            cap_nodes, reason = max(slot.existing_nodes, slot.spec.min_nodes), None
+            cap_nodes, reason = max(slot.existing_nodes, slot.floor), None
         cap_nodes = max(cap_nodes, nodes_now)
         quota = self.quota.get(slot.key.provider)
         if quota is not None and new_nodes and not slot.held:

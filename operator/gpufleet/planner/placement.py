@@ -152,6 +152,16 @@ class Catalog:
                 )
                 by_type.setdefault(node_pool.gpu_type, []).append(entry)
         self.by_type = {t: sorted(entries, key=_order) for t, entries in by_type.items()}
+        # Seconds each node pool keeps a node its demand stopped needing (planner/nodes.py).
+        self.delays = {
+            NodePoolKey(name, node_pool.name): float(
+                node_pool.boot_seconds
+                if node_pool.scale_down_delay_seconds is None
+                else node_pool.scale_down_delay_seconds
+            )
+            for name, provider in providers.items()
+            for node_pool in provider.node_pools
+        }
         # Candidate lists by pool signature, filled by the planner (see catalogs.catalog_of).
         self.memo: dict[tuple[object, ...], Candidates] = {}
         self._merged: dict[frozenset[str], list[Entry]] = {}

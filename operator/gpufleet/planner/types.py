@@ -66,6 +66,7 @@ class Reason(StrEnum):
     THROTTLED = "Throttled"
     PREEMPTED = "Preempted"
     WARM_SPARES = "WarmSpares"
+    SCALE_DOWN_DELAYED = "ScaleDownDelayed"
     CAP_REACHED = "CapReached"
     MEASUREMENT_UNAVAILABLE = "MeasurementUnavailable"
 
@@ -190,6 +191,11 @@ class PlannerState:
 
     pools: Mapping[PoolKey, PoolMemory] = field(default_factory=frozen_map)
     backoffs: Mapping[NodePoolKey, Backoff] = field(default_factory=frozen_map)
+    # Nodes each node pool's demand needed lately, as (time, nodes) with nodes falling:
+    # the most needed within the scale-down delay is the first entry still in it.
+    node_needs: Mapping[NodePoolKey, tuple[tuple[float, int], ...]] = field(
+        default_factory=frozen_map
+    )
 
 
 # --- the plan ----------------------------------------------------------------------------

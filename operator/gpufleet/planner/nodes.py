@@ -1,0 +1,116 @@
+"""Node pools across ticks: capacity back-off, the scale-down delay, and their plans.
+
+A node that demand stops needing stays for the node pool's scale-down delay (`Catalog.delays`;
+by default its bootSeconds: one needed again within its boot time costs less kept than booted again), and
+serves warm spares meanwhile. The planner remembers, per node pool, the nodes its demand
+needed lately as a falling sequence of (time, nodes): the most needed within the delay is
+its first entry, and the sequence stays short however long the delay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from gpufleet.planner.ledger import Ledger
+from gpufleet.planner.types import (
+    Backoff,
+    NodePoolKey,
+    NodePoolPlan,
+    Note,
+    Reason,
+    Settings,
+    Snapshot,
+)
+
+Needs = Mapping[NodePoolKey, tuple[tuple[float, int], ...]]
+
+
+def update_backoffs(
+    previous: Mapping[NodePoolKey, Backoff], snapshot: Snapshot, now: float, settings: Settings
+) -> dict[NodePoolKey, Backoff]:
+    """Capacity back-off per node pool: doubling from the initial period up to the maximum."""
+    result: dict[NodePoolKey, Backoff] = {}
+    for key in sorted(set(previous) | set(snapshot.node_pools)):
+        prior = previous.get(key)
+        observed = snapshot.node_pools.get(key)
+        error = observed.last_error if observed else None
+        if error is not None and (prior is None or error.time > prior.error_time):
+            recent = prior is not None and error.time < prior.until + settings.backoff_max_seconds
+            failures = prior.failures + 1 if prior is not None and recent else 1
+            period = min(
+                settings.backoff_initial_seconds * 2 ** (failures - 1), settings.backoff_max_seconds
+            )
+            result[key] = Backoff(
+                until=error.time + period, failures=failures, error_time=error.time
+            )
+        elif prior is not None and now < prior.until + settings.backoff_max_seconds:
+            result[key] = prior
+    return result
+
+
+def recent_needs(
+    previous: Needs, delays: Mapping[NodePoolKey, float], now: float
+) -> dict[NodePoolKey, tuple[tuple[float, int], ...]]:
+    """The needs still within each node pool's delay."""
+    out = {}
+    for key, entries in previous.items():
+        kept = tuple((t, n) for t, n in entries if now - t < delays.get(key, 0.0))
+        if kept:
+            out[key] = kept
+    return out
+
+
+def record_needs(
+    needs: Needs, ledger: Ledger, delays: Mapping[NodePoolKey, float], now: float
+) -> dict[NodePoolKey, tuple[tuple[float, int], ...]]:
+    """Add what demand needs now; the entries it does not cover stay, newest last."""
+    out = {}
+    for key, slot in ledger.slots.items():
+        previous = needs.get(key)
+        if (not previous and slot.usage <= slot.spec.min_nodes) or delays.get(key, 0.0) <= 0:
+            continue  # nothing above minNodes to remember
+        needed = math.ceil(slot.usage - 1e-9)
+        entries = [(t, n) for t, n in previous or () if n > needed]
+        out[key] = (*entries, (now, needed))
+    return out
+
+
+def node_plans(
+    ledger: Ledger,
+    snapshot: Snapshot,
+    needs: Mapping[NodePoolKey, tuple[tuple[float, int], ...]],
+) -> dict[NodePoolKey, NodePoolPlan]:
+    plans = {}
+    for key, slot in ledger.slots.items():
+        observed = snapshot.node_pools.get(key)
+        current = observed.target_nodes if observed else 0
+        notes: list[Note] = []
+        if slot.held:
+            notes.append(
+                Note(
+                    Reason.PROVIDER_UNAVAILABLE,
+                    f"{key.provider} unreachable: holding {current} nodes",
+                )
+            )
+        if slot.backoff:
+            notes.append(
+                Note(
+                    Reason.CAPACITY_BACKOFF,
+                    f"capacity error: no growth beyond {slot.existing_nodes} ready nodes",
+                )
+            )
+        nodes = slot.nodes
+        if slot.kept and nodes == slot.kept and not slot.held:
+            entries = needs.get(key)
+            needed = max(entries[-1][1] if entries else nodes, slot.spec.min_nodes)
+            if nodes > needed:
+                notes.append(
+                    Note(
+                        Reason.SCALE_DOWN_DELAYED,
+                        f"keeping {nodes} nodes where demand needs {needed}: "
+                        "within the scale-down delay",
+                    )
+                )
+        plans[key] = NodePoolPlan(key, nodes, current, slot.gpus_allocated, tuple(notes))
+    return plans

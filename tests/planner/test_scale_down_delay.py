@@ -1,0 +1,58 @@
+"""A node demand stops needing stays for the node pool's scale-down delay, then goes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpufleet.planner import FleetPlan, NodePoolKey, NodePoolObservation, Reason, plan_fleet
+
+from .builders import EMPTY, fleet, key, node_pool, observe, pool, provider
+
+A = NodePoolKey("p", "h100")
+TWO = {("p", "h100"): NodePoolObservation(ready_nodes=2, target_nodes=2)}
+
+
+def _plans(delay: int | None, spares: bool = False) -> list[FleetPlan]:
+    overrides: dict[str, Any] = {} if delay is None else {"scaleDownDelaySeconds": delay}
+    f = fleet(
+        {"chat": pool(warmSpares={"enabled": spares})},
+        {"p": provider(node_pools=[node_pool(bootSeconds=300, **overrides)])},
+    )
+    busy = plan_fleet(f, observe({"chat": 160}, {"chat": {("p", "h100"): 16}}, TWO), EMPTY, 0.0)
+    plans = [busy]
+    state = busy.state
+    for now in (60.0, 299.0, 301.0):
+        quiet = observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, TWO)
+        plan = plan_fleet(f, quiet, state, now)
+        plans.append(plan)
+        state = plan.state
+    return plans
+
+
+def test_an_unneeded_node_stays_for_the_boot_time_by_default() -> None:
+    busy, soon, before, after = _plans(None)
+    assert busy.node_pools[A].desired_nodes == 2
+    assert soon.node_pools[A].desired_nodes == 2
+    assert Reason.SCALE_DOWN_DELAYED in {n.reason for n in soon.node_pools[A].notes}
+    assert before.node_pools[A].desired_nodes == 2
+    assert after.node_pools[A].desired_nodes == 1
+
+
+def test_a_zero_delay_removes_unneeded_nodes_at_once() -> None:
+    _, soon, _, _ = _plans(0)
+    assert soon.node_pools[A].desired_nodes == 1
+
+
+def test_kept_nodes_run_warm_spares() -> None:
+    _, soon, _, after = _plans(None, spares=True)
+    assert soon.pools[key()].desired_replicas == 16
+    assert soon.pools[key()].spare_replicas == 13
+    assert after.pools[key()].desired_replicas == 8
+
+
+def test_the_delay_never_brings_back_a_node_that_is_gone() -> None:
+    f = fleet({"chat": pool()}, {"p": provider()})
+    busy = plan_fleet(f, observe({"chat": 160}, {"chat": {("p", "h100"): 16}}, TWO), EMPTY, 0.0)
+    one = {("p", "h100"): NodePoolObservation(ready_nodes=1, target_nodes=1)}
+    plan = plan_fleet(f, observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, one), busy.state, 60)
+    assert plan.node_pools[A].desired_nodes == 1
