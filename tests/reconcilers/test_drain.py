@@ -21,7 +21,15 @@ from gpufleet.planner import (
     plan_fleet,
 )
 from gpufleet.planner.types import Note, PoolKey, PoolPlan, Reason, frozen_map
-from gpufleet.reconcilers.drain import DrainOutcome, _Pod, pick, request_for, selector_text
+from gpufleet.reconcilers.drain import (
+    MOVE_HOLD_SECONDS,
+    Drainer,
+    DrainOutcome,
+    _Pod,
+    pick,
+    request_for,
+    selector_text,
+)
 from gpufleet.reconcilers.kube import _refusal
 from gpufleet.reconcilers.selectors import from_label_selector
 from gpufleet.reconcilers.status import preempted_condition
@@ -181,3 +189,22 @@ def test_the_preempted_condition_says_how_the_drain_goes() -> None:
     )
     assert (draining.status, draining.reason) == (True, "Draining")
     assert "ns/chat" in draining.message
+
+
+def test_a_moved_pool_waits_until_the_pools_it_yielded_to_are_scheduled() -> None:
+    drainer = Drainer()
+    batch, chat = PoolKey("ns", "batch"), PoolKey("ns", "chat")
+    drainer.moved[batch] = ((chat,), 100.0)
+    pending = {chat: 2}
+    assert drainer.holds(batch, lambda k: pending.get(k, 0), 101.0)
+    pending[chat] = 0
+    assert not drainer.holds(batch, lambda k: pending.get(k, 0), 102.0)
+    assert batch not in drainer.moved  # the wait is over for good
+    assert not drainer.holds(chat, lambda k: 5, 102.0)  # only pools that moved wait
+
+
+def test_a_moved_pool_waits_a_minute_at_most() -> None:
+    drainer = Drainer()
+    batch, chat = PoolKey("ns", "batch"), PoolKey("ns", "chat")
+    drainer.moved[batch] = ((chat,), 100.0)
+    assert not drainer.holds(batch, lambda k: 1, 100.0 + MOVE_HOLD_SECONDS)

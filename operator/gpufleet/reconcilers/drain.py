@@ -9,9 +9,9 @@ with the pool's `preemption.drainTimeoutSeconds` as its grace period (SIGTERM, t
 the timeout to finish in-flight requests, as `kubectl drain --grace-period` does), and the
 workload is made smaller only by the evictions the API server accepted, so its ReplicaSet
 removes no other pod. Where the pool keeps its size (its replicas are placed again on new
-nodes), the evicted pods are recreated and wait, unscheduled, for those nodes while the
-higher-priority pool's pending pods take the GPUs they held; a PriorityClass per pool makes
-the scheduler hand them over in that order (docs/preemption.md). An eviction refused with
+nodes), the evicted replicas are scaled away too and recreated (`holds`) only once the
+higher-priority pools' pods are scheduled, so those get the GPUs; the recreated pods then
+wait for the new nodes (docs/preemption.md). An eviction refused with
 HTTP 429 (a PodDisruptionBudget allows no disruption now) leaves the pod and its replica in
 place; the rest is tried again after `RETRY_SECONDS`. The part of a shrink that is not
 preemption (the pool's own scale-down, pods not yet scheduled) is a plain scale, as the HPA
@@ -24,7 +24,7 @@ remote clusters (burst copies) shrink with their copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +36,9 @@ from gpufleet.reconcilers.selectors import Selector
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # between tries after a refusal, as `kubectl drain` waits
+# After a move, how long the moved pool waits to recreate its replicas while the pools it
+# yielded to still have pods to schedule (the scheduler's back-off is at most 10 s).
+MOVE_HOLD_SECONDS = 60.0
 INDEX_LAG_SECONDS = 10.0  # how long a resize of ours may take to show in the index
 DRAINABLE_KINDS = frozenset({"Deployment"})
 
@@ -159,6 +162,21 @@ class Drainer:
     in_flight: dict[PoolKey, dict[str, float]] = field(default_factory=dict)  # pod: deadline
     retry_at: dict[PoolKey, float] = field(default_factory=dict)
     resized: dict[PoolKey, tuple[int, float]] = field(default_factory=dict)  # size, when
+    # Pools that moved replicas: the pools they yielded to, and when.
+    moved: dict[PoolKey, tuple[tuple[PoolKey, ...], float]] = field(default_factory=dict)
+
+    def holds(self, pool_key: PoolKey, unscheduled: Callable[[PoolKey], int], now: float) -> bool:
+        """Whether a pool that moved replicas must wait to recreate them: until the pools it
+        yielded to have their pods scheduled, so the GPUs it freed go to them and not back
+        to its own new pods (which would race them for the scheduler)."""
+        record = self.moved.get(pool_key)
+        if record is None:
+            return False
+        to, since = record
+        if now - since < MOVE_HOLD_SECONDS and any(unscheduled(k) for k in to):
+            return True
+        del self.moved[pool_key]
+        return False
 
     async def begin(
         self,
@@ -250,7 +268,17 @@ class Drainer:
             except Exception as exc:  # the rest waits for a later tick
                 error = f"eviction of {pod.name} failed: {exc}"[:512]
                 break
-        target = size if shrink == 0 else workload.replicas - plain - min(len(evicted), shrink)
+        if shrink == 0:
+            # A move: the evicted replicas are recreated once the pools they yield to have
+            # their pods scheduled (`holds`), so those pods get the GPUs first.
+            target = workload.replicas - len(evicted)
+            if evicted:
+                to = tuple(PoolKey(*name.split("/", 1)) for name in request.by)
+                self.moved[pool_key] = (to, now)
+            elif size > workload.replicas and pool_key not in self.moved:
+                target = size
+        else:
+            target = workload.replicas - plain - min(len(evicted), shrink)
         if target != workload.replicas:
             await kube.scale(workload.kind, namespace, workload.name, target)
             self.resized[pool_key] = (target, now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,7 @@ from gpufleet.planner.types import (
     frozen_map,
 )
 from gpufleet.reconcilers.bursting import add_remote_replicas, remote_targets
-from gpufleet.reconcilers.cache import (
-    View,
-    WorkloadEntry,
-)
+from gpufleet.reconcilers.cache import PodEntry, View, WorkloadEntry
 from gpufleet.reconcilers.copies import Copy
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
@@ -164,7 +161,7 @@ class FleetLoop:
         plan = plan_fleet(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
-        await self._actuate(plan, fleet, targets, drivers, observed, now, copies, known)
+        await self._actuate(plan, fleet, targets, drivers, observed, now, copies, known, view.pods)
         await self.reporter.report(
             view, plan, fleet, observed, target_errors, credential_errors, now
         )
@@ -184,9 +181,23 @@ class FleetLoop:
         now: float,
         copies: Mapping[str, Mapping[PoolKey, Copy]] | None = None,
         known: set[PoolKey] | None = None,
+        pods: Mapping[str, Sequence[PodEntry]] | None = None,
     ) -> None:
         # Every target this tick can resize: its observed size, the size the plan wants
         # where that differs, and how to set it. Then record intent, act, record the result.
+
+        def unscheduled(pool_key: PoolKey) -> int:
+            workload = targets.get(pool_key)
+            if workload is None:
+                return 0
+            return sum(
+                1
+                for pod in (pods or {}).get(pool_key.namespace, ())
+                if pod.node_name is None
+                and not pod.terminating
+                and workload.selector.matches(pod.labels)
+            )
+
         current: dict[str, int] = {}
         planned: dict[str, int] = {}
         setters: dict[str, Callable[[int, str], Awaitable[bool]]] = {}
@@ -224,7 +235,9 @@ class FleetLoop:
             target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
             current[target] = workload.replicas
             setters[target] = functools.partial(self._scale, workload, pool_key, drain, now)
-            if local != workload.replicas:
+            if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
+                pass  # moved replicas wait for the pools they yielded to
+            elif local != workload.replicas:
                 planned[target] = local
             elif drain is not None:
                 moves.append(target)  # the same size: preempted replicas move
@@ -260,8 +273,9 @@ class FleetLoop:
                 done.add(action.id)
         if self.journal is not None:
             await self.journal.finish(done)
-        # Moves change no size, so no intent is recorded: a retry after a crash evicts only
-        # what has not moved yet (the drain counts pods already waiting for new nodes).
+        # Moves are not journaled: a retry after a crash evicts only what has not moved yet
+        # (the drain counts pods already waiting for new nodes), and a restart forgets only
+        # the wait for the higher-priority pods (Drainer.holds).
         for target in moves:
             await setters[target](current[target], f"{target}@{int(now)}")
         # A copy whose source template changed is re-applied at its size (no resize).
