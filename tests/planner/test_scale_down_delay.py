@@ -21,7 +21,8 @@ def _plans(delay: int | None, spares: bool = False) -> list[FleetPlan]:
     busy = plan_fleet(f, observe({"chat": 160}, {"chat": {("p", "h100"): 16}}, TWO), EMPTY, 0.0)
     plans = [busy]
     state = busy.state
-    for now in (60.0, 299.0, 301.0):
+    # Demand falls at 60 s: the second node stays until 60 + 300 s.
+    for now in (60.0, 359.0, 361.0):
         quiet = observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, TWO)
         plan = plan_fleet(f, quiet, state, now)
         plans.append(plan)

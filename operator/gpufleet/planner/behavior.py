@@ -61,7 +61,25 @@ class Resolved:
         return max([self.up.window, self.down.window, *periods])
 
 
+# Resolved behaviours by the identity of their (immutable) spec objects, which come back
+# unchanged from one tick to the next; the entry holds the object, so its identity cannot be
+# recycled while it lives. Results never depend on the cache.
+_RESOLVED: dict[int, tuple[Behavior | None, Resolved]] = {}
+_RESOLVED_KEPT = 65536
+
+
 def resolve(behavior: Behavior | None) -> Resolved:
+    hit = _RESOLVED.get(id(behavior))
+    if hit is not None and hit[0] is behavior:
+        return hit[1]
+    resolved = _resolve(behavior)
+    if len(_RESOLVED) >= _RESOLVED_KEPT:
+        _RESOLVED.clear()
+    _RESOLVED[id(behavior)] = (behavior, resolved)
+    return resolved
+
+
+def _resolve(behavior: Behavior | None) -> Resolved:
     return Resolved(
         _rules(behavior.scale_up if behavior else None, DEFAULT_UP_WINDOW, DEFAULT_UP_POLICIES),
         _rules(

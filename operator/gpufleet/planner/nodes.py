@@ -3,8 +3,9 @@
 A node that demand stops needing stays for the node pool's scale-down delay (`Catalog.delays`;
 by default its bootSeconds: one needed again within its boot time costs less kept than booted again), and
 serves warm spares meanwhile. The planner remembers, per node pool, the nodes its demand
-needed lately as a falling sequence of (time, nodes): the most needed within the delay is
-its first entry, and the sequence stays short however long the delay.
+needed lately as a falling sequence of (until, nodes), the current need last: the most
+needed within the delay is its first entry, and the sequence stays short however long the
+delay.
 """
 
 from __future__ import annotations
@@ -52,27 +53,42 @@ def update_backoffs(
 def recent_needs(
     previous: Needs, delays: Mapping[NodePoolKey, float], now: float
 ) -> dict[NodePoolKey, tuple[tuple[float, int], ...]]:
-    """The needs still within each node pool's delay."""
+    """The needs still within each node pool's delay (the current one never expires)."""
     out = {}
     for key, entries in previous.items():
-        kept = tuple((t, n) for t, n in entries if now - t < delays.get(key, 0.0))
-        if kept:
-            out[key] = kept
+        delay = delays.get(key, 0.0)
+        if now - entries[0][0] >= delay:  # the oldest expired: the rest may have too
+            entries = tuple(e for e in entries if now - e[0] < delay)
+            if not entries:
+                continue
+        out[key] = entries
     return out
 
 
 def record_needs(
     needs: Needs, ledger: Ledger, delays: Mapping[NodePoolKey, float], now: float
 ) -> dict[NodePoolKey, tuple[tuple[float, int], ...]]:
-    """Add what demand needs now; the entries it does not cover stay, newest last."""
+    """Add what demand needs now, as the last entry (time +inf: it holds while it lasts);
+    a need it replaces is remembered until now. Unchanged needs reuse their entries, so a
+    steady fleet allocates nothing here."""
     out = {}
     for key, slot in ledger.slots.items():
         previous = needs.get(key)
         if (not previous and slot.usage <= slot.spec.min_nodes) or delays.get(key, 0.0) <= 0:
             continue  # nothing above minNodes to remember
         needed = math.ceil(slot.usage - 1e-9)
-        entries = [(t, n) for t, n in previous or () if n > needed]
-        out[key] = (*entries, (now, needed))
+        if previous and previous[-1][1] == needed:
+            out[key] = previous
+            continue
+        head: tuple[tuple[float, int], ...] = ()
+        if previous:
+            head, last = previous[:-1], previous[-1][1]
+            if last > needed:  # falling: the old need counts until now
+                head = (*head, (now, last))
+            else:  # rising: what it covers goes
+                head = tuple(e for e in head if e[1] > needed)
+        if needed > slot.spec.min_nodes or head:
+            out[key] = (*head, (math.inf, needed))
     return out
 
 

@@ -320,7 +320,7 @@ def place(
     for key in kept:
         if key not in placed and remaining > 0 and current[key] > 0:
             take(key, current[key], new_nodes=False, keep=True)
-    kept_count = {key: placed.get(key, 0) for key in displaced}
+    kept_count = {key: placed.get(key, 0) for key in displaced} if displaced else {}
     for new_nodes, order in ((False, options.fill), (True, options.grow)):
         index = progress.find(new_nodes, 0)
         while index < len(order) and remaining > 0:
@@ -356,7 +356,7 @@ def place(
         notes.append(Note(Reason.BURST_ACTIVE, f"{burst} replicas on secondary providers"))
     # Replicas placed there again go to new nodes of the same node pool: they still leave
     # the existing ones now (a move), or the higher-priority pool waits a boot for them.
-    preempted = dict(displaced)
+    preempted = displaced
     if preempted:
         moved = sum(min(n, placed.get(k, 0) - kept_count[k]) for k, n in preempted.items())
         notes.append(

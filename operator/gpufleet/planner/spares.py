@@ -35,15 +35,10 @@ def add_spares(
     ledger: Ledger,
 ) -> None:
     """Give idle room on kept nodes to pools in `order`; replaces their plans in `plans`."""
-    for key in order:
+    for key in [k for k in order if pools[k].warm_spares.enabled]:
         spec, plan = pools[key], plans[key]
         spares = spec.warm_spares
-        if (
-            not spares.enabled
-            or spec.mode == Mode.DRY_RUN
-            or not plan.metrics_available
-            or plan.desired_replicas == 0
-        ):
+        if spec.mode == Mode.DRY_RUN or not plan.metrics_available or plan.desired_replicas == 0:
             continue  # an idle pool stays idle; without metrics, capacity is only held
         room = spec.max_replicas - plan.desired_replicas
         if spares.max_replicas is not None:

@@ -191,8 +191,9 @@ class PlannerState:
 
     pools: Mapping[PoolKey, PoolMemory] = field(default_factory=frozen_map)
     backoffs: Mapping[NodePoolKey, Backoff] = field(default_factory=frozen_map)
-    # Nodes each node pool's demand needed lately, as (time, nodes) with nodes falling:
-    # the most needed within the scale-down delay is the first entry still in it.
+    # Nodes each node pool's demand needed lately, as (until, nodes) with nodes falling and
+    # the current need last (until +inf): the most needed within the scale-down delay is
+    # the first entry still in it.
     node_needs: Mapping[NodePoolKey, tuple[tuple[float, int], ...]] = field(
         default_factory=frozen_map
     )
