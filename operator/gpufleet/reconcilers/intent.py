@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpufleet.reconcilers.kube import Conflict, Kube
@@ -135,6 +135,7 @@ class Journal:
     read_at: float = 0.0
     # With nothing to do, trust the last record this long before reading the anchor again.
     trust_seconds: float = 10.0
+    resumed: set[str] = field(default_factory=set)  # actions logged as resumed
 
     async def begin(
         self, planned: Mapping[str, int], current: Mapping[str, int]
@@ -148,7 +149,8 @@ class Journal:
         previous = Record.load(data.get(INTENT_KEY))
         record, actions = reconcile(previous, planned, current, self.leader)
         for action in actions:
-            if action in previous.pending:
+            if action in previous.pending and action.id not in self.resumed:
+                self.resumed.add(action.id)  # once per action, not per tick while it waits
                 log.info(
                     "resuming recorded action %s",
                     action.id,
@@ -166,6 +168,7 @@ class Journal:
 
     async def finish(self, done: set[str]) -> None:
         """Mark `done` done; a conflict means a newer leader has taken over its record."""
+        self.resumed -= done
         if self.record is None or not done:
             return
         record = replace(finished(self.record, done), leader=self.leader)
