@@ -31,7 +31,11 @@ async def ready_nodes(driver: NodePoolDriver, harness: DriverHarness, count: int
         state = await driver.get_pool(harness.ref)
         return state if state.ready == count and len(state.all_nodes) == count else None
 
-    return await eventually(probe, what=f"{count} Ready nodes in {harness.ref.node_pool}")
+    # kwok marks a node Ready on its own schedule, slower on a loaded machine (one run timed
+    # out at 30 s while helm rendered charts beside it).
+    return await eventually(
+        probe, within=60.0, what=f"{count} Ready nodes in {harness.ref.node_pool}"
+    )
 
 
 async def nodes_of(api_client: ApiClient, harness: DriverHarness) -> list[V1Node]:
