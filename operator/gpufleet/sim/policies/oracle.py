@@ -281,7 +281,10 @@ class OraclePolicy(Policy):
     def _trim(self, i: int, targets: Placement) -> None:
         """Replicas held for later must not break a cap now (each step's placement keeps
         its caps, but holding several steps' placements at once may not): drop them one at
-        a time, last-preferred node pools first, never below what is needed now."""
+        a time, lowest priority first and last-preferred node pools first. A pool never
+        goes below what it needs now, unless a higher-priority pool still holds replicas for
+        later there: then the lower pool waits now rather than the higher one later (who
+        waits, when the caps cannot hold both, is what priority says)."""
         ctx = self.ctx
 
         def over() -> list[str]:
@@ -300,10 +303,25 @@ class OraclePolicy(Policy):
             ),
             reverse=True,
         )
-        for key in keys:
-            for pool in reversed(self.pools):
-                floor = int(self.ready[pool][key][i]) if key in self.ready[pool] else 0
-                while targets[pool].get(key, 0) > floor:
+
+        def floor(pool: PoolKey, key: NodePoolKey) -> int:
+            return int(self.ready[pool][key][i]) if key in self.ready[pool] else 0
+
+        def holds_for_later(pool: PoolKey) -> bool:
+            return any(targets[pool].get(k, 0) > floor(pool, k) for k in keys)
+
+        low_first = list(reversed(self.pools))
+        for index, pool in enumerate(low_first):
+            priority = ctx.fleet.pools[pool].priority
+            higher = [q for q in low_first[index + 1 :] if ctx.fleet.pools[q].priority > priority]
+            for key in keys:
+                while targets[pool].get(key, 0) > floor(pool, key):
                     targets[pool][key] -= 1
                     if not over():
                         return
+            if any(holds_for_later(q) for q in higher):
+                for key in keys:
+                    while targets[pool].get(key, 0) > 0:
+                        targets[pool][key] -= 1
+                        if not over():
+                            return
