@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,35 +95,10 @@ def identity() -> str:
     return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
 
 
-def driver_factory(
-    api: ApiClient,
-    config: RunConfig,
-    metrics: OperatorMetrics,
-    aws_clients: ClientFactory | None = None,
-) -> CredentialedFactory:
-    """Drivers for local providers. An EKS driver gets the AWS credentials its
-    `credentialsSecretRef` holds: the fleet loop refreshes the factory's source each tick
-    (a Secret without a namespace is in the operator's). `aws_clients`: tests' boto3 seam."""
-
-    def make(name: str, spec: CloudProviderSpec, aws: AwsCredentials | None) -> NodePoolDriver:
-        return make_driver(
-            name,
-            spec,
-            api_client=api,
-            registry=metrics.registry,
-            simulated_namespace=config.simulated_namespace,
-            aws_credentials=aws,
-            aws_clients=aws_clients,
-        )
-
-    return CredentialedFactory(AwsCredentialSource(config.operator_namespace), make)
-
-
-def remote_driver_factory(
-    config: RunConfig, metrics: OperatorMetrics, aws_clients: ClientFactory | None = None
-) -> RemoteCredentialedFactory:
-    """Drivers for remote providers: built on the ApiClient of the provider's cluster; AWS
-    credentials as for local ones (the Secret is in this cluster, not the remote one)."""
+def _build_driver(
+    config: RunConfig, metrics: OperatorMetrics, aws_clients: ClientFactory | None
+) -> Callable[[str, CloudProviderSpec, ApiClient, AwsCredentials | None], NodePoolDriver]:
+    """A driver for a provider on the given cluster's ApiClient, with its AWS credentials."""
 
     def make(
         name: str, spec: CloudProviderSpec, api: ApiClient, aws: AwsCredentials | None
@@ -137,7 +113,33 @@ def remote_driver_factory(
             aws_clients=aws_clients,
         )
 
-    return RemoteCredentialedFactory(AwsCredentialSource(config.operator_namespace), make)
+    return make
+
+
+def driver_factory(
+    api: ApiClient,
+    config: RunConfig,
+    metrics: OperatorMetrics,
+    aws_clients: ClientFactory | None = None,
+) -> CredentialedFactory:
+    """Drivers for local providers. An EKS driver gets the AWS credentials its
+    `credentialsSecretRef` holds: the fleet loop refreshes the factory's source each tick
+    (a Secret without a namespace is in the operator's). `aws_clients`: tests' boto3 seam."""
+    build = _build_driver(config, metrics, aws_clients)
+    return CredentialedFactory(
+        AwsCredentialSource(config.operator_namespace),
+        lambda name, spec, aws: build(name, spec, api, aws),
+    )
+
+
+def remote_driver_factory(
+    config: RunConfig, metrics: OperatorMetrics, aws_clients: ClientFactory | None = None
+) -> RemoteCredentialedFactory:
+    """Drivers for remote providers: built on the ApiClient of the provider's cluster; AWS
+    credentials as for local ones (the Secret is in this cluster, not the remote one)."""
+    return RemoteCredentialedFactory(
+        AwsCredentialSource(config.operator_namespace), _build_driver(config, metrics, aws_clients)
+    )
 
 
 def _values(index: kopf.Index[Any, Any]) -> list[Any]:
