@@ -80,10 +80,11 @@ class WorkloadEntry:
 
 def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
     labels = body.get("metadata", {}).get("labels") or {}
-    conditions = (body.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return NodeEntry(
-        name, str(labels.get(PROVIDER_LABEL, "")), str(labels.get(NODE_POOL_LABEL, "")), ready
+        name,
+        str(labels.get(PROVIDER_LABEL, "")),
+        str(labels.get(NODE_POOL_LABEL, "")),
+        ready_condition(body),
     )
 
 
@@ -105,14 +106,16 @@ def pod_entry(namespace: str, name: str, body: Mapping[str, Any]) -> PodEntry:
         dict(meta.get("labels") or {}),
         (body.get("spec") or {}).get("nodeName"),
         meta.get("deletionTimestamp") is not None,
-        _ready(body),
+        # No status to go by: never throttle on what cannot be seen.
+        ready_condition(body, missing=True),
     )
 
 
-def _ready(body: Mapping[str, Any]) -> bool:
+def ready_condition(body: Mapping[str, Any], missing: bool = False) -> bool:
+    """Whether a node's or pod's Ready condition is True; `missing` without any condition."""
     conditions = (body.get("status") or {}).get("conditions")
     if not conditions:
-        return True  # no status to go by: never throttle on what cannot be seen
+        return missing
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, Snapshot
-from gpufleet.reconcilers.cache import NODE_POOL_LABEL, PROVIDER_LABEL, WorkloadEntry, pod_entry
+from gpufleet.reconcilers.cache import (
+    NODE_POOL_LABEL,
+    PROVIDER_LABEL,
+    WorkloadEntry,
+    pod_entry,
+    ready_condition,
+)
 from gpufleet.reconcilers.kube import EvictionRefused, Kube
 from gpufleet.reconcilers.selectors import Selector
 
@@ -134,8 +140,7 @@ def _active_pods(workload: WorkloadEntry, bodies: Sequence[Mapping[str, Any]]) -
         entry = pod_entry(workload.namespace, str(meta.get("name", "")), body)
         if entry.terminating or not workload.selector.matches(entry.labels):
             continue
-        conditions = (body.get("status") or {}).get("conditions") or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        ready = ready_condition(body)  # strict: a pod without status serves nothing yet
         pods.append(_Pod(entry.name, entry.node_name, ready, str(meta.get("creationTimestamp"))))
     return pods
 

@@ -61,31 +61,21 @@ def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolR
     raise KeyError(node_pool)
 
 
-def ready_replicas(workload: WorkloadEntry, pods: Sequence[PodEntry]) -> int:
-    """The workload's pods that serve now (bound, Ready, not terminating)."""
-    return sum(
-        1
-        for pod in pods
-        if pod.ready
-        and not pod.terminating
-        and pod.node_name is not None
-        and workload.selector.matches(pod.labels)
-    )
-
-
 def replicas_by_node_pool(
     workload: WorkloadEntry,
     pods: Sequence[PodEntry],
     node_pool_of: Mapping[str, NodePoolKey],
     last_placement: Mapping[NodePoolKey, int],
-) -> dict[NodePoolKey, int]:
+) -> tuple[dict[NodePoolKey, int], int]:
     """Where the workload's replicas are: bound pods by their node's pool; the rest (not yet
-    scheduled or created) where the last plan put them, so a scale-up in flight counts."""
+    scheduled or created) where the last plan put them, so a scale-up in flight counts. And
+    how many of its pods serve now (bound and Ready), from the same pass."""
     counts: dict[NodePoolKey, int] = {}
-    bound = 0
+    bound = ready = 0
     for pod in pods:
         if pod.terminating or not workload.selector.matches(pod.labels) or pod.node_name is None:
             continue
+        ready += pod.ready
         key = node_pool_of.get(pod.node_name)
         if key is None:
             continue
@@ -102,7 +92,7 @@ def replicas_by_node_pool(
     if unbound and last_placement:
         first = min(last_placement)
         counts[first] = counts.get(first, 0) + unbound
-    return counts
+    return counts, ready
 
 
 async def observe(
@@ -194,13 +184,12 @@ async def observe(
     pool_obs: dict[PoolKey, PoolObservation] = {}
     for key in pool_keys:
         workload = workloads.get(key)
-        placed = (
-            replicas_by_node_pool(
+        placed: dict[NodePoolKey, int] = {}
+        ready: int | None = None
+        if workload:
+            placed, ready = replicas_by_node_pool(
                 workload, pods.get(key.namespace, ()), node_pool_of, last_placements.get(key, {})
             )
-            if workload
-            else {}
-        )
         by_provider: dict[str, int] = {}
         for np_key, count in placed.items():
             by_provider[np_key.provider] = by_provider.get(np_key.provider, 0) + count
@@ -210,7 +199,7 @@ async def observe(
             arrival_of.get(key),
             frozen_map(placed),
             frozen_map(tier_rates.get(key, {})),
-            ready_replicas(workload, pods.get(key.namespace, ())) if workload else None,
+            ready,
         )
     observed.snapshot = Snapshot(
         pools=frozen_map(pool_obs),
