@@ -155,7 +155,7 @@ class Cluster:
             drop -= 1
         r.ready -= drop
 
-    def preempt(self, pool: PoolKey, key: NodePoolKey, count: int, target: int) -> None:
+    def preempt(self, pool: PoolKey, key: NodePoolKey, count: int, target: int, now: float) -> None:
         """Evict up to `count` of the pool's replicas on the node pool's nodes, as the
         operator's drain does before resizing to `target`: unscheduled replicas beyond the
         shrink are earlier moves already made, so they count as evicted. The evicted ones
@@ -171,7 +171,7 @@ class Cluster:
                 r.ready -= 1
             r.pending += 1
             count -= 1
-            self.next_event = min(self.next_event, 0.0)
+            self.next_event = min(self.next_event, now)  # schedule them at the next step
 
     def _used_gpus(self, key: NodePoolKey) -> int:
         return sum(

@@ -111,7 +111,7 @@ def _apply(cluster: Cluster, d: Decision, t: float, warm: bool = False) -> None:
         cluster.set_nodes(key, max(0, target), t, warm)
     for pool, drains in d.preempt.items():
         for key, count in drains.items():
-            cluster.preempt(pool, key, count, d.replicas.get(pool, {}).get(key, 0))
+            cluster.preempt(pool, key, count, d.replicas.get(pool, {}).get(key, 0), t)
     for pool, targets in d.replicas.items():
         for key, target in targets.items():
             cluster.set_replicas(pool, key, max(0, target), t, warm)
