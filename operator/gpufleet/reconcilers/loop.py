@@ -290,22 +290,16 @@ class FleetLoop:
     ) -> bool:
         try:
             await driver.set_target_size(ref, size, action_id=action)
-        except DriverCapacityError as exc:
-            kind = (
-                CapacityErrorKind.QUOTA_EXCEEDED
-                if isinstance(exc, QuotaExceeded)
-                else CapacityErrorKind.INSUFFICIENT_CAPACITY
-            )
-            self.capacity_errors[key] = CapacityError(kind, now)
-            log.warning(
-                "node pool %s: %s",
-                key,
-                exc.reason,
-                extra={"nodePool": str(key), "reason": exc.reason},
-            )
-            return False
         except DriverError as exc:
-            self.metrics.reconcile_errors.labels("actuate").inc()
+            if isinstance(exc, DriverCapacityError):  # the planner backs the node pool off
+                kind = (
+                    CapacityErrorKind.QUOTA_EXCEEDED
+                    if isinstance(exc, QuotaExceeded)
+                    else CapacityErrorKind.INSUFFICIENT_CAPACITY
+                )
+                self.capacity_errors[key] = CapacityError(kind, now)
+            else:
+                self.metrics.reconcile_errors.labels("actuate").inc()
             log.warning(
                 "node pool %s: %s",
                 key,
