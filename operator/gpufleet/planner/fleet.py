@@ -220,19 +220,16 @@ def _plan_pool(
     elif not notes:
         notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
     throttled = None
-    ready = observation.ready_replicas
     if not dry_run and needed is not None:
         short = placement.unplaced > 0 or any(n.reason == Reason.LIMITED_BY_MAX for n in notes)
-        throttled, note = (None, None)
-        if short or (ready is not None and ready < final):
-            throttled, note = plan_throttle(
-                spec,
-                final,
-                short,
-                observation.ready_replicas,
-                observation.arrival_rate,
-                observation.tier_rates,
-            )
+        throttled, note = plan_throttle(
+            spec,
+            final,
+            short,
+            observation.ready_replicas,
+            observation.arrival_rate,
+            observation.tier_rates,
+        )
         if note is not None:
             notes.append(note)
     watts = sum(

@@ -356,17 +356,16 @@ def place(
         notes.append(Note(Reason.BURST_ACTIVE, f"{burst} replicas on secondary providers"))
     # Replicas placed there again go to new nodes of the same node pool: they still leave
     # the existing ones now (a move), or the higher-priority pool waits a boot for them.
-    preempted = displaced
-    if preempted:
-        moved = sum(min(n, placed.get(k, 0) - kept_count[k]) for k, n in preempted.items())
+    if displaced:
+        moved = sum(min(n, placed.get(k, 0) - kept_count[k]) for k, n in displaced.items())
         notes.append(
             Note(
                 Reason.PREEMPTED,
-                f"{sum(preempted.values())} replicas on {_names([str(k) for k in preempted])} "
+                f"{sum(displaced.values())} replicas on {_names([str(k) for k in displaced])} "
                 "yield to higher-priority pools: their existing nodes are full"
                 + (f"; {moved} of them restart on new nodes" if moved else ""),
             )
         )
     return Placement(
-        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), preempted
+        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), displaced
     )
