@@ -16,8 +16,6 @@ operator's own (ambient) identity.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from gpufleet.api.common import SecretKeyRef
 from gpufleet.api.provider import CloudProviderSpec, DriverType
 from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef, NodePoolState
 from gpufleet.drivers.eks import AwsCredentials, parse_credentials_file
+from gpufleet.reconcilers.kube import SecretUnusable, secret_text
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,10 @@ def secret_ref(spec: CloudProviderSpec) -> SecretKeyRef | None:
 
 def credentials_from_secret(data: Mapping[str, str], key: str, where: str) -> AwsCredentials:
     """Credentials from a Secret's (base64) `data`; errors name `where`, never the data."""
-    if key not in data:
-        raise CredentialsError(f"{where}: missing")
     try:
-        text = base64.b64decode(data[key], validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise CredentialsError(f"{where}: not base64-encoded UTF-8") from None
+        text = secret_text(data, key, where)
+    except SecretUnusable as exc:
+        raise CredentialsError(str(exc)) from None
     try:
         return parse_credentials_file(text)
     except DriverError as exc:  # its message never quotes the text

@@ -4,6 +4,7 @@ synchronous) and each named here, so RBAC can be checked against this list."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,6 +45,20 @@ SECRET_CALLS = (("", "secrets", "get"),)
 # Only with leader election (`--leader-election`): Kube.ensure_peering.
 PEERING_CALLS = (("kopf.dev", "clusterkopfpeerings", "create"),)
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
+
+
+class SecretUnusable(Exception):
+    """A Secret's key is missing or not text; the message names the key, never the data."""
+
+
+def secret_text(data: Mapping[str, str], key: str, where: str) -> str:
+    """The text under `key` of a Secret's (base64) `data`; `where` names it in errors."""
+    if key not in data:
+        raise SecretUnusable(f"{where}: missing")
+    try:
+        return base64.b64decode(data[key], validate=True).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError
+        raise SecretUnusable(f"{where}: not base64-encoded UTF-8") from None
 
 
 class Conflict(Exception):

@@ -12,8 +12,6 @@ paths) are refused: a CloudProvider must not make the operator hand out its own 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver
-from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.kube import Kube, SecretUnusable, secret_text
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +131,11 @@ class Connections:
         cached = self.by_provider.get(name)
         if cached is not None and cached.version == cache_key and cached.spec == spec:
             return None
-        if ref.key not in data:
-            return f"{where}: missing"
         try:
-            text = base64.b64decode(data[ref.key], validate=True).decode()
+            text = secret_text(data, ref.key, where)
             api = await asyncio.to_thread(client_from, text)
-        except (binascii.Error, UnicodeDecodeError):
-            return f"{where}: not base64-encoded UTF-8"
+        except SecretUnusable as exc:
+            return str(exc)
         except CredentialsError as exc:
             return f"{where}: {exc}"
         try:
