@@ -28,7 +28,7 @@ from gpufleet.api.common import SecretKeyRef
 from gpufleet.api.provider import CloudProviderSpec, DriverType
 from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef, NodePoolState
 from gpufleet.drivers.eks import AwsCredentials, parse_credentials_file
-from gpufleet.reconcilers.kube import SecretUnusable, secret_text
+from gpufleet.reconcilers.kube import SecretUnusable, api_reason, secret_text
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class AwsCredentialSource:
         except CredentialsError as exc:
             return str(exc)
         except ApiException as exc:
-            return f"{secret}: {exc.reason or 'error'} ({exc.status})"
+            return f"{secret}: {api_reason(exc)}"
         except Exception as exc:  # the type only: a message might quote a reply
             return f"{secret}: {type(exc).__name__}"
 

@@ -51,6 +51,11 @@ class SecretUnusable(Exception):
     """A Secret's key is missing or not text; the message names the key, never the data."""
 
 
+def api_reason(exc: ApiException) -> str:
+    """An API error as a condition or log may show it: reason and status, never the body."""
+    return f"{exc.reason or 'error'} ({exc.status})"
+
+
 def secret_text(data: Mapping[str, str], key: str, where: str) -> str:
     """The text under `key` of a Secret's (base64) `data`; `where` names it in errors."""
     if key not in data:

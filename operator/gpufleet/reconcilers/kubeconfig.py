@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver
-from gpufleet.reconcilers.kube import Kube, SecretUnusable, secret_text
+from gpufleet.reconcilers.kube import Kube, SecretUnusable, api_reason, secret_text
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,6 @@ def client_from(text: str) -> ApiClient:
         return api
     except Exception as exc:  # ConfigException and friends: name only, they may quote data
         raise CredentialsError(f"unusable kubeconfig ({type(exc).__name__})") from None
-
-
-def api_reason(exc: ApiException) -> str:
-    return f"{exc.reason or 'error'} ({exc.status})"
 
 
 @dataclass

@@ -32,8 +32,8 @@ from gpufleet.reconcilers.copies import (
     copy_selector,
     held_by_other,
 )
-from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube
-from gpufleet.reconcilers.kubeconfig import Connections, RemoteDriverFactory, api_reason
+from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
+from gpufleet.reconcilers.kubeconfig import Connections, RemoteDriverFactory
 from gpufleet.reconcilers.remote_namespaces import (
     NAMESPACE_CALLS,
     TIMEOUT,

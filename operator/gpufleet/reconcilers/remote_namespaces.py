@@ -30,8 +30,8 @@ from gpufleet.reconcilers.copies import (
     namespace_fate,
     namespace_manifest,
 )
-from gpufleet.reconcilers.kube import FIELD_MANAGER
-from gpufleet.reconcilers.kubeconfig import Connection, api_reason
+from gpufleet.reconcilers.kube import FIELD_MANAGER, api_reason
+from gpufleet.reconcilers.kubeconfig import Connection
 
 log = logging.getLogger(__name__)
 
