@@ -29,6 +29,7 @@ from gpufleet.planner.types import FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers.cache import View
 from gpufleet.reconcilers.conditions import timestamp
 from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.status import throttle_figures, throttled_reason
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +49,19 @@ def document(plan: PoolPlan) -> dict[str, Any]:
     rounded as in `status.throttle`, so the document changes only when the status does)."""
     throttle = plan.throttle
     note = next((n.message for n in plan.notes if n.reason == Reason.THROTTLED), "")
+    figures = (
+        throttle_figures(throttle)
+        if throttle is not None
+        else {"sustainableRequestsPerMinute": None, "demandRequestsPerMinute": None, "tiers": []}
+    )
     return {
         "namespace": plan.key.namespace,
         "name": plan.key.name,
         "throttled": throttle is not None,
-        "sustainableRequestsPerMinute": (
-            None if throttle is None else round(throttle.sustainable * 60)
-        ),
-        "demandRequestsPerMinute": None if throttle is None else round(throttle.demand * 60),
-        "tiers": []
-        if throttle is None
-        else [
-            {
-                "name": t.name,
-                "demandRequestsPerMinute": round(t.demand * 60),
-                "allowedRequestsPerMinute": round(t.allowed * 60),
-            }
-            for t in throttle.tiers
-        ],
-        "reason": _reason(plan),
+        **figures,
+        "reason": throttled_reason(throttle),
         "message": note,
     }
-
-
-def _reason(plan: PoolPlan) -> str:
-    """The `Throttled` condition's reason (reconcilers/status.py)."""
-    if plan.throttle is None:
-        return "DemandWithinCapacity"
-    return "CapacityStarting" if plan.throttle.starting else "DemandAboveCapacity"
 
 
 def dump(doc: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from gpufleet.api.parse import SpecError
 from gpufleet.api.pool import InferencePoolSpec, Mode
 from gpufleet.api.provider import CloudProviderSpec, Role
-from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason
+from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
 from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
 
 if TYPE_CHECKING:
@@ -114,14 +114,7 @@ def pool_conditions(
         burst = Cond("BurstActive", False, "NoBurst", "")
     throttled_note = _message(plan, (Reason.THROTTLED,))
     throttled = (
-        Cond(
-            "Throttled",
-            True,
-            "CapacityStarting"
-            if plan.throttle is not None and plan.throttle.starting
-            else "DemandAboveCapacity",
-            throttled_note[1],
-        )
+        Cond("Throttled", True, throttled_reason(plan.throttle), throttled_note[1])
         if throttled_note
         else Cond("Throttled", False, "DemandWithinCapacity", "")
     )
@@ -208,18 +201,7 @@ def pool_status(
         }
     )
     if plan.throttle is not None:
-        status["throttle"] = {
-            "sustainableRequestsPerMinute": round(plan.throttle.sustainable * 60),
-            "demandRequestsPerMinute": round(plan.throttle.demand * 60),
-            "tiers": [
-                {
-                    "name": t.name,
-                    "demandRequestsPerMinute": round(t.demand * 60),
-                    "allowedRequestsPerMinute": round(t.allowed * 60),
-                }
-                for t in plan.throttle.tiers
-            ],
-        }
+        status["throttle"] = throttle_figures(plan.throttle)
     if arrival:
         # W / (requests/s) is joules per request; / 3.6 gives mWh.
         status["energyPerRequestMilliwattHours"] = round(plan.planned_watts / arrival / 3.6)
@@ -363,3 +345,26 @@ def budget_status(
 def same(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
     """Whether writing `status` would change nothing a user can see."""
     return dict(previous or {}) == dict(status)
+
+
+def throttled_reason(throttle: Throttle | None) -> str:
+    """The `Throttled` condition's reason, also in the gateway ConfigMap."""
+    if throttle is None:
+        return "DemandWithinCapacity"
+    return "CapacityStarting" if throttle.starting else "DemandAboveCapacity"
+
+
+def throttle_figures(throttle: Throttle) -> dict[str, Any]:
+    """`status.throttle`, and the gateway ConfigMap's figures: requests per minute."""
+    return {
+        "sustainableRequestsPerMinute": round(throttle.sustainable * 60),
+        "demandRequestsPerMinute": round(throttle.demand * 60),
+        "tiers": [
+            {
+                "name": t.name,
+                "demandRequestsPerMinute": round(t.demand * 60),
+                "allowedRequestsPerMinute": round(t.allowed * 60),
+            }
+            for t in throttle.tiers
+        ],
+    }
