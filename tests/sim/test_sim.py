@@ -19,7 +19,26 @@ from gpufleet.sim.scenario import Scenario, ScenarioError, parse_scenario
 POOL = PoolKey("inference", "chat")
 
 
-def _fleet(cap_kw: int = 1000, boot: int = 120, max_nodes: int = 8) -> list[dict[str, object]]:
+def _fleet(
+    cap_kw: int = 1000, boot: int = 120, max_nodes: int = 8, b200_cents: int = 0
+) -> list[dict[str, object]]:
+    """One H100 node pool at 100 cents an hour; with `b200_cents`, a B200 one beside it."""
+    h100 = {
+        "name": "h100",
+        "gpuType": "H100",
+        "gpusPerNode": 1,
+        "wattsPerGpu": 700,
+        "idleWattsPerGpu": 90,
+        "hourlyPriceCents": 100,
+        "maxNodes": max_nodes,
+        "bootSeconds": boot,
+        "site": "s1",
+    }
+    node_pools = [h100]
+    if b200_cents:
+        node_pools.append(
+            {**h100, "name": "z-b200", "gpuType": "B200", "hourlyPriceCents": b200_cents}
+        )
     return [
         {
             "apiVersion": "gpufleet.io/v1alpha1",
@@ -33,18 +52,7 @@ def _fleet(cap_kw: int = 1000, boot: int = 120, max_nodes: int = 8) -> list[dict
                     "dataClasses": ["Internal"],
                 },
                 "driver": {"type": "Simulated"},
-                "nodePools": [
-                    {
-                        "name": "h100",
-                        "gpuType": "H100",
-                        "gpusPerNode": 1,
-                        "wattsPerGpu": 700,
-                        "idleWattsPerGpu": 90,
-                        "maxNodes": max_nodes,
-                        "bootSeconds": boot,
-                        "site": "s1",
-                    }
-                ],
+                "nodePools": node_pools,
             },
         },
         {
@@ -53,7 +61,7 @@ def _fleet(cap_kw: int = 1000, boot: int = 120, max_nodes: int = 8) -> list[dict
             "metadata": {"name": "chat", "namespace": "inference"},
             "spec": {
                 "scaleTargetRef": {"name": "chat"},
-                "gpuTypes": ["H100"],
+                "gpuTypes": [n["gpuType"] for n in node_pools],
                 "queue": {"query": "q", "targetPerReplica": 4},
                 "minReplicas": 1,
                 "maxReplicas": 8,
@@ -182,6 +190,20 @@ def test_least_service_meets_every_deadline_at_the_least_peak() -> None:
         for i in range(0, len(work) - k, 7)
     )
     assert served.max() >= peak - 1e-6
+
+
+def test_oracle_bounds_gpu_hours_on_the_gpu_serving_most_per_gpu() -> None:
+    # B200 serves more chat tokens per GPU (10,922/s against 9,010/s) but costs three
+    # times as much: the planner and static rank by price and take H100; the oracle, a bound
+    # on GPU-hours, takes B200 whatever the names sort to.
+    p = prepare(_scenario([], rate=1.0, duration=600, b200_cents=300))
+    cents_per_gpu_hour = {}
+    for name in ("oracle", "static", "gpufleet"):
+        result = run(p, make(name))
+        cents_per_gpu_hour[name] = result.cost_cents / result.gpu_hours
+    assert cents_per_gpu_hour["oracle"] == pytest.approx(300)
+    assert cents_per_gpu_hour["static"] == pytest.approx(100)
+    assert cents_per_gpu_hour["gpufleet"] == pytest.approx(100)
 
 
 def test_oracle_meets_its_slo_through_a_surge_within_the_cap() -> None:

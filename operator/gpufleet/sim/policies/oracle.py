@@ -3,7 +3,8 @@
 Before the run it computes, per pool, the least service that starts every request within
 the SLO (`envelope.least_service`: the taut string between the work that has arrived and
 the work that is due). Its slope is the capacity that must be ready in each step. That
-capacity is placed, step by step, on the node pools the pool may use, in preference order,
+capacity is placed, step by step, on the node pools the pool may use, those that serve the
+most work per GPU first (the planner's order breaks ties),
 within maxNodes, provider quotas, maxReplicas, the failures it knows of and every power cap
 in force then, with nodes counted whole and at their worst-case watts (overhead and idle
 watts per GPU from the boot request on, loaded watts on every replica).
@@ -93,7 +94,7 @@ class OraclePolicy(Policy):
             k: math.ceil((n.spec.boot_seconds + load) / step - 1e-9) for k, n in nodes.items()
         }
         self.pools = sorted(fleet.pools, key=lambda p: (-fleet.pools[p].priority, p))
-        self.order = {p: order(ctx, p) for p in self.pools}
+        self.order = {p: order(ctx, p, fewest_gpus=True) for p in self.pools}
         self.budgets = {name: in_scope(fleet, b) for name, b in fleet.budgets.items()}
         steps = max((len(d.work) for d in ctx.demand.values()), default=1)
         self.steps = steps

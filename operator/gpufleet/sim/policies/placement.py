@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import math
 
-from gpufleet.api import CloudProviderSpec, InferencePoolSpec, Role
-from gpufleet.planner.placement import refusal
+from gpufleet.api import Role
+from gpufleet.planner.placement import Catalog, candidates
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policy import Context
 
 
-def allowed(pool: InferencePoolSpec, name: str, provider: CloudProviderSpec) -> bool:
-    """The pool's data policy and burst settings admit this provider (the planner's rule)."""
-    return refusal(pool, name, provider) is None
+def order(
+    ctx: Context, pool: PoolKey, primary_only: bool = False, fewest_gpus: bool = False
+) -> list[NodePoolKey]:
+    """Node pools the pool can run on, in the planner's preference order: primaries, the
+    user's provider order, Spot where allowed, price per GPU.
 
-
-def order(ctx: Context, pool: PoolKey, primary_only: bool = False) -> list[NodePoolKey]:
-    """Node pools the pool can run on: primaries then secondaries, each by `order`."""
+    With `fewest_gpus` (the oracle, a bound on GPU-hours) the node pools that serve the
+    most work per GPU come first, the planner's order breaking ties.
+    """
     spec = ctx.fleet.pools[pool]
-    keys = [
-        k for k in ctx.rates[pool] if allowed(spec, k.provider, ctx.fleet.providers[k.provider])
-    ]
+    rates = ctx.rates[pool]
+    keys = [k for k in candidates(spec, Catalog(ctx.fleet.providers)).grow if k in rates]
     if primary_only:
         keys = [k for k in keys if ctx.fleet.providers[k.provider].role == Role.PRIMARY]
-    return sorted(
-        keys,
-        key=lambda k: (
-            ctx.fleet.providers[k.provider].role != Role.PRIMARY,
-            ctx.fleet.providers[k.provider].order,
-            k,
-        ),
-    )
+    if fewest_gpus:
+        keys.sort(key=lambda k: -rates[k])  # stable: ties keep the planner's order
+    return keys
 
 
 class Room:
