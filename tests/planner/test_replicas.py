@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from gpufleet.api import InferencePoolSpec
 from gpufleet.planner import NodePoolObservation, Reason, plan_fleet
 from gpufleet.planner.demand import erlang_c_servers
+from gpufleet.planner.types import FleetPlan, NodePoolKey
 
 from .builders import EMPTY, fleet, key, observe, pool, provider
 
@@ -73,3 +75,39 @@ def test_nan_queue_is_treated_as_missing() -> None:
     plan = plan_fleet(f, observe({"chat": float("nan")}, {"chat": {("p", "h100"): 3}}), EMPTY, 0.0)
     assert plan.pools[key()].desired_replicas == 3
     assert not plan.pools[key()].metrics_available
+
+
+def _image_pool() -> InferencePoolSpec:
+    return pool(
+        slo={"queueWaitSeconds": 30, "targetPercent": 99},
+        serviceRates=[{"gpuType": "H100", "requestsPerMinute": 5}],
+        queue={"targetPerReplica": 1000},
+        modelLoadSeconds=30,
+        **FAST_UP,
+    )
+
+
+def _plan_with_backlog(queue: float) -> FleetPlan:
+    """One ready node of 8 GPUs with 4 replicas; arrivals 0.2/s (steady need about 5)."""
+    f = fleet({"chat": _image_pool()}, {"p": provider()})
+    running = {"chat": {("p", "h100"): 4}}
+    nodes = {("p", "h100"): NodePoolObservation(ready_nodes=1, target_nodes=1)}
+    return plan_fleet(f, observe({"chat": queue}, running, nodes, {"chat": 0.2}), EMPTY, 0.0)
+
+
+def test_a_backlog_that_clears_before_a_boot_fills_existing_nodes_but_buys_none() -> None:
+    # 120 queued at 5 requests/min per replica: clearing them within the 30 s SLO takes 51
+    # replicas, but new nodes serve only after 330 s (boot and load); by then 7 suffice.
+    plan = _plan_with_backlog(120)
+    pool_plan = plan.pools[key()]
+    assert pool_plan.desired_replicas == 8  # every GPU of the existing node
+    assert pool_plan.unplaced_replicas == 0  # not short: nothing to throttle for
+    assert Reason.BACKLOG_CLEARS_BEFORE_BOOT in pool_plan.reasons
+    assert plan.node_pools[NodePoolKey("p", "h100")].desired_nodes == 1
+
+
+def test_a_backlog_that_outlasts_a_boot_still_buys_nodes() -> None:
+    # 3,000 queued: even over the 330 s lead they need about 110 replicas.
+    plan = _plan_with_backlog(3000)
+    assert plan.node_pools[NodePoolKey("p", "h100")].desired_nodes == 10  # maxNodes
+    assert Reason.BACKLOG_CLEARS_BEFORE_BOOT not in plan.pools[key()].reasons

@@ -4,7 +4,9 @@ Queue depth gives KEDA's answer, ceil(queue / target). When arrivals and service
 known, an M/M/c model sizes for the wait SLO itself (Erlang C), plus enough spare rate to
 drain the backlog within the SLO. A GPU node takes minutes to boot and a model tens of
 seconds to load, so the signal is also projected over that lead time with Holt's linear
-trend: O(1) per tick, no history kept, and it reacts to a ramp within a few samples.
+trend: O(1) per tick, no history kept, and it reacts to a ramp within a few samples. The
+same lead time says which replicas are worth new nodes: a backlog that existing capacity
+clears before new nodes could serve is theirs alone (`Demand.lasting_replicas`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Demand:
     ahead_replicas: int
     forecast: Forecast | None
     notes: tuple[Note, ...]
+    # Of the replicas, those worth new nodes: demand that lasts until new nodes could serve.
+    # None where no model tells lasting demand from a passing backlog (queue depth only).
+    lasting_replicas: int | None = None
 
     @property
     def replicas(self) -> int:
@@ -81,15 +86,19 @@ def _from_queue(spec: InferencePoolSpec, queue: float) -> int:
     return math.ceil(queue / spec.queue.target_per_replica - 1e-9)
 
 
-def _from_model(spec: InferencePoolSpec, arrival: float, queue: float) -> int | None:
+def _from_model(
+    spec: InferencePoolSpec, arrival: float, queue: float, lead_seconds: float = 0.0
+) -> int | None:
+    """Replicas for the wait SLO at this arrival rate, and to drain the backlog: within the
+    SLO by those that serve now, or, for capacity `lead_seconds` away, by the time it could
+    serve (the backlog is new nodes' work only if it outlasts their boot)."""
     service = service_rate_per_second(spec)
     if service is None or spec.slo is None:
         return None
     wait = float(spec.slo.queue_wait_seconds)
     target = spec.slo.target_percent / 100.0
     steady = erlang_c_servers(arrival, service, wait, min(target, 0.9999))
-    # The backlog already waiting must be served within the SLO on top of new arrivals.
-    drain = math.ceil((arrival + queue / wait) / service - 1e-9)
+    drain = math.ceil((arrival + queue / (wait + lead_seconds)) / service - 1e-9)
     return max(steady, drain)
 
 
@@ -183,4 +192,7 @@ def demand(
                     f"needs {ahead} replicas (now {now_replicas})",
                 )
             )
-    return Demand(now_replicas, ahead, forecast, tuple(notes))
+    lasting = None
+    if modelled is not None and arrival is not None:
+        lasting = max(_from_model(spec, arrival, queue, lead_seconds) or 0, ahead)
+    return Demand(now_replicas, ahead, forecast, tuple(notes), lasting)

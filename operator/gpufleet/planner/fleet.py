@@ -200,8 +200,19 @@ def _plan_pool(
         notes.append(Note(Reason.DRY_RUN, f"DryRun: would scale to {desired}, actuating nothing"))
         final = desired
     else:
-        placement = place(ledger, spec, desired, observation.replicas, options, progress)
+        grow_to = None
+        if needed is not None and needed.lasting_replicas is not None:
+            grow_to = max(_clamp(spec, needed.lasting_replicas)[0], current)
+        placement = place(ledger, spec, desired, observation.replicas, options, progress, grow_to)
         final = sum(placement.placements.values())
+        if placement.held:
+            notes.append(
+                Note(
+                    Reason.BACKLOG_CLEARS_BEFORE_BOOT,
+                    f"{placement.held} replicas for the backlog run only on existing nodes: "
+                    f"it clears before new capacity ({lead:.0f}s away) could serve",
+                )
+            )
     notes.extend(placement.notes)
 
     events = memory.scale_events

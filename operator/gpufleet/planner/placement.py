@@ -250,6 +250,8 @@ class Placement:
     # Current replicas per node pool that no longer fit on its existing nodes because pools
     # placed earlier (higher priority) took the room; some may be placed again on new nodes.
     preempted: dict[NodePoolKey, int] = field(default_factory=dict)
+    # Replicas of `want` not placed because new nodes would come after the need has passed.
+    held: int = 0
 
 
 def _names(keys: set[str] | list[str]) -> str:
@@ -265,8 +267,13 @@ def place(
     current: Mapping[NodePoolKey, int],
     options: Candidates,
     progress: Progress,
+    grow_to: int | None = None,
 ) -> Placement:
-    """Place `want` replicas: keep, then fill existing nodes, then grow; burst within its cap."""
+    """Place `want` replicas: keep, then fill existing nodes, then grow; burst within its cap.
+
+    New nodes take no more than `grow_to` replicas in all (None: no bound): the rest of
+    `want` runs only where GPUs exist and is not short of capacity (`Placement.held`).
+    """
     gpus = pool.gpus_per_replica
     placed: dict[NodePoolKey, int] = {}
     limits: dict[Reason, set[str]] = {}
@@ -321,7 +328,11 @@ def place(
         if key not in placed and remaining > 0 and current[key] > 0:
             take(key, current[key], new_nodes=False, keep=True)
     kept_count = {key: placed.get(key, 0) for key in displaced} if displaced else {}
+    held = 0
     for new_nodes, order in ((False, options.fill), (True, options.grow)):
+        if new_nodes and grow_to is not None:
+            held = max(0, min(remaining, remaining - (grow_to - (want - remaining))))
+            remaining -= held
         index = progress.find(new_nodes, 0)
         while index < len(order) and remaining > 0:
             full, reason = take(order[index], remaining, new_nodes)
@@ -367,5 +378,5 @@ def place(
             )
         )
     return Placement(
-        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), displaced
+        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), displaced, held
     )

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     SCALED_AHEAD_OF_FORECAST = "ScaledAheadOfForecast"
     BELOW_ACTIVATION = "BelowActivationThreshold"
     HELD_BY_STABILIZATION = "HeldByStabilization"
+    BACKLOG_CLEARS_BEFORE_BOOT = "BacklogClearsBeforeBoot"
     LIMITED_BY_RATE = "LimitedByScalingPolicy"
     LIMITED_BY_MAX = "LimitedByMax"
     LIMITED_BY_MIN = "LimitedByMin"

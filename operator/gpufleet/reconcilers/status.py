@@ -30,6 +30,7 @@ _LIMITED = (
     Reason.LIMITED_BY_MIN,
     Reason.HELD_BY_STABILIZATION,
     Reason.LIMITED_BY_RATE,
+    Reason.BACKLOG_CLEARS_BEFORE_BOOT,
 )
 POOL_HEALTHY = {
     "SpecValid": True,
