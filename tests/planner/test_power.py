@@ -92,3 +92,20 @@ def test_headroom_is_kept_below_the_cap() -> None:
     plan = plan_fleet(f, observe({"chat": 1000}), EMPTY, 0.0)
     assert plan.budgets["site"].allowed_watts == 8000
     assert plan.budgets["site"].planned_watts <= 8000
+
+
+def test_a_pool_measured_below_the_nameplate_fits_more_under_the_cap() -> None:
+    # 10 kW: one node (1,800 W) plus 13 GPUs at the nameplate 600 W above idle; at the
+    # measured 400 W (300 W above idle) the same cap holds two nodes and 16 busy GPUs.
+    cap = {"site": budget(10)}
+    nameplate = fleet({"chat": pool(**FAST)}, {"a": provider()}, cap)
+    measured_pool = pool(
+        serviceRates=[{"gpuType": "H100", "requestsPerMinute": 60, "wattsPerGpu": 400}], **FAST
+    )
+    measured = fleet({"chat": measured_pool}, {"a": provider()}, cap)
+    by_nameplate = plan_fleet(nameplate, observe({"chat": 1000}), EMPTY, 0.0)
+    by_measure = plan_fleet(measured, observe({"chat": 1000}), EMPTY, 0.0)
+    assert by_nameplate.pools[key()].desired_replicas == 8 + 2
+    assert by_measure.pools[key()].desired_replicas == 16
+    assert by_measure.pools[key()].planned_watts == 16 * 400
+    assert by_measure.budgets["site"].planned_watts <= 10_000

@@ -97,6 +97,15 @@ class ServiceRate(Model):
     requests_per_minute: int = Field(
         ge=1, le=1_000_000, description="Requests one replica completes per minute at full load."
     )
+    watts_per_gpu: int | None = Field(
+        default=None,
+        ge=1,
+        le=5000,
+        description="Power one GPU draws while this model keeps it busy, as measured (DCGM "
+        "DCGM_FI_DEV_POWER_USAGE under load). PowerBudgets count this pool's busy GPUs at it; "
+        "unset, at the node pool's wattsPerGpu. Models often draw well below the nameplate "
+        "figure, and a cap then holds more of them.",
+    )
 
 
 class PolicyType(StrEnum):

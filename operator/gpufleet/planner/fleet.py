@@ -16,7 +16,14 @@ from gpufleet.planner.nodes import (
     update_backoffs,
 )
 from gpufleet.planner.placement import Candidates, Progress, candidates, place
-from gpufleet.planner.power import allowed_watts, busy_gpu_watts, cap_in_force, covers, node_watts
+from gpufleet.planner.power import (
+    allowed_watts,
+    cap_in_force,
+    covers,
+    node_watts,
+    pool_busy_gpu_watts,
+    pool_gpu_watts,
+)
 from gpufleet.planner.spares import add_spares
 from gpufleet.planner.throttle import plan_throttle
 from gpufleet.planner.types import (
@@ -107,14 +114,17 @@ def _open_ledger(
 
 def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: list[str]) -> None:
     """Add what a measurement shows above our estimate of the present (other loads in scope)."""
-    gpus_busy: dict[NodePoolKey, int] = {}
+    busy_watts: dict[NodePoolKey, float] = {}
     for key, observation in snapshot.pools.items():
         spec = fleet.pools.get(key)
         if spec is None:
             continue
         for node_pool_key, replicas in observation.replicas.items():
-            gpus_busy[node_pool_key] = (
-                gpus_busy.get(node_pool_key, 0) + replicas * spec.gpus_per_replica
+            slot = ledger.slots.get(node_pool_key)
+            if slot is None:
+                continue
+            busy_watts[node_pool_key] = busy_watts.get(node_pool_key, 0.0) + (
+                replicas * spec.gpus_per_replica * pool_busy_gpu_watts(spec, slot.spec)
             )
     for index, name in enumerate(budget_names):
         measured = snapshot.budget_watts.get(name)
@@ -125,9 +135,7 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
             if index in slot.budgets:
                 observed = snapshot.node_pools.get(slot.key)
                 nodes = observed.target_nodes if observed else 0
-                estimate += nodes * node_watts(slot.spec) + gpus_busy.get(
-                    slot.key, 0
-                ) * busy_gpu_watts(slot.spec)
+                estimate += nodes * node_watts(slot.spec) + busy_watts.get(slot.key, 0.0)
         ledger.budget_used[index] += max(0.0, measured - estimate)
 
 
@@ -244,7 +252,7 @@ def _plan_pool(
         if note is not None:
             notes.append(note)
     watts = sum(
-        count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
+        count * spec.gpus_per_replica * pool_gpu_watts(spec, ledger.slots[k].spec)
         for k, count in placement.placements.items()
     )
     plan = PoolPlan(

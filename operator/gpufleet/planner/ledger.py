@@ -79,8 +79,11 @@ class Ledger:
             for b in slot.budgets:
                 self.budget_used[b] += watts
 
-    def fit(self, slot: Slot, gpus: int, want: int, new_nodes: bool) -> tuple[int, Limit | None]:
-        """How many of `want` replicas of `gpus` GPUs each the slot can take, and what bound it."""
+    def fit(
+        self, slot: Slot, gpus: int, want: int, new_nodes: bool, busy_watts: float
+    ) -> tuple[int, Limit | None]:
+        """How many of `want` replicas of `gpus` GPUs each the slot can take, and what bound
+        it; each busy GPU adds `busy_watts` above idle."""
         if want <= 0:
             return 0, None
         per_node = slot.spec.gpus_per_node // gpus
@@ -111,7 +114,7 @@ class Ledger:
 
         def over(m: int) -> list[int]:
             extra_nodes = slot.nodes_with(m * share) - nodes_now
-            watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy_gpu_watts(slot.spec)
+            watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy_watts
             return [
                 b
                 for b in slot.budgets
@@ -133,7 +136,7 @@ class Ledger:
             return low, Limit.POWER
         return upper, limit_reason
 
-    def commit(self, slot: Slot, gpus: int, count: int) -> None:
+    def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float) -> None:
         if count <= 0:
             return
         share = 1.0 / (slot.spec.gpus_per_node // gpus)
@@ -146,6 +149,6 @@ class Ledger:
         )
         watts = extra_nodes * node_watts(slot.spec)
         if not slot.held:
-            watts += count * gpus * busy_gpu_watts(slot.spec)
+            watts += count * gpus * busy_watts
         for b in slot.budgets:
             self.budget_used[b] += watts

@@ -17,6 +17,7 @@ from functools import cached_property
 from gpufleet.api.pool import DataClass, InferencePoolSpec
 from gpufleet.api.provider import CapacityType, CloudProviderSpec, Role
 from gpufleet.planner.ledger import Ledger, Limit
+from gpufleet.planner.power import pool_busy_gpu_watts
 from gpufleet.planner.types import NodePoolKey, Note, Reason
 
 # The 27 member states, ISO 3166-1 alpha-2 ("EU" in allowedJurisdictions means any of them).
@@ -299,7 +300,8 @@ def place(
                 limits.setdefault(Reason.LIMITED_BY_BURST_MAX, set()).add(str(key))
                 return False, None
         asked = min(count, remaining)
-        fitted, limit = ledger.fit(slot, gpus, asked, new_nodes)
+        busy_watts = pool_busy_gpu_watts(pool, slot.spec)
+        fitted, limit = ledger.fit(slot, gpus, asked, new_nodes, busy_watts)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
             limits.setdefault(reason, set()).add(str(key))
@@ -307,7 +309,7 @@ def place(
             # The existing nodes are full with replicas of pools placed before this one.
             displaced[key] = asked - fitted
         if fitted:
-            ledger.commit(slot, gpus, fitted)
+            ledger.commit(slot, gpus, fitted, busy_watts)
             placed[key] = placed.get(key, 0) + fitted
             remaining -= fitted
             if secondary:
@@ -320,7 +322,7 @@ def place(
     for key in kept:
         slot = ledger.slots[key]
         if slot.held and current[key] > 0:
-            ledger.commit(slot, gpus, current[key])
+            ledger.commit(slot, gpus, current[key], 0.0)  # held: counted at full load already
             placed[key] = current[key]
             remaining -= current[key]
             limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))

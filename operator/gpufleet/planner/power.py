@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from gpufleet.api.pool import InferencePoolSpec
 from gpufleet.api.power import PowerBudgetSpec, Window
 from gpufleet.api.provider import NodePool
 from gpufleet.planner.types import NodePoolKey
@@ -54,5 +55,18 @@ def node_watts(node_pool: NodePool) -> float:
 
 
 def busy_gpu_watts(node_pool: NodePool) -> float:
-    """What one GPU adds above idle when a replica keeps it busy."""
+    """What one GPU adds above idle when a replica keeps it busy, at the nameplate figure."""
     return float(node_pool.watts_per_gpu - node_pool.idle_watts_per_gpu)
+
+
+def pool_gpu_watts(pool: InferencePoolSpec, node_pool: NodePool) -> float:
+    """What one GPU draws while this pool keeps it busy: measured where the pool says."""
+    for rate in pool.service_rates:
+        if rate.gpu_type == node_pool.gpu_type and rate.watts_per_gpu is not None:
+            return float(rate.watts_per_gpu)
+    return float(node_pool.watts_per_gpu)
+
+
+def pool_busy_gpu_watts(pool: InferencePoolSpec, node_pool: NodePool) -> float:
+    """What one GPU adds above idle while this pool keeps it busy."""
+    return max(0.0, pool_gpu_watts(pool, node_pool) - node_pool.idle_watts_per_gpu)

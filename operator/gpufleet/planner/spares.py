@@ -21,6 +21,7 @@ from gpufleet.api.pool import InferencePoolSpec, Mode
 from gpufleet.api.provider import Role
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates
+from gpufleet.planner.power import pool_busy_gpu_watts, pool_gpu_watts
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
 
 _EPS = 1e-9
@@ -60,10 +61,11 @@ def add_spares(
                 want = min(want, burst_room)
             if want <= 0:
                 continue
-            fitted, _ = ledger.fit(slot, gpus, want, new_nodes=False)
+            busy_watts = pool_busy_gpu_watts(spec, slot.spec)
+            fitted, _ = ledger.fit(slot, gpus, want, False, busy_watts)
             if fitted <= 0:
                 continue
-            ledger.commit(slot, gpus, fitted)
+            ledger.commit(slot, gpus, fitted, busy_watts)
             added[node_pool] = fitted
             room -= fitted
             if slot.provider.role == Role.SECONDARY:
@@ -89,7 +91,7 @@ def _with_spares(
         Note(Reason.WARM_SPARES, f"{spares} warm spare replicas on idle GPUs of kept nodes")
     )
     watts = sum(
-        count * spec.gpus_per_replica * ledger.slots[k].spec.watts_per_gpu
+        count * spec.gpus_per_replica * pool_gpu_watts(spec, ledger.slots[k].spec)
         for k, count in added.items()
     )
     burst = sum(
