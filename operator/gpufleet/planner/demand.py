@@ -86,20 +86,31 @@ def _from_queue(spec: InferencePoolSpec, queue: float) -> int:
     return math.ceil(queue / spec.queue.target_per_replica - 1e-9)
 
 
-def _from_model(
-    spec: InferencePoolSpec, arrival: float, queue: float, lead_seconds: float = 0.0
-) -> int | None:
-    """Replicas for the wait SLO at this arrival rate, and to drain the backlog: within the
-    SLO by those that serve now, or, for capacity `lead_seconds` away, by the time it could
-    serve (the backlog is new nodes' work only if it outlasts their boot)."""
+@dataclass(frozen=True)
+class _Model:
+    """Replicas for the wait SLO at one arrival rate, and to drain a backlog on top."""
+
+    steady: int
+    arrival: float
+    service: float
+    wait: float
+
+    def draining(self, queue: float, lead_seconds: float = 0.0) -> int:
+        """With the backlog served within the SLO by replicas that serve now, or, for
+        capacity `lead_seconds` away, by the time it could serve (a backlog is new nodes'
+        work only if it outlasts their boot)."""
+        rate = self.arrival + queue / (self.wait + lead_seconds)
+        return max(self.steady, math.ceil(rate / self.service - 1e-9))
+
+
+def _model(spec: InferencePoolSpec, arrival: float) -> _Model | None:
     service = service_rate_per_second(spec)
     if service is None or spec.slo is None:
         return None
     wait = float(spec.slo.queue_wait_seconds)
     target = spec.slo.target_percent / 100.0
     steady = erlang_c_servers(arrival, service, wait, min(target, 0.9999))
-    drain = math.ceil((arrival + queue / (wait + lead_seconds)) / service - 1e-9)
-    return max(steady, drain)
+    return _Model(steady, arrival, service, wait)
 
 
 def update_forecast(
@@ -155,7 +166,8 @@ def demand(
         arrival = None
     notes: list[Note] = []
     now_replicas = _from_queue(spec, queue)
-    modelled = _from_model(spec, arrival, queue) if arrival is not None else None
+    model = _model(spec, arrival) if arrival is not None else None
+    modelled = model.draining(queue) if model is not None else None
     if modelled is not None:
         now_replicas = max(now_replicas, modelled)
 
@@ -181,7 +193,8 @@ def demand(
     ahead = 0
     if ahead_signal is not None:
         if modelled is not None:
-            ahead = _from_model(spec, ahead_signal, 0.0) or 0
+            ahead_model = _model(spec, ahead_signal)
+            ahead = ahead_model.steady if ahead_model is not None else 0
         else:
             ahead = math.ceil(ahead_signal - 1e-9)
         if ahead > now_replicas:
@@ -193,6 +206,6 @@ def demand(
                 )
             )
     lasting = None
-    if modelled is not None and arrival is not None:
-        lasting = max(_from_model(spec, arrival, queue, lead_seconds) or 0, ahead)
+    if model is not None:
+        lasting = max(model.draining(queue, lead_seconds), ahead)
     return Demand(now_replicas, ahead, forecast, tuple(notes), lasting)

@@ -300,7 +300,8 @@ def place(
                 limits.setdefault(Reason.LIMITED_BY_BURST_MAX, set()).add(str(key))
                 return False, None
         asked = min(count, remaining)
-        busy_watts = pool_busy_gpu_watts(pool, slot.spec)
+        # Watts count only against budgets; most node pools in a large fleet have none.
+        busy_watts = pool_busy_gpu_watts(pool, slot.spec) if slot.budgets else 0.0
         fitted, limit = ledger.fit(slot, gpus, asked, new_nodes, busy_watts)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
