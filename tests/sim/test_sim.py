@@ -247,3 +247,19 @@ def test_command_line_modifiers_keep_the_scenarios_loop() -> None:
     changed = override(looped, 2.0, None, Surge(3.0, 60.0, 60.0))
     assert changed.loop and changed.multiply == 40.0 and changed.compress == 2.0
     assert changed.surge == Surge(3.0, 60.0, 60.0)
+
+
+def test_report_gives_gpu_hours_as_a_multiple_of_the_oracle() -> None:
+    from gpufleet.sim.report import markdown
+
+    p = prepare(_scenario([], rate=1.0, duration=300))
+    oracle, static = run(p, make("oracle")), run(p, make("static"))
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")
+        for line in markdown("t", [static, oracle]).splitlines()
+    }
+    column = rows["| policy"].index("GPU-h / oracle")
+    assert rows["| oracle"][column] == "1.00"
+    assert float(rows["| static"][column]) == pytest.approx(
+        static.gpu_hours / oracle.gpu_hours, abs=0.01
+    )

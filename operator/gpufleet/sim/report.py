@@ -15,6 +15,7 @@ COLUMNS = [
     ("p50 wait s", "p50WaitSeconds", "{:.0f}"),
     ("p99 wait s", "p99WaitSeconds", "{:.0f}"),
     ("GPU-h", "gpuHours", "{:.1f}"),
+    ("GPU-h / oracle", "gpuHoursOverOracle", "{:.2f}"),
     ("cost $", "costDollars", "{:,.0f}"),
     ("kWh", "energyKwh", "{:,.1f}"),
     ("peak kW", "peakKw", "{:.1f}"),
@@ -25,17 +26,25 @@ COLUMNS = [
 ]
 
 
+def _rows(results: list[RunResult]) -> list[tuple[str, list[str]]]:
+    """Each policy's cells; GPU-hours also as a multiple of the oracle's, where it ran."""
+    oracle = next((r.gpu_hours for r in results if r.policy == "oracle"), None)
+    rows = []
+    for r in results:
+        s = r.summary()
+        s["gpuHoursOverOracle"] = r.gpu_hours / oracle if oracle else None
+        cells = [fmt.format(s[key]) if s[key] is not None else "-" for _, key, fmt in COLUMNS]
+        rows.append((r.policy, cells))
+    return rows
+
+
 def table(scenario: str, results: list[RunResult]) -> Table:
     t = Table(title=f"gpufleet simulate: {scenario}")
     t.add_column("policy")
     for head, _, _ in COLUMNS:
         t.add_column(head, justify="right")
-    for r in results:
-        s = r.summary()
-        t.add_row(
-            r.policy,
-            *[fmt.format(s[key]) if s[key] is not None else "-" for _, key, fmt in COLUMNS],
-        )
+    for policy, cells in _rows(results):
+        t.add_row(policy, *cells)
     return t
 
 
@@ -126,11 +135,7 @@ def as_json(scenario: str, results: list[RunResult]) -> dict[str, Any]:
 def markdown(scenario: str, results: list[RunResult]) -> str:
     head = "| policy | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(COLUMNS)
-    rows = []
-    for r in results:
-        s = r.summary()
-        cells = [fmt.format(s[key]) if s[key] is not None else "-" for _, key, fmt in COLUMNS]
-        rows.append(f"| {r.policy} | " + " | ".join(cells) + " |")
+    rows = [f"| {policy} | " + " | ".join(cells) + " |" for policy, cells in _rows(results)]
     out = [f"### {scenario}", "", head, rule, *rows, ""]
     if per_pool(results):
         out += [
