@@ -208,3 +208,14 @@ def test_a_moved_pool_waits_a_minute_at_most() -> None:
     batch, chat = PoolKey("ns", "batch"), PoolKey("ns", "chat")
     drainer.moved[batch] = ((chat,), 100.0)
     assert not drainer.holds(batch, lambda k: 1, 100.0 + MOVE_HOLD_SECONDS)
+
+
+def test_a_scale_down_event_says_when_a_disruption_budget_holds_the_replicas() -> None:
+    from gpufleet.reconcilers.report import scale_event
+
+    reason, message = scale_event(_plan({A: 4}), None)
+    assert reason == "Preempted" and "evictions" not in message
+    held = DrainOutcome(wanted=4, blocked="The disruption budget batch needs 16 healthy pods")
+    reason, message = scale_event(_plan({A: 4}), held)
+    assert reason == "Preempted"
+    assert message.endswith("replicas stay until evictions are allowed: " + held.blocked)

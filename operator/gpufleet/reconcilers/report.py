@@ -7,11 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpufleet.api.pool import InferencePoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
-from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, Reason
+from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers import status as st
 from gpufleet.reconcilers.cache import PoolEntry, View
 from gpufleet.reconcilers.conditions import Cond, ready
@@ -70,7 +69,7 @@ class Reporter:
                     observed.arrival.get(key),
                 )
                 self._pool_metrics(key, pool_plan, observed)
-                await self._scale_event(entry, spec, pool_plan)
+                await self._scale_event(entry, pool_plan, self.drains.get(key))
             await self._write("inferencepools", entry.namespace, entry.name, entry.status, status)
         for provider_entry in view.providers:
             provider_spec = provider_entry.parsed.value
@@ -181,14 +180,15 @@ class Reporter:
             for tier in throttle.tiers:
                 sustainable.labels(key.namespace, key.name, tier.name).set(tier.allowed)
 
-    async def _scale_event(self, entry: PoolEntry, spec: InferencePoolSpec, plan: Any) -> None:
+    async def _scale_event(
+        self, entry: PoolEntry, plan: PoolPlan, drain: DrainOutcome | None
+    ) -> None:
         if plan.desired_replicas == plan.current_replicas and Reason.DRY_RUN not in plan.reasons:
             return
         previous = (entry.status or {}).get("desiredReplicas")
         if previous == plan.desired_replicas:
             return  # already told: one Event per decision, not per tick
-        reason = plan.notes[0].reason.value if plan.notes else "Scaled"
-        message = "; ".join(n.message for n in plan.notes[:4])
+        reason, message = scale_event(plan, drain)
         self.metrics.decisions.labels(entry.namespace, entry.name, reason).inc()
         log.info(
             "pool %s/%s: %s",
@@ -249,3 +249,13 @@ def _empty_provider() -> CloudProviderSpec:
 
 
 _EMPTY_PROVIDER = _empty_provider()
+
+
+def scale_event(plan: PoolPlan, drain: DrainOutcome | None) -> tuple[str, str]:
+    """The reason and message of a pool's scaling Event. A scale-down whose drain a
+    PodDisruptionBudget holds up says so: the replicas stay until the budget allows."""
+    reason = plan.notes[0].reason.value if plan.notes else "Scaled"
+    message = "; ".join(n.message for n in plan.notes[:4])
+    if drain is not None and drain.blocked:
+        message += f"; replicas stay until evictions are allowed: {drain.blocked}"
+    return reason, message
