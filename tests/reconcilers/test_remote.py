@@ -292,3 +292,29 @@ def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None
     assert ("", "namespaces", "patch") not in REMOTE_CALLS
     assert {(g, r, "list") for _, g, r in CONTENT} <= set(REMOTE_CALLS)
     assert len(set(REMOTE_CALLS)) == len(REMOTE_CALLS)
+
+
+def test_burst_copies_count_as_serving_only_once_the_remote_controller_says_ready() -> None:
+    from gpufleet.api import parse_pool
+    from gpufleet.planner.types import PoolObservation, Snapshot, frozen_map
+    from gpufleet.reconcilers.bursting import add_remote_replicas
+    from gpufleet.reconcilers.observe import Observed
+
+    key, local = PoolKey("team", "chat"), NodePoolKey("de", "h100")
+    parsed = parse_pool(
+        {
+            "scaleTargetRef": {"name": "chat"},
+            "gpuTypes": ["H100"],
+            "queue": {"query": "q", "targetPerReplica": 4},
+            "maxReplicas": 10,
+        }
+    )
+    assert parsed.value is not None, parsed.errors
+    pools = {key: parsed.value}
+    local_only = PoolObservation(1.0, replicas=frozen_map({local: 2}), ready_replicas=2)
+    observed = Observed(Snapshot(pools=frozen_map({key: local_only})))
+    loading = Copy("team", "chat", 4, "", "Deployment", ready=1)
+    add_remote_replicas(observed, pools, {"nl": _provider()}, {"nl": {key: loading}}, {})
+    seen = observed.snapshot.pools[key]
+    assert seen.total_replicas == 6  # two here, four in the NL cluster
+    assert seen.ready_replicas == 3  # three of them serve: two here, one there

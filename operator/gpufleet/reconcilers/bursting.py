@@ -23,8 +23,9 @@ def add_remote_replicas(
     copies: Mapping[str, Mapping[PoolKey, Copy]],
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
 ) -> None:
-    """A pool's replicas on a remote provider are its copy's replicas there (counted as
-    serving: the copy's readiness is not watched, and a throttle must not rest on a guess)."""
+    """A pool's replicas on a remote provider are its copy's replicas there; those serving
+    are its copy's ready replicas, as the remote controller counts them, so a throttle holds
+    while burst capacity loads its model."""
     snapshot = observed.snapshot
     pool_obs = dict(snapshot.pools)
     for provider, found in sorted(copies.items()):
@@ -40,7 +41,12 @@ def add_remote_replicas(
                 pools[key].gpu_types,
             ).items():
                 placed[np_key] = placed.get(np_key, 0) + count
-            pool_obs[key] = replace(pool_obs[key], replicas=frozen_map(placed))
+            ready = pool_obs[key].ready_replicas
+            pool_obs[key] = replace(
+                pool_obs[key],
+                replicas=frozen_map(placed),
+                ready_replicas=None if ready is None else ready + min(copy.ready, copy.replicas),
+            )
             by_provider = observed.current_by_provider.setdefault(key, {})
             by_provider[provider] = by_provider.get(provider, 0) + copy.replicas
     observed.snapshot = replace(snapshot, pools=frozen_map(pool_obs))

@@ -64,6 +64,7 @@ class Copy:
     replicas: int
     source_hash: str
     kind: str = "Deployment"
+    ready: int = 0  # the remote controller's readyReplicas: serving, model loaded
 
 
 class Fate(enum.Enum):

@@ -133,15 +133,25 @@ class RemoteClusters:
                 if not namespace or not pool or namespace != meta.namespace:
                     continue
                 key = PoolKey(namespace, pool)
+                status = item.status
                 copy = Copy(
                     namespace,
                     meta.name,
                     int(spec.replicas or 0),
                     str((meta.annotations or {}).get(SOURCE_HASH_ANNOTATION, "")),
                     kind,
+                    int((status.ready_replicas if status is not None else 0) or 0),
                 )
                 if key in out:  # its workload changed kind or name: one copy, stale
-                    copy = Copy(namespace, out[key].name, out[key].replicas + copy.replicas, "", "")
+                    first = out[key]
+                    copy = Copy(
+                        namespace,
+                        first.name,
+                        first.replicas + copy.replicas,
+                        "",
+                        "",
+                        first.ready + copy.ready,
+                    )
                 out[key] = copy
         return out
 
