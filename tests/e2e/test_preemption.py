@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gpufleet.reconcilers.intent import record_of
 from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
 from gpufleet_testbed.operator import OperatorProcess, wait_for
@@ -227,6 +228,20 @@ def test_a_preempted_pool_moves_and_the_higher_one_does_not_wait_for_a_boot(
         kubectl, [_move_provider(boot_seconds=MOVE_BOOT_SECONDS)]
     )  # new nodes now take 2 min
     testbed.exporter().set_queue(MOVE_NS, "chat", 8)  # 4 replicas
+
+    def recorded_moves() -> list[tuple[str, tuple[str, ...]]]:
+        anchor = kubectl.json("get", "configmap", "-n", "gpufleet-system", "gpufleet-fleet")
+        return [(m.pool, m.to) for m in record_of(anchor.get("data") or {}).moves]
+
+    # While batch waits for chat's pods, the wait is in the intent record, so a leader that
+    # takes over (or a restart) keeps it.
+    wait_for(
+        lambda: recorded_moves() == [(f"{MOVE_NS}/batch", (f"{MOVE_NS}/chat",))],
+        30,
+        "the move's wait in the intent record",
+        moving,
+        interval=0.2,
+    )
     wait_for(
         lambda: (
             (_deployment(kubectl, MOVE_NS, "chat").get("status") or {}).get("readyReplicas") == 4

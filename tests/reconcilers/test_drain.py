@@ -219,3 +219,18 @@ def test_a_scale_down_event_says_when_a_disruption_budget_holds_the_replicas() -
     reason, message = scale_event(_plan({A: 4}), held)
     assert reason == "Preempted"
     assert message.endswith("replicas stay until evictions are allowed: " + held.blocked)
+
+
+def test_a_leader_that_takes_over_keeps_a_moves_wait_but_not_an_expired_one() -> None:
+    before = Drainer()
+    batch, chat = PoolKey("ns", "batch"), PoolKey("ns", "chat")
+    before.moved[batch] = ((chat,), 100.0)
+    recorded = before.waiting(110.0)
+    assert [(m.pool, m.to, m.since) for m in recorded] == [("ns/batch", ("ns/chat",), 100.0)]
+    after = Drainer()
+    after.take_over(recorded, 130.0)
+    assert after.holds(batch, lambda k: 1, 130.0)  # chat's pods still unscheduled
+    late = Drainer()
+    late.take_over(recorded, 100.0 + 61)
+    assert not late.holds(batch, lambda k: 1, 161.0)
+    assert before.waiting(161.0) == ()

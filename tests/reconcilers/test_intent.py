@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpufleet.reconcilers.intent import Action, Record, finished, reconcile
+from gpufleet.reconcilers.intent import Action, Move, Record, finished, reconcile
 
 NODES = "nodepool/cloud/h100"
 PODS = "Deployment/team/chat"
@@ -73,3 +73,12 @@ def test_finished_marks_only_the_done_ids_and_the_record_round_trips() -> None:
     assert Record.load(done.dump()) == done
     assert Record.load("not json") == Record()
     assert Record.load(None) == Record()
+
+
+def test_moves_waiting_ride_along_in_the_record_and_round_trip() -> None:
+    move = Move("ns/batch", ("ns/chat",), 1_700_000_000.5)
+    previous = Record(4, "a", (), (move,))
+    record, _ = reconcile(previous, {NODES: 3}, {NODES: 2}, "b")
+    assert record.moves == (move,)  # a new action keeps the moves the record holds
+    assert Record.load(record.dump()) == record
+    assert "moves" not in Record(4, "a").dump()  # nothing recorded while nothing waits

@@ -36,6 +36,7 @@ from gpufleet.reconcilers.cache import (
     pod_entry,
     ready_condition,
 )
+from gpufleet.reconcilers.intent import Move
 from gpufleet.reconcilers.kube import EvictionRefused, Kube
 from gpufleet.reconcilers.selectors import Selector
 
@@ -170,6 +171,22 @@ class Drainer:
     # Pools that moved replicas: the pools they yielded to, and when.
     moved: dict[PoolKey, tuple[tuple[PoolKey, ...], float]] = field(default_factory=dict)
 
+    def waiting(self, now: float) -> tuple[Move, ...]:
+        """The moves still within their wait, for the intent record."""
+        return tuple(
+            Move(str(pool), tuple(str(k) for k in to), since)
+            for pool, (to, since) in sorted(self.moved.items())
+            if now - since < MOVE_HOLD_SECONDS
+        )
+
+    def take_over(self, moves: Sequence[Move], now: float) -> None:
+        """Keep waiting for the moves another leader (or this process before a restart)
+        recorded, where they are still within their wait."""
+        for move in moves:
+            pool = _pool_key(move.pool)
+            if now - move.since < MOVE_HOLD_SECONDS and pool not in self.moved:
+                self.moved[pool] = (tuple(_pool_key(k) for k in move.to), move.since)
+
     def holds(self, pool_key: PoolKey, unscheduled: Callable[[PoolKey], int], now: float) -> bool:
         """Whether a pool that moved replicas must wait to recreate them: until the pools it
         yielded to have their pods scheduled, so the GPUs it freed go to them and not back
@@ -278,7 +295,7 @@ class Drainer:
             # their pods scheduled (`holds`), so those pods get the GPUs first.
             target = workload.replicas - len(evicted)
             if evicted:
-                to = tuple(PoolKey(*name.split("/", 1)) for name in request.by)
+                to = tuple(_pool_key(name) for name in request.by)
                 self.moved[pool_key] = (to, now)
             elif size > workload.replicas and pool_key not in self.moved:
                 target = size
@@ -350,3 +367,8 @@ class Drainer:
                 )
             except Exception as exc:
                 log.info("event for %s not posted: %s", pool_key, exc)
+
+
+def _pool_key(text: str) -> PoolKey:
+    namespace, _, name = text.partition("/")
+    return PoolKey(namespace, name)

@@ -39,25 +39,39 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Move:
+    """A pool that moved replicas waits to recreate them while the pools it yielded to
+    (`to`, "namespace/name") schedule their pods (reconcilers/drain.py), from `since`."""
+
+    pool: str
+    to: tuple[str, ...]
+    since: float
+
+
+@dataclass(frozen=True)
 class Record:
-    """What the anchor holds: the last recorded actions, numbered by `seq`."""
+    """What the anchor holds: the last recorded actions, numbered by `seq`, and the moves
+    whose wait a leader that takes over must keep."""
 
     seq: int = 0
     leader: str = ""
     actions: tuple[Action, ...] = ()
+    moves: tuple[Move, ...] = ()
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "seq": self.seq,
-                "leader": self.leader,
-                "actions": [
-                    {"id": a.id, "target": a.target, "size": a.size, "done": a.done}
-                    for a in self.actions
-                ],
-            },
-            sort_keys=True,
-        )
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "leader": self.leader,
+            "actions": [
+                {"id": a.id, "target": a.target, "size": a.size, "done": a.done}
+                for a in self.actions
+            ],
+        }
+        if self.moves:
+            out["moves"] = [
+                {"pool": m.pool, "to": list(m.to), "since": m.since} for m in self.moves
+            ]
+        return json.dumps(out, sort_keys=True)
 
     @classmethod
     def load(cls, text: str | None) -> Record:
@@ -71,6 +85,10 @@ class Record:
                 tuple(
                     Action(str(a["id"]), str(a["target"]), int(a["size"]), bool(a.get("done")))
                     for a in raw.get("actions", [])
+                ),
+                tuple(
+                    Move(str(m["pool"]), tuple(str(t) for t in m["to"]), float(m["since"]))
+                    for m in raw.get("moves", [])
                 ),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -113,7 +131,7 @@ def reconcile(
     if not fresh and actions == record.pending and (not actions or record.leader == leader):
         return record, actions  # nothing new to record (retries keep their ids)
     # A leader that takes over unfinished actions claims the record before it acts.
-    return Record(seq, leader, actions), actions
+    return Record(seq, leader, actions, record.moves), actions
 
 
 def finished(record: Record, done: set[str]) -> Record:
@@ -179,6 +197,26 @@ class Journal:
             self.record = record
         except Conflict:
             log.warning("intent record changed under us: result not recorded")
+            self.record = None
+
+    async def recorded_moves(self) -> tuple[Move, ...]:
+        """The moves the record holds (read from the anchor if not read yet)."""
+        if self.record is None:
+            data, self.version = await self.kube.read_config_map(self.namespace, self.name)
+            self.read_at = time.monotonic()
+            self.record = Record.load(data.get(INTENT_KEY))
+        return self.record.moves
+
+    async def record_moves(self, moves: tuple[Move, ...]) -> None:
+        """Keep the moves waiting now in the record, written only when they change."""
+        if self.record is None or self.record.moves == moves:
+            return
+        record = replace(self.record, leader=self.leader, moves=moves)
+        try:
+            self.version = await self._write(record)
+            self.record = record
+        except Conflict:
+            log.warning("intent record changed under us: moves not recorded")
             self.record = None
 
     async def _write(self, record: Record) -> str:

@@ -57,6 +57,7 @@ class FleetLoop:
     last_plan: FleetPlan | None = None
     reporter: Reporter = field(init=False)
     drainer: Drainer = field(default_factory=Drainer)  # preempted replicas (issue 10)
+    moves_loaded: bool = False  # the journal's moves taken over (once per process)
 
     def __post_init__(self) -> None:
         self.reporter = Reporter(self.kube, self.metrics)
@@ -217,6 +218,10 @@ class FleetLoop:
             if node_plan.desired_nodes != state.target_size:
                 planned[target] = node_plan.desired_nodes
         self.reporter.drains = self.drainer.outcomes  # for the Preempted conditions
+        if self.journal is not None and not self.moves_loaded:
+            # A move's wait outlives the leader that began it (HA takeover, restart).
+            self.drainer.take_over(await self.journal.recorded_moves(), now)
+            self.moves_loaded = True
         moves: list[str] = []
         for pool_key, pool_plan in sorted(plan.pools.items()):
             spec = fleet.pools[pool_key]
@@ -273,11 +278,12 @@ class FleetLoop:
                 done.add(action.id)
         if self.journal is not None:
             await self.journal.finish(done)
-        # Moves are not journaled: a retry after a crash evicts only what has not moved yet
-        # (the drain counts pods already waiting for new nodes), and a restart forgets only
-        # the wait for the higher-priority pods (Drainer.holds).
+        # A retry after a crash evicts only what has not moved yet (the drain counts pods
+        # already waiting for new nodes); the wait for the higher-priority pods is recorded.
         for target in moves:
             await setters[target](current[target], f"{target}@{int(now)}")
+        if self.journal is not None:
+            await self.journal.record_moves(self.drainer.waiting(now))
         # A copy whose source template changed is re-applied at its size (no resize).
         for target in refresh:
             if target not in planned and (setter := setters.get(target)) is not None:
