@@ -155,3 +155,34 @@ def test_rbac_without_leader_election_drops_the_peering_grants() -> None:
     found = set(grants(render(values)))
     assert found == required(leader_election=False)
     assert not any(group == "kopf.dev" for group, _, _ in found)
+
+
+EVICT: Triple = ("", "pods/eviction", "create")
+
+
+def roles_granting(docs: list[dict[str, Any]], triple: Triple) -> set[tuple[str, str]]:
+    """(kind, name) of every Role and ClusterRole with a rule for `triple`."""
+    return {(d["kind"], d["metadata"]["name"]) for d in docs if triple in grants([d])}
+
+
+def bound_scopes(docs: list[dict[str, Any]], triple: Triple) -> set[str | None]:
+    """Where the bindings let the service account make `triple`: a namespace, or None for
+    cluster-wide (a ClusterRoleBinding)."""
+    roles = roles_granting(docs, triple)
+    return {
+        d["metadata"]["namespace"] if d["kind"] == "RoleBinding" else None
+        for d in docs
+        if d["kind"].endswith("Binding") and (d["roleRef"]["kind"], d["roleRef"]["name"]) in roles
+    }
+
+
+def test_pod_evictions_are_granted_only_in_the_watched_namespaces_when_set() -> None:
+    docs = render({"operator.watchNamespaces": ["team-a", "team-b"]})
+    assert roles_granting(docs, EVICT) == {("ClusterRole", "gpufleet-namespaced")}
+    assert bound_scopes(docs, EVICT) == {"gpufleet-system", "team-a", "team-b"}
+
+
+def test_pod_evictions_are_granted_cluster_wide_without_watch_namespaces() -> None:
+    docs = render()
+    assert roles_granting(docs, EVICT) == {("ClusterRole", "gpufleet-namespaced")}
+    assert bound_scopes(docs, EVICT) == {None}
