@@ -189,15 +189,7 @@ class Journal:
         self.resumed -= done
         if self.record is None or not done:
             return
-        record = replace(finished(self.record, done), leader=self.leader)
-        if record == self.record:
-            return
-        try:
-            self.version = await self._write(record)
-            self.record = record
-        except Conflict:
-            log.warning("intent record changed under us: result not recorded")
-            self.record = None
+        await self._update(replace(finished(self.record, done), leader=self.leader), "result")
 
     async def recorded_moves(self) -> tuple[Move, ...]:
         """The moves the record holds (read from the anchor if not read yet)."""
@@ -209,14 +201,18 @@ class Journal:
 
     async def record_moves(self, moves: tuple[Move, ...]) -> None:
         """Keep the moves waiting now in the record, written only when they change."""
-        if self.record is None or self.record.moves == moves:
+        if self.record is not None and self.record.moves != moves:
+            await self._update(replace(self.record, leader=self.leader, moves=moves), "moves")
+
+    async def _update(self, record: Record, what: str) -> None:
+        """Write a changed record; a conflict means a newer leader has taken it over."""
+        if record == self.record:
             return
-        record = replace(self.record, leader=self.leader, moves=moves)
         try:
             self.version = await self._write(record)
             self.record = record
         except Conflict:
-            log.warning("intent record changed under us: moves not recorded")
+            log.warning("intent record changed under us: %s not recorded", what)
             self.record = None
 
     async def _write(self, record: Record) -> str:
