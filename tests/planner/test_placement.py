@@ -57,6 +57,25 @@ def test_burst_never_goes_to_a_provider_the_data_policy_forbids() -> None:
     assert Reason.BURST_BLOCKED_BY_DATA_POLICY in plan.pools[key()].reasons
 
 
+def test_pods_the_scheduler_put_where_the_data_policy_refuses_are_reported() -> None:
+    # The US provider shares the cluster; the pool's pods carry no node affinity, so the
+    # scheduler put two of them on its nodes. The plan never keeps them there, and says so.
+    f = fleet(
+        {"chat": pool(**BURSTY)},
+        {"a": provider(), "us": provider(role="Secondary", jurisdiction="US")},
+    )
+    nodes = {("a", "h100"): NodePoolObservation(1, 1), ("us", "h100"): NodePoolObservation(1, 1)}
+    running = {"chat": {("a", "h100"): 4, ("us", "h100"): 2}}
+    plan = plan_fleet(f, observe({"chat": 60}, running, nodes), EMPTY, 0.0)
+    pool_plan = plan.pools[key()]
+    assert pool_plan.replicas_by_provider() == {"a": 6}
+    note = next(n for n in pool_plan.notes if n.reason == Reason.OUTSIDE_DATA_POLICY)
+    assert "2 on us/h100" in note.message and "US" in note.message
+    allowed = {"chat": {("a", "h100"): 6}}
+    compliant = plan_fleet(f, observe({"chat": 60}, allowed, nodes), EMPTY, 0.0)
+    assert Reason.OUTSIDE_DATA_POLICY not in compliant.pools[key()].reasons
+
+
 def test_unapproved_subprocessor_is_refused() -> None:
     f = fleet(
         {"chat": pool(**BURSTY)},

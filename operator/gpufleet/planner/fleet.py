@@ -159,6 +159,28 @@ def _lead_seconds(spec: InferencePoolSpec, options: Candidates, ledger: Ledger) 
     return float(spec.model_load_seconds)
 
 
+def _outside_data_policy(observation: PoolObservation, options: Candidates) -> Note | None:
+    """Replicas the scheduler put on nodes of a provider the data policy refuses. The plan
+    never places them there, but the pods are the user's: only their node affinity keeps
+    them off, so the pool reports them instead of silently counting them."""
+    if not options.refused:
+        return None
+    outside = {
+        key: count
+        for key, count in observation.replicas.items()
+        if count and key.provider in options.refused
+    }
+    if not outside:
+        return None
+    where = ", ".join(f"{count} on {key}" for key, count in sorted(outside.items()))
+    why = "; ".join(sorted({f"{k.provider}: {options.refused[k.provider]}" for k in outside}))
+    return Note(
+        Reason.OUTSIDE_DATA_POLICY,
+        f"replicas run where the data policy refuses ({where}): {why}; pin the pods to "
+        "allowed providers with a node affinity on gpufleet.io/provider",
+    )
+
+
 def _plan_pool(
     key: PoolKey,
     spec: InferencePoolSpec,
@@ -222,6 +244,9 @@ def _plan_pool(
                 )
             )
     notes.extend(placement.notes)
+    outside = _outside_data_policy(observation, options)
+    if outside is not None:
+        notes.append(outside)
 
     events = memory.scale_events
     last_scale = memory.last_scale_time

@@ -112,12 +112,17 @@ class Candidates:
 
     fill: tuple[NodePoolKey, ...]
     grow: tuple[NodePoolKey, ...]
-    blocked: tuple[str, ...]  # "provider: why", secondaries refused by the data policy
+    blocked: tuple[str, ...]  # "provider: why", providers refused by the data policy
     burst_disabled: bool  # secondaries exist that burst.enabled would open
 
     @cached_property
     def rank(self) -> dict[NodePoolKey, int]:
         return {key: index for index, key in enumerate(self.fill)}
+
+    @cached_property
+    def refused(self) -> dict[str, str]:
+        """Providers the data policy refuses, and why."""
+        return dict(entry.split(": ", 1) for entry in self.blocked)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class Reason(StrEnum):
     CAPACITY_BACKOFF = "CapacityBackoff"
     BURST_ACTIVE = "BurstActive"
     BURST_BLOCKED_BY_DATA_POLICY = "BurstBlockedByDataPolicy"
+    OUTSIDE_DATA_POLICY = "PodsOutsideDataPolicy"
     BURST_DISABLED = "BurstDisabled"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     PROVIDER_UNAVAILABLE = "ProviderUnavailable"

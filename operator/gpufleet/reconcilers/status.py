@@ -37,6 +37,7 @@ POOL_HEALTHY = {
     "MetricsAvailable": True,
     "CapacityAvailable": True,
     "TargetFound": True,
+    "DataPolicyCompliant": True,
 }
 
 
@@ -113,13 +114,19 @@ def pool_conditions(
         burst = Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
     else:
         burst = Cond("BurstActive", False, "NoBurst", "")
+    outside = _message(plan, (Reason.OUTSIDE_DATA_POLICY,))
+    compliant = (
+        Cond("DataPolicyCompliant", False, outside[0].value, outside[1])
+        if outside
+        else Cond("DataPolicyCompliant", True, "Compliant", "")
+    )
     throttled_note = _message(plan, (Reason.THROTTLED,))
     throttled = (
         Cond("Throttled", True, throttled_reason(plan.throttle), throttled_note[1])
         if throttled_note
         else Cond("Throttled", False, "DemandWithinCapacity", "")
     )
-    dependents = [spec_valid, target, metrics, capacity]
+    dependents = [spec_valid, target, metrics, capacity, compliant]
     return [
         ready(dependents, POOL_HEALTHY),
         spec_valid,
@@ -130,6 +137,7 @@ def pool_conditions(
         capacity,
         power,
         burst,
+        compliant,
         throttled,
         preempted_condition(plan, drain),
     ]

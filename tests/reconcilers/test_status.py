@@ -1,0 +1,39 @@
+"""A pool's conditions from its plan (pure)."""
+
+from __future__ import annotations
+
+from gpufleet.api import parse_pool
+from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
+from gpufleet.reconcilers.status import pool_conditions
+
+OUTSIDE = Note(
+    Reason.OUTSIDE_DATA_POLICY,
+    "replicas run where the data policy refuses (2 on us/h100): us: jurisdiction US ...",
+)
+
+
+def _plan(*notes: Note) -> PoolPlan:
+    placements = frozen_map({NodePoolKey("de", "h100"): 4})
+    return PoolPlan(PoolKey("ns", "chat"), 4, 6, placements, 4, 0, 0, 0.0, True, notes)
+
+
+def test_pods_outside_the_data_policy_make_the_pool_not_ready_and_say_where() -> None:
+    parsed = parse_pool(
+        {
+            "scaleTargetRef": {"name": "chat"},
+            "gpuTypes": ["H100"],
+            "queue": {"query": "q", "targetPerReplica": 4},
+            "maxReplicas": 10,
+        }
+    )
+    assert parsed.value is not None, parsed.errors
+    conditions = {c.type: c for c in pool_conditions(parsed.value, _plan(OUTSIDE), None, None)}
+    compliant = conditions["DataPolicyCompliant"]
+    assert (compliant.status, compliant.reason) == (False, "PodsOutsideDataPolicy")
+    assert "2 on us/h100" in compliant.message
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == (
+        False,
+        "PodsOutsideDataPolicy",
+    )
+    fine = {c.type: c for c in pool_conditions(parsed.value, _plan(), None, None)}
+    assert fine["DataPolicyCompliant"].status is True and fine["Ready"].status is True
