@@ -20,9 +20,10 @@ from gpufleet.planner.power import (
     allowed_watts,
     cap_in_force,
     covers,
+    gpu_watts,
+    measured_watts,
     node_watts,
     pool_busy_gpu_watts,
-    pool_gpu_watts,
 )
 from gpufleet.planner.spares import add_spares
 from gpufleet.planner.throttle import plan_throttle
@@ -114,6 +115,8 @@ def _open_ledger(
 
 def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: list[str]) -> None:
     """Add what a measurement shows above our estimate of the present (other loads in scope)."""
+    if all(snapshot.budget_watts.get(name) is None for name in budget_names):
+        return
     busy_watts: dict[NodePoolKey, float] = {}
     for key, observation in snapshot.pools.items():
         spec = fleet.pools.get(key)
@@ -224,16 +227,21 @@ def _plan_pool(
         history = (*[(t, v) for t, v in history if now - t < horizon], (now, recommended))
 
     dry_run = spec.mode == Mode.DRY_RUN
+    measured = measured_watts(spec)
     if dry_run:
         # Reality is what runs: hold it in the ledger, report what would be done.
-        placement = place(ledger, spec, current, observation.replicas, options, progress)
+        placement = place(
+            ledger, spec, current, observation.replicas, options, progress, None, measured
+        )
         notes.append(Note(Reason.DRY_RUN, f"DryRun: would scale to {desired}, actuating nothing"))
         final = desired
     else:
         grow_to = None
         if needed is not None and needed.lasting_replicas is not None:
             grow_to = max(_clamp(spec, needed.lasting_replicas)[0], current)
-        placement = place(ledger, spec, desired, observation.replicas, options, progress, grow_to)
+        placement = place(
+            ledger, spec, desired, observation.replicas, options, progress, grow_to, measured
+        )
         final = sum(placement.placements.values())
         if placement.held:
             notes.append(
@@ -244,9 +252,10 @@ def _plan_pool(
                 )
             )
     notes.extend(placement.notes)
-    outside = _outside_data_policy(observation, options)
-    if outside is not None:
-        notes.append(outside)
+    if options.blocked:
+        outside = _outside_data_policy(observation, options)
+        if outside is not None:
+            notes.append(outside)
 
     events = memory.scale_events
     last_scale = memory.last_scale_time
@@ -277,7 +286,7 @@ def _plan_pool(
         if note is not None:
             notes.append(note)
     watts = sum(
-        count * spec.gpus_per_replica * pool_gpu_watts(spec, ledger.slots[k].spec)
+        count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
         for k, count in placement.placements.items()
     )
     plan = PoolPlan(

@@ -80,10 +80,10 @@ class Ledger:
                 self.budget_used[b] += watts
 
     def fit(
-        self, slot: Slot, gpus: int, want: int, new_nodes: bool, busy_watts: float
+        self, slot: Slot, gpus: int, want: int, new_nodes: bool, busy_watts: float | None = None
     ) -> tuple[int, Limit | None]:
         """How many of `want` replicas of `gpus` GPUs each the slot can take, and what bound
-        it; each busy GPU adds `busy_watts` above idle."""
+        it; each busy GPU adds `busy_watts` above idle (None: the nameplate figure)."""
         if want <= 0:
             return 0, None
         per_node = slot.spec.gpus_per_node // gpus
@@ -114,7 +114,8 @@ class Ledger:
 
         def over(m: int) -> list[int]:
             extra_nodes = slot.nodes_with(m * share) - nodes_now
-            watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy_watts
+            busy = busy_gpu_watts(slot.spec) if busy_watts is None else busy_watts
+            watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy
             return [
                 b
                 for b in slot.budgets
@@ -136,7 +137,7 @@ class Ledger:
             return low, Limit.POWER
         return upper, limit_reason
 
-    def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float) -> None:
+    def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:
             return
         share = 1.0 / (slot.spec.gpus_per_node // gpus)
@@ -149,6 +150,7 @@ class Ledger:
         )
         watts = extra_nodes * node_watts(slot.spec)
         if not slot.held:
-            watts += count * gpus * busy_watts
+            busy = busy_gpu_watts(slot.spec) if busy_watts is None else busy_watts
+            watts += count * gpus * busy
         for b in slot.budgets:
             self.budget_used[b] += watts

@@ -17,7 +17,7 @@ from functools import cached_property
 from gpufleet.api.pool import DataClass, InferencePoolSpec
 from gpufleet.api.provider import CapacityType, CloudProviderSpec, Role
 from gpufleet.planner.ledger import Ledger, Limit
-from gpufleet.planner.power import pool_busy_gpu_watts
+from gpufleet.planner.power import busy_watts, measured_watts
 from gpufleet.planner.types import NodePoolKey, Note, Reason
 
 # The 27 member states, ISO 3166-1 alpha-2 ("EU" in allowedJurisdictions means any of them).
@@ -274,13 +274,17 @@ def place(
     options: Candidates,
     progress: Progress,
     grow_to: int | None = None,
+    measured: Mapping[str, int] | None = None,
 ) -> Placement:
     """Place `want` replicas: keep, then fill existing nodes, then grow; burst within its cap.
 
     New nodes take no more than `grow_to` replicas in all (None: no bound): the rest of
     `want` runs only where GPUs exist and is not short of capacity (`Placement.held`).
+    `measured`: the pool's `measured_watts`, where the caller has them.
     """
     gpus = pool.gpus_per_replica
+    if measured is None:
+        measured = measured_watts(pool)
     placed: dict[NodePoolKey, int] = {}
     limits: dict[Reason, set[str]] = {}
     burst_room = pool.burst.max_replicas if pool.burst.max_replicas is not None else want
@@ -305,9 +309,8 @@ def place(
                 limits.setdefault(Reason.LIMITED_BY_BURST_MAX, set()).add(str(key))
                 return False, None
         asked = min(count, remaining)
-        # Watts count only against budgets; most node pools in a large fleet have none.
-        busy_watts = pool_busy_gpu_watts(pool, slot.spec) if slot.budgets else 0.0
-        fitted, limit = ledger.fit(slot, gpus, asked, new_nodes, busy_watts)
+        busy = busy_watts(measured, slot.spec) if measured else None  # None: nameplate
+        fitted, limit = ledger.fit(slot, gpus, asked, new_nodes, busy)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
             limits.setdefault(reason, set()).add(str(key))
@@ -315,7 +318,7 @@ def place(
             # The existing nodes are full with replicas of pools placed before this one.
             displaced[key] = asked - fitted
         if fitted:
-            ledger.commit(slot, gpus, fitted, busy_watts)
+            ledger.commit(slot, gpus, fitted, busy)
             placed[key] = placed.get(key, 0) + fitted
             remaining -= fitted
             if secondary:
@@ -328,7 +331,7 @@ def place(
     for key in kept:
         slot = ledger.slots[key]
         if slot.held and current[key] > 0:
-            ledger.commit(slot, gpus, current[key], 0.0)  # held: counted at full load already
+            ledger.commit(slot, gpus, current[key])  # held: counted at full load already
             placed[key] = current[key]
             remaining -= current[key]
             limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))

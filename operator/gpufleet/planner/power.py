@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from gpufleet.api.pool import InferencePoolSpec
@@ -59,14 +60,25 @@ def busy_gpu_watts(node_pool: NodePool) -> float:
     return float(node_pool.watts_per_gpu - node_pool.idle_watts_per_gpu)
 
 
-def pool_gpu_watts(pool: InferencePoolSpec, node_pool: NodePool) -> float:
-    """What one GPU draws while this pool keeps it busy: measured where the pool says."""
-    for rate in pool.service_rates:
-        if rate.gpu_type == node_pool.gpu_type and rate.watts_per_gpu is not None:
-            return float(rate.watts_per_gpu)
-    return float(node_pool.watts_per_gpu)
+_NOTHING_MEASURED: Mapping[str, int] = {}
+
+
+def measured_watts(pool: InferencePoolSpec) -> Mapping[str, int]:
+    """The draw per busy GPU the pool measured, by GPU type (serviceRates[].wattsPerGpu);
+    empty (and shared, no allocation) for the many pools that give none."""
+    measured = {r.gpu_type: r.watts_per_gpu for r in pool.service_rates if r.watts_per_gpu}
+    return measured or _NOTHING_MEASURED
+
+
+def gpu_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
+    """What one GPU draws while a pool keeps it busy: measured where the pool says."""
+    return float(measured.get(node_pool.gpu_type, node_pool.watts_per_gpu))
+
+
+def busy_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
+    """What one GPU adds above idle while a pool keeps it busy."""
+    return max(0.0, gpu_watts(measured, node_pool) - node_pool.idle_watts_per_gpu)
 
 
 def pool_busy_gpu_watts(pool: InferencePoolSpec, node_pool: NodePool) -> float:
-    """What one GPU adds above idle while this pool keeps it busy."""
-    return max(0.0, pool_gpu_watts(pool, node_pool) - node_pool.idle_watts_per_gpu)
+    return busy_watts(measured_watts(pool), node_pool)

@@ -21,7 +21,7 @@ from gpufleet.api.pool import InferencePoolSpec, Mode
 from gpufleet.api.provider import Role
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates
-from gpufleet.planner.power import pool_busy_gpu_watts, pool_gpu_watts
+from gpufleet.planner.power import busy_watts, gpu_watts, measured_watts
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
 
 _EPS = 1e-9
@@ -48,6 +48,7 @@ def add_spares(
         burst_room = burst_cap - plan.burst_replicas
         added: dict[NodePoolKey, int] = {}
         gpus = spec.gpus_per_replica
+        measured = measured_watts(spec)
         for node_pool in options[key].fill:
             if room <= 0:
                 break
@@ -61,11 +62,11 @@ def add_spares(
                 want = min(want, burst_room)
             if want <= 0:
                 continue
-            busy_watts = pool_busy_gpu_watts(spec, slot.spec)
-            fitted, _ = ledger.fit(slot, gpus, want, False, busy_watts)
+            busy = busy_watts(measured, slot.spec) if measured else None  # None: nameplate
+            fitted, _ = ledger.fit(slot, gpus, want, False, busy)
             if fitted <= 0:
                 continue
-            ledger.commit(slot, gpus, fitted, busy_watts)
+            ledger.commit(slot, gpus, fitted, busy)
             added[node_pool] = fitted
             room -= fitted
             if slot.provider.role == Role.SECONDARY:
@@ -90,8 +91,9 @@ def _with_spares(
     notes.append(
         Note(Reason.WARM_SPARES, f"{spares} warm spare replicas on idle GPUs of kept nodes")
     )
+    measured = measured_watts(spec)
     watts = sum(
-        count * spec.gpus_per_replica * pool_gpu_watts(spec, ledger.slots[k].spec)
+        count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
         for k, count in added.items()
     )
     burst = sum(
