@@ -344,6 +344,11 @@ def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_dr
         fleet,
     )
     assert not secondary.json("get", "pvc", "-n", STS_NS)["items"]
+    # The copy's pods take their DNS names from a headless Service of its serviceName.
+    service = secondary.json("get", "service", "-n", STS_NS, "chat")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"app": "chat-sts"}
+    assert service["metadata"]["labels"]["gpufleet.io/provider"] == NL
 
     exporter.set_queue(STS_NS, "chat", 2)  # 1 replica: the burst is over
     wait_for(

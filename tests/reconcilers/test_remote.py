@@ -21,6 +21,7 @@ from gpufleet.reconcilers.copies import (
     held_by_other,
     namespace_fate,
     namespace_manifest,
+    service_manifest,
     source_hash,
     stale,
 )
@@ -140,6 +141,18 @@ def test_a_claim_template_replaces_a_template_volume_of_its_name() -> None:
         PoolKey("team", "pool"), workload_entry("StatefulSet", "team", "chat", body), 1, "nl"
     )
     assert copy["spec"]["template"]["spec"]["volumes"] == [{"name": "cache", "emptyDir": {}}]
+
+
+def test_statefulset_copy_gets_a_headless_service_of_its_service_name() -> None:
+    workload = workload_entry("StatefulSet", "team", "chat", STATEFUL_BODY)
+    service = service_manifest(PoolKey("team", "pool"), workload, "nl")
+    assert service is not None
+    assert (service["kind"], service["metadata"]["name"]) == ("Service", "chat-headless")
+    assert service["metadata"]["labels"]["gpufleet.io/provider"] == "nl"
+    assert service["metadata"]["labels"]["gpufleet.io/pool"] == "team.pool"
+    assert service["spec"] == {"clusterIP": "None", "selector": {"app": "chat"}}
+    deployment = workload_entry("Deployment", "team", "chat", BODY)
+    assert service_manifest(PoolKey("team", "pool"), deployment, "nl") is None
 
 
 def test_deployment_copy_carries_no_statefulset_fields() -> None:
@@ -289,6 +302,8 @@ def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None
         assert ("apps", "statefulsets", verb) in REMOTE_CALLS
     for verb in ("get", "create", "list", "delete"):
         assert ("", "namespaces", verb) in REMOTE_CALLS
+    for verb in ("get", "list", "patch", "delete"):
+        assert ("", "services", verb) in REMOTE_CALLS
     assert ("", "namespaces", "patch") not in REMOTE_CALLS
     assert {(g, r, "list") for _, g, r in CONTENT} <= set(REMOTE_CALLS)
     assert len(set(REMOTE_CALLS)) == len(REMOTE_CALLS)

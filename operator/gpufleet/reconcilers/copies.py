@@ -137,6 +137,38 @@ def copy_manifest(
     }
 
 
+def service_manifest(key: PoolKey, workload: WorkloadEntry, provider: str) -> dict[str, Any] | None:
+    """The headless Service that governs a StatefulSet copy (its `serviceName`): the copy's
+    pods get their DNS names (`<pod>.<service>.<namespace>`) only through it, and the remote
+    cluster lacks the source's. None for a Deployment, or without a serviceName."""
+    if workload.kind != "StatefulSet":
+        return None
+    source = json.loads(workload.source or "{}")
+    name = source.get("serviceName")
+    selector = (source.get("selector") or {}).get("matchLabels") or (
+        (source.get("template") or {}).get("metadata") or {}
+    ).get("labels")
+    if not name or not selector:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": workload.namespace,
+            "labels": {
+                MANAGED_BY: "gpufleet",
+                POOL_LABEL: pool_label(key),
+                PROVIDER_LABEL: provider,
+            },
+            "annotations": {
+                SOURCE_ANNOTATION: f"{workload.namespace}/{workload.kind}/{workload.name}",
+            },
+        },
+        "spec": {"clusterIP": "None", "selector": dict(selector)},
+    }
+
+
 def scratch_volumes(template: Mapping[str, Any], claims: Sequence[str]) -> dict[str, Any]:
     """`template` with an emptyDir volume for each claim template name (replacing a volume
     of that name, as the StatefulSet controller's claims do)."""

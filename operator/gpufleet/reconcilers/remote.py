@@ -16,6 +16,7 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
@@ -31,6 +32,7 @@ from gpufleet.reconcilers.copies import (
     copy_manifest,
     copy_selector,
     held_by_other,
+    service_manifest,
 )
 from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
 from gpufleet.reconcilers.kubeconfig import Connections, RemoteDriverFactory
@@ -56,6 +58,7 @@ REMOTE_CALLS = tuple(
                 for resource in ("deployments", "statefulsets")
                 for verb in ("list", "get", "patch", "delete")
             ),
+            *(("", "services", verb) for verb in ("get", "list", "patch", "delete")),
             *NAMESPACE_CALLS,
         ]
     )
@@ -213,6 +216,7 @@ class RemoteClusters:
                 _content_type=_APPLY,
                 _request_timeout=TIMEOUT,
             )
+            await self._apply_service(api, provider, key, workload, facts)
             if copy is not None and (copy.kind, copy.name) != (workload.kind, workload.name):
                 # The workload changed kind or name: its earlier copy goes.
                 await self._delete_copies(api, provider, key, keep=(workload.kind, workload.name))
@@ -223,6 +227,56 @@ class RemoteClusters:
             log.warning("burst copy %s on %s: %s", key, provider, type(exc).__name__, extra=facts)
             return False
         return True
+
+    async def _apply_service(
+        self,
+        api: ApiClient,
+        provider: str,
+        key: PoolKey,
+        workload: WorkloadEntry,
+        facts: Mapping[str, str],
+    ) -> None:
+        """The StatefulSet copy's headless Service, best effort: without it the copy still
+        serves (workers pulling from a queue need no DNS names), so a refusal, say a remote
+        identity without the services grants, is logged and the copy goes on."""
+        body = service_manifest(key, workload, provider)
+        if body is None:
+            return
+        name, namespace = body["metadata"]["name"], key.namespace
+        try:
+            held = held_by_other(
+                "Service", await read_metadata(api, "", "Service", name, namespace), provider
+            )
+            if held:
+                log.info(
+                    "burst copy %s on %s: Service %s is %s's",
+                    key,
+                    provider,
+                    name,
+                    held,
+                    extra=dict(facts),
+                )
+                return
+            await asyncio.to_thread(
+                client.CoreV1Api(api).patch_namespaced_service,
+                name,
+                namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=_APPLY,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as exc:
+            log.warning(
+                "burst copy %s on %s: headless Service %s not applied (%s): its pods have no "
+                "DNS names there",
+                key,
+                provider,
+                name,
+                api_reason(exc),
+                extra=dict(facts),
+            )
 
     async def _delete_copies(
         self, api: ApiClient, provider: str, key: PoolKey, keep: tuple[str, str] | None = None
@@ -241,6 +295,31 @@ class RemoteClusters:
                         name,
                         key.namespace,
                         propagation_policy="Foreground",
+                        _request_timeout=TIMEOUT,
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        if keep is None:  # the pool's copies are all going: their Services too
+            await self._delete_services(api, provider, key)
+
+    async def _delete_services(self, api: ApiClient, provider: str, key: PoolKey) -> None:
+        try:
+            services = await list_metadata(
+                api, "", "Service", key.namespace, copy_selector(provider, key)
+            )
+        except ApiException as exc:
+            if exc.status != 403:  # an identity without the services grants made none
+                raise
+            services = []
+        for meta in services:
+            name = str(meta.get("name", ""))
+            if not meta.get("deletionTimestamp"):
+                try:
+                    await asyncio.to_thread(
+                        client.CoreV1Api(api).delete_namespaced_service,
+                        name,
+                        key.namespace,
                         _request_timeout=TIMEOUT,
                     )
                 except ApiException as exc:
