@@ -28,6 +28,8 @@ from gpufleet.reconcilers.copies import (
 from gpufleet.reconcilers.kubeconfig import CredentialsError, check_kubeconfig
 from gpufleet.reconcilers.remote import REMOTE_CALLS
 
+from .builders import minimal_pool
+
 TEMPLATE = {"metadata": {"labels": {"app": "chat"}}, "spec": {"containers": [{"name": "s"}]}}
 BODY = {"spec": {"replicas": 3, "selector": {"matchLabels": {"app": "chat"}}, "template": TEMPLATE}}
 STATEFUL_TEMPLATE = {
@@ -310,22 +312,12 @@ def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None
 
 
 def test_burst_copies_count_as_serving_only_once_the_remote_controller_says_ready() -> None:
-    from gpufleet.api import parse_pool
     from gpufleet.planner.types import PoolObservation, Snapshot, frozen_map
     from gpufleet.reconcilers.bursting import add_remote_replicas
     from gpufleet.reconcilers.observe import Observed
 
     key, local = PoolKey("team", "chat"), NodePoolKey("de", "h100")
-    parsed = parse_pool(
-        {
-            "scaleTargetRef": {"name": "chat"},
-            "gpuTypes": ["H100"],
-            "queue": {"query": "q", "targetPerReplica": 4},
-            "maxReplicas": 10,
-        }
-    )
-    assert parsed.value is not None, parsed.errors
-    pools = {key: parsed.value}
+    pools = {key: minimal_pool()}
     local_only = PoolObservation(1.0, replicas=frozen_map({local: 2}), ready_replicas=2)
     observed = Observed(Snapshot(pools=frozen_map({key: local_only})))
     loading = Copy("team", "chat", 4, "", "Deployment", ready=1)

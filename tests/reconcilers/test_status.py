@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from gpufleet.api import parse_pool
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
 from gpufleet.reconcilers.status import pool_conditions
+
+from .builders import minimal_pool
 
 OUTSIDE = Note(
     Reason.OUTSIDE_DATA_POLICY,
@@ -18,16 +19,8 @@ def _plan(*notes: Note) -> PoolPlan:
 
 
 def test_pods_outside_the_data_policy_make_the_pool_not_ready_and_say_where() -> None:
-    parsed = parse_pool(
-        {
-            "scaleTargetRef": {"name": "chat"},
-            "gpuTypes": ["H100"],
-            "queue": {"query": "q", "targetPerReplica": 4},
-            "maxReplicas": 10,
-        }
-    )
-    assert parsed.value is not None, parsed.errors
-    conditions = {c.type: c for c in pool_conditions(parsed.value, _plan(OUTSIDE), None, None)}
+    spec = minimal_pool()
+    conditions = {c.type: c for c in pool_conditions(spec, _plan(OUTSIDE), None, None)}
     compliant = conditions["DataPolicyCompliant"]
     assert (compliant.status, compliant.reason) == (False, "PodsOutsideDataPolicy")
     assert "2 on us/h100" in compliant.message
@@ -35,5 +28,5 @@ def test_pods_outside_the_data_policy_make_the_pool_not_ready_and_say_where() ->
         False,
         "PodsOutsideDataPolicy",
     )
-    fine = {c.type: c for c in pool_conditions(parsed.value, _plan(), None, None)}
+    fine = {c.type: c for c in pool_conditions(spec, _plan(), None, None)}
     assert fine["DataPolicyCompliant"].status is True and fine["Ready"].status is True

@@ -117,22 +117,12 @@ def copy_manifest(
             if source.get(field):
                 spec[field] = source[field]
     spec["template"] = template
+    metadata = _copy_metadata(key, workload, provider, workload.name)
+    metadata["annotations"][SOURCE_HASH_ANNOTATION] = source_hash(workload)
     return {
         "apiVersion": "apps/v1",
         "kind": workload.kind,
-        "metadata": {
-            "name": workload.name,
-            "namespace": workload.namespace,
-            "labels": {
-                MANAGED_BY: "gpufleet",
-                POOL_LABEL: pool_label(key),
-                PROVIDER_LABEL: provider,
-            },
-            "annotations": {
-                SOURCE_ANNOTATION: f"{workload.namespace}/{workload.kind}/{workload.name}",
-                SOURCE_HASH_ANNOTATION: source_hash(workload),
-            },
-        },
+        "metadata": metadata,
         "spec": spec,
     }
 
@@ -153,19 +143,22 @@ def service_manifest(key: PoolKey, workload: WorkloadEntry, provider: str) -> di
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": workload.namespace,
-            "labels": {
-                MANAGED_BY: "gpufleet",
-                POOL_LABEL: pool_label(key),
-                PROVIDER_LABEL: provider,
-            },
-            "annotations": {
-                SOURCE_ANNOTATION: f"{workload.namespace}/{workload.kind}/{workload.name}",
-            },
-        },
+        "metadata": _copy_metadata(key, workload, provider, str(name)),
         "spec": {"clusterIP": "None", "selector": dict(selector)},
+    }
+
+
+def _copy_metadata(
+    key: PoolKey, workload: WorkloadEntry, provider: str, name: str
+) -> dict[str, Any]:
+    """What marks an object as `provider`'s copy for the pool `key`, and its source."""
+    return {
+        "name": name,
+        "namespace": workload.namespace,
+        "labels": {MANAGED_BY: "gpufleet", POOL_LABEL: pool_label(key), PROVIDER_LABEL: provider},
+        "annotations": {
+            SOURCE_ANNOTATION: f"{workload.namespace}/{workload.kind}/{workload.name}",
+        },
     }
 
 
