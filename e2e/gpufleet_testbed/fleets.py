@@ -85,6 +85,39 @@ def cloud_provider(
     }
 
 
+def eks_provider_spec(
+    *,
+    region: str = "eu-central-1",
+    cluster_name: str = "gpu-cluster",
+    credentials_secret_ref: Mapping[str, str] | None = None,
+    external_name: str = "gpu-ng",
+    gpus_per_node: int = 8,
+    site: str = "fra1",
+    legal_entity: str = "Example",
+) -> dict[str, Any]:
+    """The spec of an EKS provider with one managed node group of H100 nodes (`gpu`, the
+    group `external_name`); without `credentials_secret_ref`, the operator's identity."""
+    eks: dict[str, Any] = {"region": region, "clusterName": cluster_name}
+    if credentials_secret_ref is not None:
+        eks["credentialsSecretRef"] = dict(credentials_secret_ref)
+    return {
+        "subprocessor": {"legalEntity": legal_entity, "jurisdiction": "DE"},
+        "driver": {"type": "EKS", "eks": eks},
+        "nodePools": [
+            {
+                "name": "gpu",
+                "externalName": external_name,
+                "gpuType": "H100",
+                "gpusPerNode": gpus_per_node,
+                "wattsPerGpu": 700,
+                "idleWattsPerGpu": 90,
+                "maxNodes": 4,
+                "site": site,
+            }
+        ],
+    }
+
+
 def power_budget(
     site: str, *, cap_kilowatts: int, headroom_percent: int | None = None
 ) -> dict[str, Any]:

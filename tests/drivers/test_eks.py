@@ -29,6 +29,7 @@ from gpufleet.drivers.eks import (
     as_typed,
     parse_credentials_file,
 )
+from gpufleet_testbed import fleets
 
 REGION = "eu-central-1"
 CLUSTER = "gpu-cluster"
@@ -38,22 +39,7 @@ REF = NodePoolRef("aws", "gpu", "gpu-ng")
 
 def spec() -> CloudProviderSpec:
     return CloudProviderSpec.model_validate(
-        {
-            "subprocessor": {"legalEntity": "Example", "jurisdiction": "DE"},
-            "driver": {"type": "EKS", "eks": {"region": REGION, "clusterName": CLUSTER}},
-            "nodePools": [
-                {
-                    "name": "gpu",
-                    "externalName": "gpu-ng",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 700,
-                    "idleWattsPerGpu": 90,
-                    "maxNodes": 4,
-                    "site": "fra1",
-                }
-            ],
-        }
+        fleets.eks_provider_spec(region=REGION, cluster_name=CLUSTER)
     )
 
 

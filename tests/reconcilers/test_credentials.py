@@ -33,6 +33,7 @@ from gpufleet.reconcilers.credentials import (
 )
 from gpufleet.reconcilers.handlers import driver_factory
 from gpufleet.reconcilers.loop import FleetLoop
+from gpufleet_testbed import fleets
 
 NAMESPACE = "gpufleet-system"
 PLANTED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDSECRET"
@@ -45,27 +46,7 @@ def credentials_file(secret: str, key_id: str = "AKIDEXAMPLE") -> str:
 
 
 def eks_spec(ref: dict[str, str] | None = None) -> CloudProviderSpec:
-    eks: dict[str, Any] = {"region": "eu-central-1", "clusterName": "gpu-cluster"}
-    if ref is not None:
-        eks["credentialsSecretRef"] = ref
-    return CloudProviderSpec.model_validate(
-        {
-            "subprocessor": {"legalEntity": "Example", "jurisdiction": "DE"},
-            "driver": {"type": "EKS", "eks": eks},
-            "nodePools": [
-                {
-                    "name": "gpu",
-                    "externalName": "gpu-ng",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 700,
-                    "idleWattsPerGpu": 90,
-                    "maxNodes": 4,
-                    "site": "fra1",
-                }
-            ],
-        }
-    )
+    return CloudProviderSpec.model_validate(fleets.eks_provider_spec(credentials_secret_ref=ref))
 
 
 REF = {"name": "aws", "key": "credentials"}

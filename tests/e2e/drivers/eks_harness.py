@@ -57,6 +57,7 @@ from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.reconcilers.config import RunConfig
 from gpufleet.reconcilers.handlers import driver_factory
 from gpufleet.reconcilers.kube import Kube
+from gpufleet_testbed import fleets
 from gpufleet_testbed.kubectl import Kubectl
 from gpufleet_testbed.nodes import GpuNode, Taint
 
@@ -129,31 +130,17 @@ class EksHarness:
         self.secret = f"aws-{self.provider}"
         # Made up per harness: what the Secret holds and the only credentials moto accepts.
         self.credentials = AwsCredentials(f"AKIDCONTRACT{suffix.upper()}", uuid.uuid4().hex)
+        # No namespace in the reference: the operator's (here the driver namespace).
         self.spec = CloudProviderSpec.model_validate(
-            {
-                "subprocessor": {"legalEntity": "Contract Suite", "jurisdiction": "DE"},
-                "driver": {
-                    "type": "EKS",
-                    "eks": {
-                        "region": REGION,
-                        "clusterName": self.cluster,
-                        # No namespace: the operator's (here the driver namespace).
-                        "credentialsSecretRef": {"name": self.secret, "key": SECRET_KEY},
-                    },
-                },
-                "nodePools": [
-                    {
-                        "name": "gpu",
-                        "externalName": f"gpu-{suffix}",
-                        "gpuType": "H100",
-                        "gpusPerNode": GPUS_BY_INSTANCE_TYPE[INSTANCE_TYPE],
-                        "wattsPerGpu": 700,
-                        "idleWattsPerGpu": 90,
-                        "maxNodes": 4,
-                        "site": "test",
-                    }
-                ],
-            }
+            fleets.eks_provider_spec(
+                region=REGION,
+                cluster_name=self.cluster,
+                credentials_secret_ref={"name": self.secret, "key": SECRET_KEY},
+                external_name=f"gpu-{suffix}",
+                gpus_per_node=GPUS_BY_INSTANCE_TYPE[INSTANCE_TYPE],
+                site="test",
+                legal_entity="Contract Suite",
+            )
         )
         pool = self.spec.node_pools[0]
         assert pool.external_name is not None
