@@ -33,6 +33,7 @@ from gpufleet.reconcilers.drain import (
 from gpufleet.reconcilers.kube import _refusal
 from gpufleet.reconcilers.selectors import from_label_selector
 from gpufleet.reconcilers.status import preempted_condition
+from gpufleet_testbed import fleets
 
 A = NodePoolKey("a", "h100")
 FAST = {"scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]}}
@@ -55,27 +56,17 @@ def _pool(priority: int, **extra: Any) -> InferencePoolSpec:
 
 
 def _provider() -> CloudProviderSpec:
+    h100 = fleets.node_pool(
+        "h100",
+        gpu_type="H100",
+        site="fra1",
+        max_nodes=2,
+        watts_per_gpu=700,
+        idle_watts_per_gpu=100,
+        boot_seconds=300,  # the API's default, as before
+    )
     parsed = parse_provider(
-        {
-            "subprocessor": {
-                "legalEntity": "Cloud GmbH",
-                "jurisdiction": "DE",
-                "approved": True,
-                "dataClasses": ["Internal"],
-            },
-            "driver": {"type": "Simulated"},
-            "nodePools": [
-                {
-                    "name": "h100",
-                    "gpuType": "H100",
-                    "gpusPerNode": 8,
-                    "wattsPerGpu": 700,
-                    "idleWattsPerGpu": 100,
-                    "maxNodes": 2,
-                    "site": "fra1",
-                }
-            ],
-        }
+        fleets.cloud_provider("a", legal_entity="Cloud GmbH", node_pools=[h100])["spec"]
     )
     assert parsed.value is not None, parsed.errors
     return parsed.value

@@ -17,6 +17,7 @@ from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.policies import make
 from gpufleet.sim.queue import FluidQueue
 from gpufleet.sim.scenario import Scenario, parse_scenario
+from gpufleet_testbed import fleets
 
 CHAT = "inference/chat"
 IMAGE = "inference/image"
@@ -57,32 +58,22 @@ def _scenario(
     chat_steps: list[list[float]] | None = None,
 ) -> Scenario:
     fleet: list[dict[str, Any]] = [
-        {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "CloudProvider",
-            "metadata": {"name": "c"},
-            "spec": {
-                "subprocessor": {
-                    "legalEntity": "E",
-                    "jurisdiction": "DE",
-                    "approved": True,
-                    "dataClasses": ["Internal"],
-                },
-                "driver": {"type": "Simulated"},
-                "nodePools": [
-                    {
-                        "name": "h100",
-                        "gpuType": "H100",
-                        "gpusPerNode": 1,
-                        "wattsPerGpu": 700,
-                        "idleWattsPerGpu": 90,
-                        "maxNodes": 16,
-                        "bootSeconds": 60,
-                        "site": "s1",
-                    }
-                ],
-            },
-        },
+        fleets.cloud_provider(
+            "c",
+            legal_entity="E",
+            node_pools=[
+                fleets.node_pool(
+                    "h100",
+                    gpu_type="H100",
+                    site="s1",
+                    max_nodes=16,
+                    watts_per_gpu=700,
+                    idle_watts_per_gpu=90,
+                    boot_seconds=60,
+                    gpus_per_node=1,
+                )
+            ],
+        ),
         _pool("chat", 1000),
         _pool("image", 100, TIERS),
         {
