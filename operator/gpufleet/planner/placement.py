@@ -112,7 +112,7 @@ class Candidates:
 
     fill: tuple[NodePoolKey, ...]
     grow: tuple[NodePoolKey, ...]
-    blocked: tuple[str, ...]  # "provider: why", providers refused by the data policy
+    blocked: tuple[tuple[str, str], ...]  # (provider, why): refused by the data policy
     burst_disabled: bool  # secondaries exist that burst.enabled would open
 
     @cached_property
@@ -121,8 +121,8 @@ class Candidates:
 
     @cached_property
     def refused(self) -> dict[str, str]:
-        """Providers the data policy refuses, and why."""
-        return dict(entry.split(": ", 1) for entry in self.blocked)
+        """Why the data policy refuses each provider it refuses."""
+        return dict(self.blocked)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _order(entry: Entry) -> tuple[object, ...]:
 
 def candidates(pool: InferencePoolSpec, catalog: Catalog) -> Candidates:
     allowed: set[str] = set()
-    blocked: list[str] = []
+    blocked: list[tuple[str, str]] = []
     burst_disabled = False
     for name in sorted(catalog.providers):
         refused = refusal(pool, name, catalog.providers[name])
@@ -196,7 +196,7 @@ def candidates(pool: InferencePoolSpec, catalog: Catalog) -> Candidates:
         elif refused[0] == Refusal.BURST_DISABLED:
             burst_disabled = True
         elif refused[0] == Refusal.DATA_POLICY:
-            blocked.append(f"{name}: {refused[1]}")
+            blocked.append((name, refused[1]))
     merged = catalog.of_types(frozenset(pool.gpu_types))
     gpus, spot_ok = pool.gpus_per_replica, pool.allow_spot
     eligible = [
@@ -360,7 +360,10 @@ def place(
     ]
     if remaining > 0 and options.blocked:
         notes.append(
-            Note(Reason.BURST_BLOCKED_BY_DATA_POLICY, "no burst to " + "; ".join(options.blocked))
+            Note(
+                Reason.BURST_BLOCKED_BY_DATA_POLICY,
+                "no burst to " + "; ".join(f"{name}: {why}" for name, why in options.blocked),
+            )
         )
     if remaining > 0 and options.burst_disabled:
         notes.append(
