@@ -239,7 +239,9 @@ def explain(
     pool: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the InferencePool.")],
 ) -> None:
     """Why a pool is at its current size: across pod, node, power and burst layers."""
-    namespace, _, name = pool.rpartition("/")
+    from gpufleet.planner.types import PoolKey
+
+    namespace, name = PoolKey.parse(pool)
     if not namespace:
         raise typer.BadParameter("give the pool as NAMESPACE/NAME")
     api = _client()

@@ -21,6 +21,12 @@ class PoolKey(NamedTuple):
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @classmethod
+    def parse(cls, text: str, default_namespace: str = "") -> PoolKey:
+        """The key written as `namespace/name`; a bare `name` is in `default_namespace`."""
+        namespace, _, name = text.rpartition("/")
+        return cls(namespace or default_namespace, name)
+
 
 class NodePoolKey(NamedTuple):
     provider: str

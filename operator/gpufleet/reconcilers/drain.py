@@ -183,9 +183,9 @@ class Drainer:
         """Keep waiting for the moves another leader (or this process before a restart)
         recorded, where they are still within their wait."""
         for move in moves:
-            pool = _pool_key(move.pool)
+            pool = PoolKey.parse(move.pool)
             if now - move.since < MOVE_HOLD_SECONDS and pool not in self.moved:
-                self.moved[pool] = (tuple(_pool_key(k) for k in move.to), move.since)
+                self.moved[pool] = (tuple(PoolKey.parse(k) for k in move.to), move.since)
 
     def holds(self, pool_key: PoolKey, unscheduled: Callable[[PoolKey], int], now: float) -> bool:
         """Whether a pool that moved replicas must wait to recreate them: until the pools it
@@ -295,7 +295,7 @@ class Drainer:
             # their pods scheduled (`holds`), so those pods get the GPUs first.
             target = workload.replicas - len(evicted)
             if evicted:
-                to = tuple(_pool_key(name) for name in request.by)
+                to = tuple(PoolKey.parse(name) for name in request.by)
                 self.moved[pool_key] = (to, now)
             elif size > workload.replicas and pool_key not in self.moved:
                 target = size
@@ -367,8 +367,3 @@ class Drainer:
                 )
             except Exception as exc:
                 log.info("event for %s not posted: %s", pool_key, exc)
-
-
-def _pool_key(text: str) -> PoolKey:
-    namespace, _, name = text.partition("/")
-    return PoolKey(namespace, name)

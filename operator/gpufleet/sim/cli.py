@@ -119,7 +119,6 @@ def simulate(
             if not keys:
                 raise typer.BadParameter("the fleet has no InferencePool")
             target = str(keys[0])
-        ns, _, name = target.rpartition("/")
         from gpufleet.planner.types import PoolKey
 
         spec = TraceSpec(
@@ -130,7 +129,7 @@ def simulate(
             work_field=work_field,
             work_scale=work_scale,
         )
-        sc.workloads = [WorkloadSpec(PoolKey(ns or "default", name), profile, spec, Modifiers())]
+        sc.workloads = [WorkloadSpec(PoolKey.parse(target, "default"), profile, spec, Modifiers())]
     sc.workloads = [
         dataclasses.replace(
             w,

@@ -66,11 +66,6 @@ def load_fleet(path: Path) -> Fleet:
     return fleet_from(read_documents(path))
 
 
-def _pool_key(text: str) -> PoolKey:
-    ns, _, name = text.rpartition("/")
-    return PoolKey(ns or "default", name)
-
-
 def _trace(raw: dict[str, Any]) -> TraceSpec:
     steps = [(float(a), float(b)) for a, b in raw.get("steps", [])]
     keys = {
@@ -116,7 +111,7 @@ def parse_scenario(raw: dict[str, Any], base: Path) -> Scenario:
     fleet = fleet_from(docs)
     workloads = [
         WorkloadSpec(
-            _pool_key(w["pool"]),
+            PoolKey.parse(w["pool"], "default"),
             w["profile"],
             _trace(w["trace"]),
             _modifiers(w.get("modifiers", {})),
