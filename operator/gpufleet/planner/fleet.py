@@ -18,12 +18,12 @@ from gpufleet.planner.nodes import (
 from gpufleet.planner.placement import Candidates, Progress, candidates, place
 from gpufleet.planner.power import (
     allowed_watts,
+    busy_watts,
     cap_in_force,
     covers,
     gpu_watts,
     measured_watts,
     node_watts,
-    pool_busy_gpu_watts,
 )
 from gpufleet.planner.spares import add_spares
 from gpufleet.planner.throttle import plan_throttle
@@ -117,17 +117,18 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
     """Add what a measurement shows above our estimate of the present (other loads in scope)."""
     if all(snapshot.budget_watts.get(name) is None for name in budget_names):
         return
-    busy_watts: dict[NodePoolKey, float] = {}
+    busy: dict[NodePoolKey, float] = {}
     for key, observation in snapshot.pools.items():
         spec = fleet.pools.get(key)
         if spec is None:
             continue
+        drawn = measured_watts(spec)
         for node_pool_key, replicas in observation.replicas.items():
             slot = ledger.slots.get(node_pool_key)
             if slot is None:
                 continue
-            busy_watts[node_pool_key] = busy_watts.get(node_pool_key, 0.0) + (
-                replicas * spec.gpus_per_replica * pool_busy_gpu_watts(spec, slot.spec)
+            busy[node_pool_key] = busy.get(node_pool_key, 0.0) + (
+                replicas * spec.gpus_per_replica * busy_watts(drawn, slot.spec)
             )
     for index, name in enumerate(budget_names):
         measured = snapshot.budget_watts.get(name)
@@ -138,7 +139,7 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
             if index in slot.budgets:
                 observed = snapshot.node_pools.get(slot.key)
                 nodes = observed.target_nodes if observed else 0
-                estimate += nodes * node_watts(slot.spec) + busy_watts.get(slot.key, 0.0)
+                estimate += nodes * node_watts(slot.spec) + busy.get(slot.key, 0.0)
         ledger.budget_used[index] += max(0.0, measured - estimate)
 
 

@@ -78,7 +78,3 @@ def gpu_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
 def busy_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
     """What one GPU adds above idle while a pool keeps it busy."""
     return max(0.0, gpu_watts(measured, node_pool) - node_pool.idle_watts_per_gpu)
-
-
-def pool_busy_gpu_watts(pool: InferencePoolSpec, node_pool: NodePool) -> float:
-    return busy_watts(measured_watts(pool), node_pool)
