@@ -177,6 +177,16 @@ def _nodes(kubectl: Kubectl, provider: str) -> list[dict[str, Any]]:
     return list(kubectl.json("get", "nodes", "-l", f"gpufleet.io/provider={provider}")["items"])
 
 
+def _assert_nl_copy_of(copy: dict[str, Any], namespace: str, kind: str) -> None:
+    """`copy` is NL's copy of the pool `namespace/chat` and names its source `kind`."""
+    assert copy["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "gpufleet",
+        "gpufleet.io/pool": f"{namespace}.chat",
+        "gpufleet.io/provider": NL,
+    }
+    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{namespace}/{kind}/chat"
+
+
 def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     fleet: OperatorProcess, testbed: Testbed, secondary_testbed: Testbed, kubectl: Kubectl
 ) -> None:
@@ -188,12 +198,7 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
         "the burst copy in the secondary cluster",
         fleet,
     )
-    assert copy["metadata"]["labels"] == {
-        "app.kubernetes.io/managed-by": "gpufleet",
-        "gpufleet.io/pool": f"{NS}.chat",
-        "gpufleet.io/provider": NL,
-    }
-    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{NS}/Deployment/chat"
+    _assert_nl_copy_of(copy, NS, "Deployment")
     assert copy["spec"]["template"]["spec"]["nodeSelector"] == {"gpufleet.io/gpu-type": GPU}
     wait_for(lambda: _nodes(secondary, NL), 60, "NL nodes in the secondary cluster", fleet)
     status = wait_for(
@@ -323,12 +328,7 @@ def test_a_statefulset_pool_bursts_and_the_namespace_made_for_it_goes_when_it_dr
         "the StatefulSet copy in the secondary cluster",
         fleet,
     )
-    assert copy["metadata"]["labels"] == {
-        "app.kubernetes.io/managed-by": "gpufleet",
-        "gpufleet.io/pool": f"{STS_NS}.chat",
-        "gpufleet.io/provider": NL,
-    }
-    assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{STS_NS}/StatefulSet/chat"
+    _assert_nl_copy_of(copy, STS_NS, "StatefulSet")
     assert copy["spec"]["serviceName"] == "chat"
     assert copy["spec"]["podManagementPolicy"] == "Parallel"
     # No claims on the primary's storage class: the claim template is a scratch volume.
