@@ -109,7 +109,7 @@ def pool(ns: str, name: str, target: str, max_replicas: int) -> dict[str, Any]:
         direction: {"stabilizationWindowSeconds": 0, "policies": at_once}
         for direction in ("scaleUp", "scaleDown")
     }
-    return fleets.inference_pool(
+    return fleets.serving_pool(
         ns,
         name,
         target=target,

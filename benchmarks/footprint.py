@@ -1,5 +1,5 @@
 """Footprint of one operator over a large fleet on the test bed (issue 7): 1,000
-InferencePools, each with its own Deployment (one replica, one GPU, queue depth 0) on the
+ServingPools, each with its own Deployment (one replica, one GPU, queue depth 0) on the
 simulated cloud's kwok nodes. Targets: RSS <= 300 MiB, 0 API writes in 5 quiet minutes.
 
 - rss_mib: VmRSS of the `gpufleet run` process once it has settled (and the most seen
@@ -40,8 +40,8 @@ TARGET_RSS_MIB = 300
 OPERATOR_RESOURCES = (
     "deployments/scale",
     "statefulsets/scale",
-    "inferencepools",
-    "inferencepools/status",
+    "servingpools",
+    "servingpools/status",
     "cloudproviders",
     "cloudproviders/status",
     "powerbudgets",
@@ -73,7 +73,7 @@ def _fleet(pools: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list
 
 
 def _all_ready(kubectl: Any, pools: int) -> int:
-    items = kubectl.json("get", "inferencepools", "-A")["items"]
+    items = kubectl.json("get", "servingpools", "-A")["items"]
     ready = 0
     for item in items:
         conditions = (item.get("status") or {}).get("conditions") or []

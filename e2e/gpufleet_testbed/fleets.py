@@ -140,7 +140,7 @@ def behavior(*, scale_down_window_seconds: int | None = None) -> dict[str, Any]:
     return {**scale_up, "scaleDown": {"stabilizationWindowSeconds": scale_down_window_seconds}}
 
 
-def inference_pool(
+def serving_pool(
     namespace: str,
     name: str,
     *,
@@ -169,7 +169,7 @@ def inference_pool(
         queue["arrivalRateQuery"] = arrival_rate_query
     return {
         "apiVersion": API_VERSION,
-        "kind": "InferencePool",
+        "kind": "ServingPool",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "scaleTargetRef": {**kind, "name": target or name},

@@ -11,7 +11,7 @@ import yaml
 
 from gpufleet.api import parse_budget, parse_pool, parse_provider
 from gpufleet.api.parse import SpecError
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import Fleet, PoolKey, frozen_map
@@ -46,7 +46,7 @@ def build_fleet(
     objects: Iterable[dict[str, Any]], default_namespace: str = "default"
 ) -> tuple[Fleet, list[Rejected]]:
     """The valid objects of our kinds as a Fleet; the invalid ones as values, never raised."""
-    pools: dict[PoolKey, InferencePoolSpec] = {}
+    pools: dict[PoolKey, ServingPoolSpec] = {}
     providers: dict[str, CloudProviderSpec] = {}
     budgets: dict[str, PowerBudgetSpec] = {}
     rejected: list[Rejected] = []
@@ -55,7 +55,7 @@ def build_fleet(
         meta = obj.get("metadata") or {}
         name = str(meta.get("name", ""))
         spec = obj.get("spec") or {}
-        if kind == "InferencePool":
+        if kind == "ServingPool":
             namespace = str(meta.get("namespace") or default_namespace)
             parsed_pool = parse_pool(spec)
             if parsed_pool.value is None:

@@ -21,7 +21,7 @@ EXAMPLES = REPO / "examples"
 INVALID = EXAMPLES / "invalid"
 
 PARSERS: dict[str, Callable[[Any], Parsed[Any]]] = {
-    "InferencePool": parse_pool,
+    "ServingPool": parse_pool,
     "CloudProvider": parse_provider,
     "PowerBudget": parse_budget,
 }

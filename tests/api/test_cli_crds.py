@@ -28,7 +28,7 @@ def test_crds_check_passes_on_the_repository() -> None:
 
 def test_crds_check_fails_on_a_tampered_crd(tmp_path: Path) -> None:
     crds = _copy_crds(tmp_path)
-    tampered = crds / "gpufleet.io_inferencepools.yaml"
+    tampered = crds / "gpufleet.io_servingpools.yaml"
     original = tampered.read_text(encoding="utf-8")
     tampered.write_text(original.replace("maximum: 64", "maximum: 65", 1), encoding="utf-8")
     assert tampered.read_text(encoding="utf-8") != original

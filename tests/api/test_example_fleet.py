@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpufleet.api import CloudProviderSpec, InferencePoolSpec, PowerBudgetSpec, Role
+from gpufleet.api import CloudProviderSpec, PowerBudgetSpec, Role, ServingPoolSpec
 
 from .manifests import EXAMPLES, PARSERS, load_documents, valid_files
 
@@ -20,7 +20,7 @@ def _specs(kind: str) -> dict[str, Any]:
     }
 
 
-POOLS: dict[str, InferencePoolSpec] = _specs("InferencePool")
+POOLS: dict[str, ServingPoolSpec] = _specs("ServingPool")
 PROVIDERS: dict[str, CloudProviderSpec] = _specs("CloudProvider")
 BUDGETS: dict[str, PowerBudgetSpec] = _specs("PowerBudget")
 DEPLOYMENTS = {d["metadata"]["name"]: d for d in DOCS if d["kind"] == "Deployment"}
@@ -28,7 +28,7 @@ EU = {"AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "H
 EU |= {"IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"}
 
 
-def _allowed(pool: InferencePoolSpec, provider: CloudProviderSpec) -> bool:
+def _allowed(pool: ServingPoolSpec, provider: CloudProviderSpec) -> bool:
     policy, sub = pool.data_policy, provider.subprocessor
     places = set(policy.allowed_jurisdictions)
     return (
@@ -53,13 +53,13 @@ def _sites(budget: PowerBudgetSpec) -> set[str]:
 def test_examples_hold_each_kind_the_readme_describes() -> None:
     kinds = sorted({d["kind"] for d in DOCS})
 
-    assert kinds == ["CloudProvider", "Deployment", "InferencePool", "Namespace", "PowerBudget"]
+    assert kinds == ["CloudProvider", "Deployment", "Namespace", "PowerBudget", "ServingPool"]
     assert (EXAMPLES / "README.md").is_file()
 
 
 def test_namespaced_examples_live_in_the_example_namespace() -> None:
     (namespace,) = [d["metadata"]["name"] for d in DOCS if d["kind"] == "Namespace"]
-    namespaced = [d for d in DOCS if d["kind"] in ("InferencePool", "Deployment")]
+    namespaced = [d for d in DOCS if d["kind"] in ("ServingPool", "Deployment")]
 
     assert {d["metadata"]["namespace"] for d in namespaced} == {namespace}
 

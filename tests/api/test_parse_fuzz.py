@@ -70,7 +70,7 @@ def _is_value_or_errors(parsed: Parsed[Any]) -> bool:
 
 
 @FUZZ
-@given(_specs("InferencePool"))
+@given(_specs("ServingPool"))
 def test_parse_pool_never_raises_on_crd_shaped_specs(spec: dict[str, Any]) -> None:
     assert _is_value_or_errors(parse_pool(spec))
 

@@ -17,7 +17,7 @@ from .helm import REPO, _print_env
 from .kustomize_base import BASE, rendered
 
 DEPLOY = REPO / "deploy"
-KINDS = ("InferencePool", "CloudProvider", "PowerBudget")
+KINDS = ("ServingPool", "CloudProvider", "PowerBudget")
 
 
 def _kubectl() -> Path:

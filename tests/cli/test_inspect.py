@@ -18,7 +18,7 @@ def _objects(kind: str) -> list[dict[str, Any]]:
 
 
 def _pool(name: str) -> dict[str, Any]:
-    pool = next(p for p in _objects("InferencePool") if p["metadata"]["name"] == name)
+    pool = next(p for p in _objects("ServingPool") if p["metadata"]["name"] == name)
     pool["status"] = {
         "desiredReplicas": 12,
         "currentReplicas": 8,

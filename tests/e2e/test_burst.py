@@ -54,7 +54,7 @@ def _provider(
 
 
 def _pool(namespace: str, **target: Any) -> dict[str, Any]:
-    return fleets.inference_pool(
+    return fleets.serving_pool(
         namespace,
         "chat",
         gpu_types=[GPU],
@@ -148,7 +148,7 @@ def fleet(
 
 
 def _status(kubectl: Kubectl) -> dict[str, Any]:
-    return dict(kubectl.json("get", "inferencepool", "-n", NS, "chat").get("status") or {})
+    return dict(kubectl.json("get", "servingpool", "-n", NS, "chat").get("status") or {})
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def _fleet() -> list[dict[str, Any]]:
         PROVIDER, legal_entity="E2E HA Cloud GmbH", gpu_quota=80, node_pools=[h100]
     )
     deployment = fleets.deployment(NS, "surge", node_selector={fleets.PROVIDER_LABEL: PROVIDER})
-    pool = fleets.inference_pool(
+    pool = fleets.serving_pool(
         NS,
         "surge",
         gpu_types=["H100"],

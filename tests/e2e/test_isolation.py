@@ -28,7 +28,7 @@ GATEWAY = "e2e-isolation-throttle"  # the gateway ConfigMap (--gateway-config-ma
 
 def _objects() -> list[dict[str, Any]]:
     def pool(name: str, priority: int, **extra: Any) -> dict[str, Any]:
-        return fleets.inference_pool(
+        return fleets.serving_pool(
             NS,
             name,
             gpu_types=[GPU],
@@ -89,7 +89,7 @@ def fleet(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
 
 
 def _status(kubectl: Kubectl, name: str) -> dict[str, Any]:
-    return dict(kubectl.json("get", "inferencepool", "-n", NS, name).get("status") or {})
+    return dict(kubectl.json("get", "servingpool", "-n", NS, name).get("status") or {})
 
 
 def test_a_low_priority_surge_never_takes_the_high_priority_pools_replicas(

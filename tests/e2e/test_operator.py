@@ -30,7 +30,7 @@ CAP_KW = 12  # one node: 500 W + 8 x 50 W idle; each busy GPU adds 250 W
 
 def _fleet() -> list[dict[str, Any]]:
     def pool(name: str, target: str, **extra: Any) -> dict[str, Any]:
-        return fleets.inference_pool(
+        return fleets.serving_pool(
             NS,
             name,
             target=target,
@@ -95,7 +95,7 @@ def operator(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
 
 
 def _pool(kubectl: Kubectl, name: str) -> dict[str, Any]:
-    return dict(kubectl.json("get", "inferencepool", "-n", NS, name))
+    return dict(kubectl.json("get", "servingpool", "-n", NS, name))
 
 
 def _condition(pool: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def _chat_and_batch(namespace: str, provider: str, gpu: str) -> list[dict[str, A
     """chat (priority 1000) and batch (priority 1), each a pool with its Deployment."""
 
     def pool(name: str, priority: int, minimum: int) -> dict[str, Any]:
-        return fleets.inference_pool(
+        return fleets.serving_pool(
             namespace,
             name,
             gpu_types=[gpu],
@@ -129,7 +129,7 @@ def moving(testbed: Testbed, kubectl: Kubectl) -> Iterator[OperatorProcess]:
 
 
 def _status(kubectl: Kubectl, name: str) -> dict[str, Any]:
-    return dict(kubectl.json("get", "inferencepool", "-n", NS, name).get("status") or {})
+    return dict(kubectl.json("get", "servingpool", "-n", NS, name).get("status") or {})
 
 
 def _condition(kubectl: Kubectl, name: str, kind: str) -> dict[str, Any]:

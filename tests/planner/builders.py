@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpufleet.api import parse_budget, parse_pool, parse_provider
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner import (
@@ -32,7 +32,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pool(**overrides: Any) -> InferencePoolSpec:
+def pool(**overrides: Any) -> ServingPoolSpec:
     base: dict[str, Any] = {
         "scaleTargetRef": {"name": "model"},
         "gpuTypes": ["H100"],
@@ -97,7 +97,7 @@ def key(name: str = "chat") -> PoolKey:
 
 
 def fleet(
-    pools: dict[str, InferencePoolSpec],
+    pools: dict[str, ServingPoolSpec],
     providers: dict[str, CloudProviderSpec],
     budgets: dict[str, PowerBudgetSpec] | None = None,
 ) -> Fleet:

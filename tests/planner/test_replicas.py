@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpufleet.api import InferencePoolSpec
+from gpufleet.api import ServingPoolSpec
 from gpufleet.planner import NodePoolObservation, Reason, plan_fleet
 from gpufleet.planner.demand import erlang_c_servers
 from gpufleet.planner.types import FleetPlan, NodePoolKey
@@ -77,7 +77,7 @@ def test_nan_queue_is_treated_as_missing() -> None:
     assert not plan.pools[key()].metrics_available
 
 
-def _image_pool() -> InferencePoolSpec:
+def _image_pool() -> ServingPoolSpec:
     return pool(
         slo={"queueWaitSeconds": 30, "targetPercent": 99},
         serviceRates=[{"gpuType": "H100", "requestsPerMinute": 5}],

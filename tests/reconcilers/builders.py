@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gpufleet.api import InferencePoolSpec, parse_pool
+from gpufleet.api import ServingPoolSpec, parse_pool
 
 
-def minimal_pool(target: str = "chat") -> InferencePoolSpec:
+def minimal_pool(target: str = "chat") -> ServingPoolSpec:
     """A pool with only the required fields: one H100 replica per 4 queued, at most 10."""
     parsed = parse_pool(
         {

@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api import parse_pool, parse_provider
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner import (
     Fleet,
@@ -39,7 +39,7 @@ A = NodePoolKey("a", "h100")
 FAST = {"scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]}}
 
 
-def _pool(priority: int, **extra: Any) -> InferencePoolSpec:
+def _pool(priority: int, **extra: Any) -> ServingPoolSpec:
     parsed = parse_pool(
         {
             "scaleTargetRef": {"name": "model"},

@@ -39,7 +39,7 @@ def _pool(name: str, priority: int, tiers: list[dict[str, Any]] | None = None) -
         spec["tiers"] = tiers
     return {
         "apiVersion": "gpufleet.io/v1alpha1",
-        "kind": "InferencePool",
+        "kind": "ServingPool",
         "metadata": {"name": name, "namespace": "inference"},
         "spec": spec,
     }

@@ -57,7 +57,7 @@ def _fleet(
         },
         {
             "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "InferencePool",
+            "kind": "ServingPool",
             "metadata": {"name": "chat", "namespace": "inference"},
             "spec": {
                 "scaleTargetRef": {"name": "chat"},

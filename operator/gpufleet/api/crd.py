@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from gpufleet.api.common import GROUP, VERSION
-from gpufleet.api.pool import InferencePoolSpec, InferencePoolStatus
+from gpufleet.api.pool import ServingPoolSpec, ServingPoolStatus
 from gpufleet.api.power import PowerBudgetSpec, PowerBudgetStatus
 from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus
 
@@ -60,19 +60,20 @@ def _ready(kind: str) -> PrinterColumn:
 
 _AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation.")
 
-# Short names avoid "ip"/"infpool": the Gateway API Inference Extension also has a kind named
-# InferencePool, and kubectl resolves short names across groups.
+# The kind is ServingPool, not InferencePool, and its short names avoid "ip"/"infpool": the
+# Gateway API Inference Extension has a kind named InferencePool, and kubectl resolves kinds and
+# short names across groups, so a shared name made `kubectl get inferencepools` ambiguous.
 KINDS: tuple[Kind, ...] = (
     Kind(
-        kind="InferencePool",
-        plural="inferencepools",
-        singular="inferencepool",
+        kind="ServingPool",
+        plural="servingpools",
+        singular="servingpool",
         short_names=("gfpool", "gfpools"),
         namespaced=True,
         description="A served model: the workload gpufleet scales from its queue depth, "
         "the GPUs it needs, and where its data may be processed.",
-        spec=InferencePoolSpec,
-        status=InferencePoolStatus,
+        spec=ServingPoolSpec,
+        status=ServingPoolStatus,
         columns=(
             PrinterColumn(
                 "Desired", "integer", ".status.desiredReplicas", "Replicas the plan wants."

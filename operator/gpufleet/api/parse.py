@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 
@@ -57,8 +57,8 @@ def parse(model: type[M], data: Any, prefix: str = "spec") -> Parsed[M]:
         return Parsed(None, errors)
 
 
-def parse_pool(spec: Any) -> Parsed[InferencePoolSpec]:
-    return parse(InferencePoolSpec, spec)
+def parse_pool(spec: Any) -> Parsed[ServingPoolSpec]:
+    return parse(ServingPoolSpec, spec)
 
 
 def parse_provider(spec: Any) -> Parsed[CloudProviderSpec]:

@@ -1,4 +1,4 @@
-"""InferencePool: one served model, the queue that drives it, and where it may run."""
+"""ServingPool: one served model, the queue that drives it, and where it may run."""
 
 from __future__ import annotations
 
@@ -276,8 +276,8 @@ class WarmSpares(Model):
     )
 
 
-class InferencePoolSpec(Model):
-    """Desired behaviour of an inference pool."""
+class ServingPoolSpec(Model):
+    """Desired behaviour of a serving pool."""
 
     model_config = Model.model_config | {
         "json_schema_extra": extra(
@@ -426,7 +426,7 @@ class Throttle(Model):
     )
 
 
-class InferencePoolStatus(Model):
+class ServingPoolStatus(Model):
     """What gpufleet observed and decided for the pool."""
 
     observed_generation: int = Field(default=0, ge=0, description="Generation the status is for.")
@@ -462,12 +462,12 @@ class InferencePoolStatus(Model):
     conditions: Conditions
 
 
-class InferencePool(Model):
+class ServingPool(Model):
     """The pool as a whole object; used for parsing, tests and examples."""
 
     model_config = Model.model_config | {"extra": "ignore"}
 
     api_version: str
     kind: str
-    spec: InferencePoolSpec
-    status: InferencePoolStatus | None = None
+    spec: ServingPoolSpec
+    status: ServingPoolStatus | None = None

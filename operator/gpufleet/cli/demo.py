@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _pools_table(pools: list[dict[str, Any]], player: Any) -> Table:
-    table = Table(title="InferencePools", expand=True)
+    table = Table(title="ServingPools", expand=True)
     for column in (
         "pool",
         "queue",
@@ -136,7 +136,7 @@ def demo(
             while (now := time.monotonic()) - start < total:
                 player.step(now - start, now - last)
                 last = now
-                pools = kubectl.json("get", "inferencepools", "-A")["items"]
+                pools = kubectl.json("get", "servingpools", "-A")["items"]
                 providers = kubectl.json("get", "cloudproviders")["items"]
                 budgets = kubectl.json("get", "powerbudgets")["items"]
                 for provider in providers:

@@ -39,7 +39,7 @@ def _ready(obj: Mapping[str, Any]) -> str:
 def fleet_tables(
     pools: list[dict[str, Any]], providers: list[dict[str, Any]], budgets: list[dict[str, Any]]
 ) -> list[Table]:
-    pool_table = Table(title="InferencePools")
+    pool_table = Table(title="ServingPools")
     for column in (
         "pool",
         "mode",
@@ -136,7 +136,7 @@ def status() -> None:
     api = _client()
     console = Console()
     for table in fleet_tables(
-        _list(api, "inferencepools"), _list(api, "cloudproviders"), _list(api, "powerbudgets")
+        _list(api, "servingpools"), _list(api, "cloudproviders"), _list(api, "powerbudgets")
     ):
         console.print(table)
 
@@ -236,7 +236,7 @@ def _budget_covers(spec: Mapping[str, Any], key: Any, node_pool: Any, covers: An
 
 
 def explain(
-    pool: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the InferencePool.")],
+    pool: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the ServingPool.")],
 ) -> None:
     """Why a pool is at its current size: across pod, node, power and burst layers."""
     from gpufleet.planner.types import PoolKey
@@ -245,6 +245,6 @@ def explain(
     if not namespace:
         raise typer.BadParameter("give the pool as NAMESPACE/NAME")
     api = _client()
-    obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "inferencepools", name)
+    obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "servingpools", name)
     for line in explain_lines(obj, _list(api, "cloudproviders"), _list(api, "powerbudgets")):
         typer.echo(line)

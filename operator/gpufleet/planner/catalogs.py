@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.placement import Catalog
 
@@ -28,7 +28,7 @@ def catalog_of(providers: Mapping[str, CloudProviderSpec]) -> Catalog:
     return catalog
 
 
-def signature_of(spec: InferencePoolSpec) -> tuple[object, ...]:
+def signature_of(spec: ServingPoolSpec) -> tuple[object, ...]:
     """What decides a pool's candidate node pools; pools that share it share the list."""
     policy, burst = spec.data_policy, spec.burst
     return (

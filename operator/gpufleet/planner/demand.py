@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Settings
 
 # A forecast may not promise more than this multiple of the present: trend on a noisy signal
@@ -38,7 +38,7 @@ class Demand:
         return max(self.now_replicas, self.ahead_replicas)
 
 
-def service_rate_per_second(spec: InferencePoolSpec) -> float | None:
+def service_rate_per_second(spec: ServingPoolSpec) -> float | None:
     """The slowest known rate among the pool's GPU types: sizing must hold wherever it lands."""
     rates = [
         r.requests_per_minute / 60.0 for r in spec.service_rates if r.gpu_type in spec.gpu_types
@@ -82,7 +82,7 @@ def erlang_c_servers(arrival: float, service: float, wait_seconds: float, target
     return _MAX_SERVERS
 
 
-def _from_queue(spec: InferencePoolSpec, queue: float) -> int:
+def _from_queue(spec: ServingPoolSpec, queue: float) -> int:
     return math.ceil(queue / spec.queue.target_per_replica - 1e-9)
 
 
@@ -103,7 +103,7 @@ class _Model:
         return max(self.steady, math.ceil(rate / self.service - 1e-9))
 
 
-def _model(spec: InferencePoolSpec, arrival: float) -> _Model | None:
+def _model(spec: ServingPoolSpec, arrival: float) -> _Model | None:
     service = service_rate_per_second(spec)
     if service is None or spec.slo is None:
         return None
@@ -150,7 +150,7 @@ def project(
 
 
 def demand(
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     observation: PoolObservation,
     previous: Forecast | None,
     lead_seconds: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.planner import behavior
 from gpufleet.planner.catalogs import catalog_of, signature_of
 from gpufleet.planner.demand import demand
@@ -143,7 +143,7 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
         ledger.budget_used[index] += max(0.0, measured - estimate)
 
 
-def _clamp(spec: InferencePoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]:
+def _clamp(spec: ServingPoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]:
     if replicas > spec.max_replicas:
         return spec.max_replicas, (
             Note(Reason.LIMITED_BY_MAX, f"{replicas} wanted, maxReplicas is {spec.max_replicas}"),
@@ -155,7 +155,7 @@ def _clamp(spec: InferencePoolSpec, replicas: int) -> tuple[int, tuple[Note, ...
     return replicas, ()
 
 
-def _lead_seconds(spec: InferencePoolSpec, options: Candidates, ledger: Ledger) -> float:
+def _lead_seconds(spec: ServingPoolSpec, options: Candidates, ledger: Ledger) -> float:
     for key in options.grow:
         slot = ledger.slots.get(key)
         if slot is not None and not slot.held:
@@ -187,7 +187,7 @@ def _outside_data_policy(observation: PoolObservation, options: Candidates) -> N
 
 def _plan_pool(
     key: PoolKey,
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     observation: PoolObservation,
     memory: PoolMemory,
     options: Candidates,

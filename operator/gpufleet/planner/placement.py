@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-from gpufleet.api.pool import DataClass, InferencePoolSpec
+from gpufleet.api.pool import DataClass, ServingPoolSpec
 from gpufleet.api.provider import CapacityType, CloudProviderSpec, Role
 from gpufleet.planner.ledger import Ledger, Limit
 from gpufleet.planner.power import busy_watts, measured_watts
@@ -72,7 +72,7 @@ def jurisdiction_allowed(allowed: list[str], jurisdiction: str) -> bool:
     )
 
 
-def data_policy_violation(pool: InferencePoolSpec, provider: CloudProviderSpec) -> str | None:
+def data_policy_violation(pool: ServingPoolSpec, provider: CloudProviderSpec) -> str | None:
     """Why the provider may not process the pool's data, or None when it may."""
     policy, facts = pool.data_policy, provider.subprocessor
     if policy.approved_subprocessors_only and not facts.approved:
@@ -94,7 +94,7 @@ class Refusal(StrEnum):
 
 
 def refusal(
-    pool: InferencePoolSpec, name: str, provider: CloudProviderSpec
+    pool: ServingPoolSpec, name: str, provider: CloudProviderSpec
 ) -> tuple[Refusal, str] | None:
     """Why the pool may not use the provider at all (burst settings, data policy), or None."""
     if provider.role == Role.SECONDARY:
@@ -185,7 +185,7 @@ def _order(entry: Entry) -> tuple[object, ...]:
     return entry.order
 
 
-def candidates(pool: InferencePoolSpec, catalog: Catalog) -> Candidates:
+def candidates(pool: ServingPoolSpec, catalog: Catalog) -> Candidates:
     allowed: set[str] = set()
     blocked: list[tuple[str, str]] = []
     burst_disabled = False
@@ -268,7 +268,7 @@ def _names(keys: set[str] | list[str]) -> str:
 
 def place(
     ledger: Ledger,
-    pool: InferencePoolSpec,
+    pool: ServingPoolSpec,
     want: int,
     current: Mapping[NodePoolKey, int],
     options: Candidates,

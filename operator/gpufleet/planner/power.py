@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec, Window
 from gpufleet.api.provider import NodePool
 from gpufleet.planner.types import NodePoolKey
@@ -63,7 +63,7 @@ def busy_gpu_watts(node_pool: NodePool) -> float:
 _NOTHING_MEASURED: Mapping[str, int] = {}
 
 
-def measured_watts(pool: InferencePoolSpec) -> Mapping[str, int]:
+def measured_watts(pool: ServingPoolSpec) -> Mapping[str, int]:
     """The draw per busy GPU the pool measured, by GPU type (serviceRates[].wattsPerGpu);
     empty (and shared, no allocation) for the many pools that give none."""
     measured = {r.gpu_type: r.watts_per_gpu for r in pool.service_rates if r.watts_per_gpu}

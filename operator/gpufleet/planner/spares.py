@@ -17,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, MutableMapping, Sequence
 
-from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import Role
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates
@@ -30,7 +30,7 @@ _SCALE_NOTES = (Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.STEADY)
 
 def add_spares(
     order: Sequence[PoolKey],
-    pools: Mapping[PoolKey, InferencePoolSpec],
+    pools: Mapping[PoolKey, ServingPoolSpec],
     options: Mapping[PoolKey, Candidates],
     plans: MutableMapping[PoolKey, PoolPlan],
     ledger: Ledger,
@@ -76,7 +76,7 @@ def add_spares(
 
 
 def _with_spares(
-    plan: PoolPlan, spec: InferencePoolSpec, added: Mapping[NodePoolKey, int], ledger: Ledger
+    plan: PoolPlan, spec: ServingPoolSpec, added: Mapping[NodePoolKey, int], ledger: Ledger
 ) -> PoolPlan:
     placements = dict(plan.placements)
     for node_pool, count in added.items():

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.planner.demand import erlang_tail, service_rate_per_second
 from gpufleet.planner.types import Note, Reason, Throttle, TierAllowance
 
 
-def sustainable_rate(spec: InferencePoolSpec, replicas: int) -> float | None:
+def sustainable_rate(spec: ServingPoolSpec, replicas: int) -> float | None:
     """Largest arrival rate at which `replicas` keep the SLO (Erlang C), None if unknown."""
     service = service_rate_per_second(spec)
     if service is None or spec.slo is None:
@@ -37,7 +37,7 @@ def sustainable_rate(spec: InferencePoolSpec, replicas: int) -> float | None:
 
 
 def split(
-    spec: InferencePoolSpec, sustainable: float, demand: float, tier_rates: Mapping[str, float]
+    spec: ServingPoolSpec, sustainable: float, demand: float, tier_rates: Mapping[str, float]
 ) -> tuple[TierAllowance, ...]:
     """Admit the highest tiers first; a tier is cut only when every tier above it is whole."""
     left = sustainable
@@ -53,7 +53,7 @@ def split(
 
 
 def throttle(
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     replicas: int,
     demand: float | None,
     tier_rates: Mapping[str, float],
@@ -70,7 +70,7 @@ def throttle(
 
 
 def plan_throttle(
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     planned: int,
     short: bool,
     ready: int | None,

@@ -9,7 +9,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 
@@ -144,7 +144,7 @@ class Snapshot:
 class Fleet:
     """The users' valid specs. Invalid ones never reach the planner (SpecValid=False)."""
 
-    pools: Mapping[PoolKey, InferencePoolSpec] = field(default_factory=frozen_map)
+    pools: Mapping[PoolKey, ServingPoolSpec] = field(default_factory=frozen_map)
     providers: Mapping[str, CloudProviderSpec] = field(default_factory=frozen_map)
     budgets: Mapping[str, PowerBudgetSpec] = field(default_factory=frozen_map)
 

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
-from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, frozen_map
 from gpufleet.reconcilers.cache import WorkloadEntry
@@ -18,7 +18,7 @@ from gpufleet.reconcilers.remote import RemoteClusters
 
 def add_remote_replicas(
     observed: Observed,
-    pools: Mapping[PoolKey, InferencePoolSpec],
+    pools: Mapping[PoolKey, ServingPoolSpec],
     providers: Mapping[str, CloudProviderSpec],
     copies: Mapping[str, Mapping[PoolKey, Copy]],
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.parse import Parsed
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.reconcilers.selectors import Selector, from_label_selector
@@ -27,7 +27,7 @@ class PoolEntry:
     namespace: str
     name: str
     generation: int
-    parsed: Parsed[InferencePoolSpec]
+    parsed: Parsed[ServingPoolSpec]
     status: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -357,7 +357,7 @@ class Drainer:
             )
             try:
                 await kube.event(
-                    "InferencePool",
+                    "ServingPool",
                     pool_key.namespace,
                     pool_key.name,
                     None,

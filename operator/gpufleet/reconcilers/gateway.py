@@ -1,7 +1,7 @@
 """The sustainable rate of every pool in one ConfigMap a gateway can read (docs/gateway.md).
 
 Optional (`gpufleet run --gateway-config-map NAME`). The operator owns the ConfigMap, in its
-own namespace; each InferencePool has one key, `<namespace>.<name>.json`, holding a small JSON
+own namespace; each ServingPool has one key, `<namespace>.<name>.json`, holding a small JSON
 document: whether the pool is throttled, its sustainable and demanded requests per minute and
 each tier's allowed rate, highest tier first (the figures of `status.throttle`), the reason,
 and `observedAt`, the time these figures were computed. A pool that keeps up says

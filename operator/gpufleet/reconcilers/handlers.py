@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # (api group, resource) of every kopf index and timer below: kopf lists and watches each.
 WATCHED = (
-    (GROUP, "inferencepools"),
+    (GROUP, "servingpools"),
     (GROUP, "cloudproviders"),
     (GROUP, "powerbudgets"),
     ("", "nodes"),
@@ -207,7 +207,7 @@ def register(
             )
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
 
-    @kopf.index(GROUP, VERSION, "inferencepools", id="gpufleet_pools", registry=registry)
+    @kopf.index(GROUP, VERSION, "servingpools", id="gpufleet_pools", registry=registry)
     def gpufleet_pools(
         namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
     ) -> dict[Any, Any]:

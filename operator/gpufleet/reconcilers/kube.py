@@ -22,7 +22,7 @@ FIELD_MANAGER = "gpufleet"
 CALLS = (
     ("apps", "deployments/scale", "patch"),
     ("apps", "statefulsets/scale", "patch"),
-    (GROUP, "inferencepools/status", "patch"),
+    (GROUP, "servingpools/status", "patch"),
     (GROUP, "cloudproviders/status", "patch"),
     (GROUP, "powerbudgets/status", "patch"),
     ("", "events", "create"),

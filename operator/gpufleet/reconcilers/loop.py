@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import CapacityError as DriverCapacityError
 from gpufleet.drivers.base import DriverError, NodePoolDriver, QuotaExceeded
@@ -98,7 +98,7 @@ class FleetLoop:
     async def tick(self, view: View) -> FleetPlan:
         started = time.perf_counter()
         now = self.clock()
-        pools: dict[PoolKey, InferencePoolSpec] = {}
+        pools: dict[PoolKey, ServingPoolSpec] = {}
         targets: dict[PoolKey, WorkloadEntry] = {}
         target_errors: dict[PoolKey, str] = {}
         for entry in view.pools:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpufleet.api.pool import InferencePoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
@@ -96,7 +96,7 @@ def replicas_by_node_pool(
 
 
 async def observe(
-    pools: Mapping[PoolKey, InferencePoolSpec],
+    pools: Mapping[PoolKey, ServingPoolSpec],
     workloads: Mapping[PoolKey, WorkloadEntry],
     providers: Mapping[str, CloudProviderSpec],
     budgets: Mapping[str, PowerBudgetSpec],

@@ -70,7 +70,7 @@ class Reporter:
                 )
                 self._pool_metrics(key, pool_plan, observed)
                 await self._scale_event(entry, pool_plan, self.drains.get(key))
-            await self._write("inferencepools", entry.namespace, entry.name, entry.status, status)
+            await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
         for provider_entry in view.providers:
             provider_spec = provider_entry.parsed.value
             node_plans = {
@@ -203,9 +203,7 @@ class Reporter:
             },
         )
         try:
-            await self.kube.event(
-                "InferencePool", entry.namespace, entry.name, None, reason, message
-            )
+            await self.kube.event("ServingPool", entry.namespace, entry.name, None, reason, message)
         except Exception as exc:
             log.info("event for %s/%s not posted: %s", entry.namespace, entry.name, exc)
 

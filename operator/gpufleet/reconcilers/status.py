@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpufleet.api.parse import SpecError
-from gpufleet.api.pool import InferencePoolSpec, Mode
+from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec, Role
 from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
 from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
@@ -55,7 +55,7 @@ def invalid_pool_conditions(errors: Sequence[SpecError]) -> list[Cond]:
 
 
 def pool_conditions(
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     plan: PoolPlan,
     metrics_error: str | None,
     target_error: str | None,

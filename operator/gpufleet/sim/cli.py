@@ -117,7 +117,7 @@ def simulate(
         if target is None:
             keys = list(sc.fleet.pools)
             if not keys:
-                raise typer.BadParameter("the fleet has no InferencePool")
+                raise typer.BadParameter("the fleet has no ServingPool")
             target = str(keys[0])
         from gpufleet.planner.types import PoolKey
 

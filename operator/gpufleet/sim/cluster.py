@@ -12,7 +12,7 @@ import bisect
 import random
 from dataclasses import dataclass, field
 
-from gpufleet.api import CloudProviderSpec, InferencePoolSpec, NodePool
+from gpufleet.api import CloudProviderSpec, NodePool, ServingPoolSpec
 from gpufleet.planner.types import (
     CapacityError,
     CapacityErrorKind,
@@ -231,5 +231,5 @@ class Cluster:
     def pending(self, pool: PoolKey) -> int:
         return sum(r.pending for r in self.replicas[pool].values())
 
-    def pool_spec(self, pool: PoolKey) -> InferencePoolSpec:
+    def pool_spec(self, pool: PoolKey) -> ServingPoolSpec:
         return self.fleet.pools[pool]

@@ -50,7 +50,7 @@ def _fleet() -> list[dict[str, Any]]:
         ),
         fleets.power_budget(SITE, cap_kilowatts=100),
         fleets.deployment(NS, "chat", node_selector={fleets.PROVIDER_LABEL: PROVIDER}),
-        fleets.inference_pool(
+        fleets.serving_pool(
             NS, "chat", gpu_types=["H100"], max_replicas=16, behavior=fleets.behavior()
         ),
     ]
@@ -121,7 +121,7 @@ def operator(
 
 def test_install_prints_next_steps(installed: str) -> None:
     assert "kubectl apply --server-side" in installed
-    assert "InferencePool" in installed
+    assert "ServingPool" in installed
 
 
 def test_surge_reconciles_with_the_chart_service_account_and_nothing_is_forbidden(
@@ -147,7 +147,7 @@ def test_surge_reconciles_with_the_chart_service_account_and_nothing_is_forbidde
             f"{kind} status",
             operator,
         )
-    pool = kubectl.json("get", "inferencepool", "-n", NS, "chat")
+    pool = kubectl.json("get", "servingpool", "-n", NS, "chat")
     assert pool["status"]["desiredReplicas"] == 4
     log = Path(operator.log).read_text(errors="replace")
     assert "403" not in log and "orbidden" not in log, operator.tail(40)
@@ -161,7 +161,7 @@ def test_operator_field_manager_owns_only_status_and_scale(
     # Runs after the surge (module order): status and scale have been written.
     shown = "--show-managed-fields"
     objects = [
-        kubectl.json("get", "inferencepool", "-n", NS, "chat", shown),
+        kubectl.json("get", "servingpool", "-n", NS, "chat", shown),
         kubectl.json("get", "cloudprovider", PROVIDER, shown),
         kubectl.json("get", "powerbudget", SITE, shown),
     ]

@@ -1,5 +1,5 @@
--- Argo CD health of a gpufleet.io InferencePool, from its status.conditions (Ready).
--- Install: argocd-cm key resource.customizations.health.gpufleet.io_InferencePool (see ../README.md).
+-- Argo CD health of a gpufleet.io ServingPool, from its status.conditions (Ready).
+-- Install: argocd-cm key resource.customizations.health.gpufleet.io_ServingPool (see ../README.md).
 local hs = {status = "Progressing", message = "Waiting for the gpufleet operator"}
 if obj.status == nil or obj.status.conditions == nil then
   return hs
