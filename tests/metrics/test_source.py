@@ -1,0 +1,196 @@
+"""Prometheus in: every query stands alone, whatever the others in its batch do or say."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
+from gpufleet.metrics.source import BATCH, PrometheusSource, Sample
+
+from .fake_prometheus import FakePrometheus, canonical
+
+
+def _q(pool: str) -> str:
+    return f'sum(inference_queue_depth{{namespace="ns",pool="{pool}"}})'
+
+
+def _selector(pool: str) -> str:
+    return canonical(f'inference_queue_depth{{namespace="ns",pool="{pool}"}}')
+
+
+@pytest.fixture
+def prom() -> Iterator[FakePrometheus]:
+    fake = FakePrometheus()
+    url, server = fake.serve()
+    fake.url = url  # type: ignore[attr-defined]
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def _source(prom: FakePrometheus, max_age: float = 120.0) -> PrometheusSource:
+    return PrometheusSource(prom.url, max_age=max_age, timeout=5)  # type: ignore[attr-defined]
+
+
+def _pools(prom: FakePrometheus, *names: str, value: float = 7.0) -> list[str]:
+    for name in names:
+        prom.values[canonical(_q(name))] = [value]
+        prom.updated[_selector(name)] = prom.now - 5
+    return [_q(n) for n in names]
+
+
+def _sample(result: object) -> Sample:
+    assert isinstance(result, Sample), result
+    return result
+
+
+def _reason(result: object) -> MetricsReason:
+    assert isinstance(result, MetricsUnavailable), result
+    return result.reason
+
+
+def test_a_hundred_queries_cost_one_request(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    source = _source(prom)
+
+    result = asyncio.run(source.sample_many(queries))
+
+    assert source.requests == 1
+    assert all(_sample(result[q]).value == 7.0 for q in queries)
+
+
+def test_a_query_that_closes_the_parentheses_reads_nothing_of_the_others(
+    prom: FakePrometheus,
+) -> None:
+    victim, neighbour = _pools(prom, "victim", "neighbour")
+    forged = (
+        f'{_q("attacker")}) or label_replace(vector(0), "gpufleet_part", "0", "", "") or (vector(1)'
+    )
+    commented = f"{_q('attacker')} # or"
+
+    result = asyncio.run(_source(prom).sample_many([victim, forged, commented, neighbour]))
+
+    assert _reason(result[forged]) == MetricsReason.INVALID_QUERY
+    assert _sample(result[victim]).value == 7.0
+    assert _sample(result[neighbour]).value == 7.0
+    # What reached Prometheus is what the parser re-serialised: the comment is gone.
+    assert all("#" not in e for e in prom.expressions)
+
+
+def test_one_query_rejected_while_evaluating_fails_alone(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(8)))
+    prom.fail[canonical(queries[3])] = 422
+
+    result = asyncio.run(_source(prom).sample_many(queries))
+
+    assert _reason(result[queries[3]]) == MetricsReason.QUERY_FAILED
+    assert "boom" not in str(result[queries[3]])  # Prometheus's text stays in the log
+    assert all(_sample(result[q]).value == 7.0 for i, q in enumerate(queries) if i != 3)
+
+
+def test_one_500_costs_one_request(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    prom.fail[canonical(queries[0])] = 500
+    source = _source(prom)
+
+    result = asyncio.run(source.sample_many(queries))
+
+    assert source.requests == 1
+    assert {_reason(r) for r in result.values()} == {MetricsReason.UNREACHABLE}
+
+
+def test_a_query_that_always_fails_is_isolated_over_ticks(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(2 * BATCH)))
+    bad = queries[5]
+    prom.fail[canonical(bad)] = 503
+    source = _source(prom)
+
+    for _ in range(10):
+        result = asyncio.run(source.sample_many(queries))
+
+    assert _reason(result[bad]) == MetricsReason.UNREACHABLE
+    assert all(isinstance(result[q], Sample) for q in queries if q != bad)
+    before = source.requests
+    asyncio.run(source.sample_many(queries))
+    assert source.requests - before <= 3  # two full batches (one a query short) and the bad one
+
+
+def test_prometheus_down_does_not_multiply_requests() -> None:
+    source = PrometheusSource("http://127.0.0.1:9", timeout=2)
+    queries = [f"vector({i})" for i in range(2 * BATCH)]
+
+    for _ in range(3):
+        result = asyncio.run(source.sample_many(queries))
+
+    assert source.requests == 6
+    assert {_reason(r) for r in result.values()} == {MetricsReason.UNREACHABLE}
+
+
+def test_a_series_older_than_the_limit_is_stale_though_the_evaluation_is_fresh(
+    prom: FakePrometheus,
+) -> None:
+    fresh, old = _pools(prom, "fresh", "old")
+    prom.updated[_selector("old")] = prom.now - 249
+
+    result = asyncio.run(_source(prom, max_age=120).sample_many([fresh, old]))
+
+    assert _reason(result[old]) == MetricsReason.STALE_SAMPLE
+    assert _sample(result[fresh]).age == 5
+
+
+def test_a_skewed_operator_clock_marks_nothing_stale(prom: FakePrometheus) -> None:
+    # Ages are Prometheus's evaluation time minus its samples' times: the operator's clock
+    # is not read at all, so a Prometheus an hour ahead or behind changes nothing.
+    (query,) = _pools(prom, "chat")
+    prom.now += 3600
+    prom.updated[_selector("chat")] = prom.now - 5
+
+    assert _sample(asyncio.run(_source(prom).sample_many([query]))[query]).value == 7.0
+
+
+@pytest.mark.parametrize("raw", ["1e308", "NaN", "+Inf", "-Inf", "-1", "2e9"])
+def test_absurd_values_are_out_of_range(prom: FakePrometheus, raw: str) -> None:
+    bad, good = _pools(prom, "bad", "good")
+    prom.values[canonical(bad)] = [raw]
+
+    result = asyncio.run(_source(prom).sample_many([bad, good]))
+
+    assert _reason(result[bad]) == MetricsReason.VALUE_OUT_OF_RANGE
+    assert _sample(result[good]).value == 7.0
+
+
+def test_a_denormal_plans_as_zero(prom: FakePrometheus) -> None:
+    (query,) = _pools(prom, "tiny", value=1e-310)
+
+    assert _sample(asyncio.run(_source(prom).sample_many([query]))[query]).value == 0.0
+
+
+def test_ten_thousand_series_are_several_and_cost_two(prom: FakePrometheus) -> None:
+    wide = 'inference_queue_depth{namespace="ns"}'
+    prom.values[canonical(wide)] = [1.0] * 10_000
+
+    result = asyncio.run(_source(prom).sample_many([wide]))
+
+    assert _reason(result[wide]) == MetricsReason.SEVERAL_SERIES
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("sum(", MetricsReason.INVALID_QUERY),
+        ("up[5m]", MetricsReason.INVALID_QUERY),
+        ('"text"', MetricsReason.INVALID_QUERY),
+        ('sum(inference_queue_depth{pool="none"})', MetricsReason.NO_SAMPLE),
+    ],
+)
+def test_unusable_queries_say_why(prom: FakePrometheus, query: str, reason: MetricsReason) -> None:
+    assert _reason(asyncio.run(_source(prom).sample_many([query]))[query]) == reason
+
+
+def test_a_scalar_query_is_one_number(prom: FakePrometheus) -> None:
+    prom.values["vector(3)"] = [3.0]
+
+    assert _sample(asyncio.run(_source(prom).sample_many(["3"]))["3"]).value == 3.0
