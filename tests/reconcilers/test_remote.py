@@ -25,7 +25,7 @@ from gpufleet.reconcilers.copies import (
     source_hash,
     stale,
 )
-from gpufleet.reconcilers.kubeconfig import CredentialsError, check_kubeconfig
+from gpufleet.reconcilers.kubeconfig import CredentialsError, check_kubeconfig, client_from
 from gpufleet.reconcilers.remote import REMOTE_CALLS
 
 from .builders import minimal_pool
@@ -230,6 +230,23 @@ def test_embedded_kubeconfigs_are_accepted() -> None:
     )
     with pytest.raises(CredentialsError):
         check_kubeconfig({"clusters": [{"name": "c", "cluster": {"certificate-authority": "/ca"}}]})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- a list",
+        "users: 5",
+        "users: [just-a-string]",
+        "clusters: {c: d}",
+        "users: [{user: [1, 2]}]",
+        "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []",
+        "\x00\x01",
+    ],
+)
+def test_malformed_kubeconfigs_are_a_credentials_error_not_a_crash(text: str) -> None:
+    with pytest.raises(CredentialsError):
+        client_from(text)
 
 
 CREATED = {"name": "team", "uid": "u", "labels": {"gpufleet.io/created-by": "gpufleet"}}

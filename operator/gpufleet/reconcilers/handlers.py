@@ -46,6 +46,7 @@ from gpufleet.reconcilers.credentials import (
 from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.liveness import TickWatch
 from gpufleet.reconcilers.loop import FleetLoop
 from gpufleet.reconcilers.remote import RemoteClusters
 
@@ -157,6 +158,15 @@ def register(
 
     With `peering`, only the leader among the replicas runs the fleet timer (kopf pauses
     the others); without, this replica acts alone (kopf's standalone mode)."""
+
+    # Longer than any tick can take with every call's timeout: then it waits on something
+    # that never returns.
+    watch = TickWatch(stuck_after=max(120.0, 20 * config.period_seconds))
+
+    @kopf.on.probe(id="fleet_loop", registry=registry)
+    def fleet_loop(**_: Any) -> str:
+        watch.check()
+        return "ok"
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -322,8 +332,11 @@ def register(
             pods={ns: list(gpufleet_pods[ns]) for ns in gpufleet_pods},
             workloads=workloads,
         )
+        watch.begin()
         try:
             await memo.fleet.tick(view)
         except Exception:  # the loop never dies: log, count, try again next tick
             memo.fleet.metrics.reconcile_errors.labels("tick").inc()
             log.exception("fleet reconcile failed")
+        finally:
+            watch.end()

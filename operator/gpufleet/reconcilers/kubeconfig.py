@@ -78,7 +78,10 @@ def client_from(text: str) -> ApiClient:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:
         raise CredentialsError("not valid YAML") from None
-    check_kubeconfig(raw)
+    try:
+        check_kubeconfig(raw)
+    except (AttributeError, TypeError):  # users or clusters of the wrong shape
+        raise CredentialsError("not a kubeconfig: users and clusters must be lists") from None
     try:
         api: ApiClient = config.new_client_from_config_dict(  # type: ignore[no-untyped-call]
             raw, persist_config=False
@@ -113,6 +116,13 @@ class Connections:
         return {n: self.by_provider[n].driver for n in names if n not in self.errors}
 
     async def _connect(self, name: str, spec: CloudProviderSpec) -> str | None:
+        try:
+            return await self._connect_one(name, spec)
+        except Exception as exc:  # whatever one provider's Secret holds, the others go on
+            log.exception("connecting to the remote cluster of %s failed", name)
+            return f"unusable kubeconfig ({type(exc).__name__})"
+
+    async def _connect_one(self, name: str, spec: CloudProviderSpec) -> str | None:
         ref = spec.cluster.kubeconfig_secret_ref
         assert ref is not None
         namespace = ref.namespace or self.operator_namespace

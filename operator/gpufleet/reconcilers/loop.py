@@ -16,7 +16,6 @@ from gpufleet.drivers.base import CapacityError as DriverCapacityError
 from gpufleet.drivers.base import DriverError, NodePoolDriver, QuotaExceeded
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import MetricsSource
-from gpufleet.planner import plan_fleet
 from gpufleet.planner.types import (
     CapacityError,
     CapacityErrorKind,
@@ -34,8 +33,10 @@ from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
 from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Action, Journal
+from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for
+from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.remote import RemoteClusters
 from gpufleet.reconcilers.report import Reporter
 
@@ -77,6 +78,9 @@ class FleetLoop:
             driver = self.make_driver(name, spec)
         except DriverError as exc:
             log.warning("no driver for provider %s: %s", name, exc, extra={"provider": name})
+            return None
+        except Exception:  # an untyped bug building one provider's driver: that one only
+            log.exception("no driver for provider %s", name, extra={"provider": name})
             return None
         self.drivers[name] = (spec, driver)
         return driver
@@ -128,7 +132,7 @@ class FleetLoop:
             and (d := self._driver(n, spec)) is not None
         }
         copies: dict[str, dict[PoolKey, Copy]] = {}
-        copy_errors: dict[str, str] = {}
+        copy_errors: dict[str, Problem] = {}
         if self.remote is not None:
             usable = {n: providers[n] for n in remote if n not in credential_errors}
             drivers.update(await self.remote.connect(usable))
@@ -159,15 +163,22 @@ class FleetLoop:
         observed.driver_errors.update(copy_errors)
         add_remote_replicas(observed, pools, providers, copies, self.last_placements)
         fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
-        plan = plan_fleet(fleet, observed.snapshot, self.state, now)
+        plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
-        await self._actuate(plan, fleet, targets, drivers, observed, now, copies, known, view.pods)
+        # Pools the planner failed on keep their replicas, and so the nodes under them.
+        await self._actuate(
+            plan, fleet, targets, drivers, observed, now, copies, known, view.pods, bool(unplanned)
+        )
         await self.reporter.report(
-            view, plan, fleet, observed, target_errors, credential_errors, now
+            view, plan, fleet, observed, target_errors, credential_errors, now, unplanned
         )
         if self.gateway is not None:
-            await self.gateway.publish(view, plan, now)
+            try:
+                await self.gateway.publish(view, plan, now)
+            except Exception:  # the gateway's figures wait for the next tick; scaling does not
+                self.metrics.reconcile_errors.labels("gateway").inc()
+                log.exception("publishing the gateway ConfigMap failed")
         self.last_plan = plan
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         return plan
@@ -183,6 +194,7 @@ class FleetLoop:
         copies: Mapping[str, Mapping[PoolKey, Copy]] | None = None,
         known: set[PoolKey] | None = None,
         pods: Mapping[str, Sequence[PodEntry]] | None = None,
+        hold_node_pools: bool = False,
     ) -> None:
         # Every target this tick can resize: its observed size, the size the plan wants
         # where that differs, and how to set it. Then record intent, act, record the result.
@@ -211,6 +223,8 @@ class FleetLoop:
                 or key.provider in observed.snapshot.unreachable_providers
             ):
                 continue
+            if hold_node_pools and node_plan.desired_nodes < state.target_size:
+                continue
             target = f"nodepool/{key.provider}/{key.node_pool}"
             current[target] = state.target_size
             ref = ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
@@ -224,28 +238,32 @@ class FleetLoop:
             self.moves_loaded = True
         moves: list[str] = []
         for pool_key, pool_plan in sorted(plan.pools.items()):
-            spec = fleet.pools[pool_key]
-            self.last_placements[pool_key] = pool_plan.placements
-            # Replicas that yield to higher-priority pools are drained, not just scaled away.
-            drain = request_for(pool_key, plan, fleet, observed.snapshot)
-            await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
-            if spec.mode == Mode.DRY_RUN:
-                continue
-            local = sum(
-                count
-                for (provider, _), count in pool_plan.placements.items()
-                if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
-            )
-            workload = targets[pool_key]
-            target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
-            current[target] = workload.replicas
-            setters[target] = functools.partial(self._scale, workload, pool_key, drain, now)
-            if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
-                pass  # moved replicas wait for the pools they yielded to
-            elif local != workload.replicas:
-                planned[target] = local
-            elif drain is not None:
-                moves.append(target)  # the same size: preempted replicas move
+            try:
+                spec = fleet.pools[pool_key]
+                self.last_placements[pool_key] = pool_plan.placements
+                # Replicas that yield to higher-priority pools are drained, not just scaled away.
+                drain = request_for(pool_key, plan, fleet, observed.snapshot)
+                await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
+                if spec.mode == Mode.DRY_RUN:
+                    continue
+                local = sum(
+                    count
+                    for (provider, _), count in pool_plan.placements.items()
+                    if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
+                )
+                workload = targets[pool_key]
+                target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
+                current[target] = workload.replicas
+                setters[target] = functools.partial(self._scale, workload, pool_key, drain, now)
+                if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
+                    pass  # moved replicas wait for the pools they yielded to
+                elif local != workload.replicas:
+                    planned[target] = local
+                elif drain is not None:
+                    moves.append(target)  # the same size: preempted replicas move
+            except Exception:  # one pool's failure must not stop the others
+                self.metrics.reconcile_errors.labels("actuate").inc()
+                log.exception("pool %s: actuation failed", pool_key, extra={"pool": str(pool_key)})
         refresh = remote_targets(
             self.remote,
             plan,
@@ -296,7 +314,11 @@ class FleetLoop:
     ) -> bool:
         try:
             await driver.set_target_size(ref, size, action_id=action)
-        except DriverError as exc:
+        except Exception as exc:
+            if not isinstance(exc, DriverError):  # untyped: this node pool only, next tick again
+                self.metrics.reconcile_errors.labels("actuate").inc()
+                log.exception("node pool %s: resize failed", key, extra={"nodePool": str(key)})
+                return False
             if isinstance(exc, DriverCapacityError):  # the planner backs the node pool off
                 kind = (
                     CapacityErrorKind.QUOTA_EXCEEDED

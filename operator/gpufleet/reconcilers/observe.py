@@ -7,6 +7,7 @@ concurrently and fails per pool or per provider, never for the whole fleet.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,8 @@ from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
-from gpufleet.metrics.source import MetricsSource, MetricsUnavailable
+from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
+from gpufleet.metrics.source import MetricsSource
 from gpufleet.planner.types import (
     CapacityError,
     NodePoolKey,
@@ -25,8 +27,11 @@ from gpufleet.planner.types import (
     frozen_map,
 )
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry
+from gpufleet.reconcilers.problems import Problem
 
+log = logging.getLogger(__name__)
 CONCURRENCY = 16
+_NO_PROMETHEUS = Problem(MetricsReason.NOT_CONFIGURED.value, "the operator has no Prometheus URL")
 
 
 @dataclass
@@ -36,20 +41,25 @@ class Observed:
     snapshot: Snapshot
     queue: dict[PoolKey, float | None] = field(default_factory=dict)
     arrival: dict[PoolKey, float | None] = field(default_factory=dict)
-    metrics_errors: dict[PoolKey, str] = field(default_factory=dict)
-    driver_errors: dict[str, str] = field(default_factory=dict)
+    metrics_errors: dict[PoolKey, Problem] = field(default_factory=dict)
+    budget_errors: dict[str, Problem] = field(default_factory=dict)
+    driver_errors: dict[str, Problem] = field(default_factory=dict)
     node_states: dict[NodePoolKey, NodePoolState] = field(default_factory=dict)
     current_by_provider: dict[PoolKey, dict[str, int]] = field(default_factory=dict)
 
 
 async def _sample_all(
     source: MetricsSource | None, queries: list[str]
-) -> dict[str, tuple[float | None, str | None]]:
+) -> dict[str, tuple[float | None, Problem | None]]:
     if source is None:
-        return dict.fromkeys(queries, (None, "no Prometheus configured"))
-    samples = await source.sample_many(queries)
+        return dict.fromkeys(queries, (None, _NO_PROMETHEUS))
+    try:
+        samples = await source.sample_many(queries)
+    except Exception as exc:  # a bug in the source must not stop the fleet: hold everything
+        log.exception("reading Prometheus failed")
+        return dict.fromkeys(queries, (None, Problem.of(exc)))
     return {
-        q: (None, str(r)) if isinstance(r, MetricsUnavailable) else (r.value, None)
+        q: (None, Problem.of(r)) if isinstance(r, MetricsUnavailable) else (r.value, None)
         for q, r in samples.items()
     }
 
@@ -164,6 +174,9 @@ async def observe(
         if entry.ready:
             seen = NodePoolKey(entry.provider, entry.node_pool)
             ready_count[seen] = ready_count.get(seen, 0) + 1
+    for name, (_, error) in zip(budget_names, measured, strict=True):
+        if error is not None:
+            observed.budget_errors[name] = error
     for (name, ref), (state, error) in zip(refs, states, strict=True):
         np_key = NodePoolKey(name, ref.node_pool)
         if error is not None:
@@ -212,11 +225,14 @@ async def observe(
 
 async def _state(
     driver: NodePoolDriver, ref: NodePoolRef, gate: asyncio.Semaphore
-) -> tuple[NodePoolState | None, str | None]:
+) -> tuple[NodePoolState | None, Problem | None]:
     from gpufleet.drivers.base import DriverError
 
     async with gate:
         try:
             return await driver.get_pool(ref), None
         except DriverError as exc:
-            return None, f"{exc.reason}: {exc}"
+            return None, Problem.of(exc)
+        except Exception as exc:  # an untyped driver bug: this provider only
+            log.exception("driver of %s failed", ref.provider, extra={"provider": ref.provider})
+            return None, Problem.of(exc)

@@ -36,6 +36,7 @@ from gpufleet.reconcilers.copies import (
 )
 from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
 from gpufleet.reconcilers.kubeconfig import Connections, RemoteDriverFactory
+from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.remote_namespaces import (
     NAMESPACE_CALLS,
     TIMEOUT,
@@ -95,20 +96,20 @@ class RemoteClusters:
 
     async def copies(
         self, providers: list[str]
-    ) -> tuple[dict[str, dict[PoolKey, Copy]], dict[str, str]]:
+    ) -> tuple[dict[str, dict[PoolKey, Copy]], dict[str, Problem]]:
         """The copies gpufleet owns in each provider's cluster, and providers that failed."""
         names = sorted(p for p in providers if p in self.connections.by_provider)
         results = await asyncio.gather(*(self._list(n) for n in names))
         found: dict[str, dict[PoolKey, Copy]] = {}
-        failed: dict[str, str] = {}
+        failed: dict[str, Problem] = {}
         for name, result in zip(names, results, strict=True):
-            if isinstance(result, str):
+            if isinstance(result, Problem):
                 failed[name] = result
             else:
                 found[name] = result
         return found, failed
 
-    async def _list(self, name: str) -> dict[PoolKey, Copy] | str:
+    async def _list(self, name: str) -> dict[PoolKey, Copy] | Problem:
         api = self.connections.by_provider[name].api
         try:
             listed = await asyncio.gather(
@@ -123,9 +124,9 @@ class RemoteClusters:
                 )
             )
         except ApiException as exc:
-            return f"ProviderUnavailable: remote cluster: {api_reason(exc)}"
+            return Problem("ProviderUnavailable", f"remote cluster: {api_reason(exc)}")
         except Exception as exc:
-            return f"ProviderUnavailable: remote cluster: {type(exc).__name__}"
+            return Problem("ProviderUnavailable", f"remote cluster: {type(exc).__name__}")
         out: dict[PoolKey, Copy] = {}
         for kind, items in zip(KINDS, listed, strict=True):
             for item in items.items:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +13,12 @@ from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers import status as st
-from gpufleet.reconcilers.cache import PoolEntry, View
+from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View
 from gpufleet.reconcilers.conditions import Cond, ready
 from gpufleet.reconcilers.drain import DrainOutcome
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed
+from gpufleet.reconcilers.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -37,121 +39,191 @@ class Reporter:
         target_errors: Mapping[PoolKey, str],
         credential_errors: Mapping[str, str],
         now: float,
+        unplanned: Mapping[PoolKey, Problem] | None = None,
     ) -> None:
+        """Each object's status, metrics and Events; one object's failure is logged with its
+        name and the others are reported all the same."""
         for entry in view.pools:
-            key = PoolKey(entry.namespace, entry.name)
-            spec = entry.parsed.value
-            pool_plan = plan.pools.get(key)
-            if spec is None:
-                status = st.pool_status(
-                    entry.status,
-                    entry.generation,
-                    st.invalid_pool_conditions(entry.parsed.errors),
-                    now,
-                )
-            elif pool_plan is None:
-                target = Cond("TargetFound", False, "TargetNotFound", target_errors.get(key, ""))
-                conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
-                status = st.pool_status(entry.status, entry.generation, conds, now)
-            else:
-                conds = st.pool_conditions(
-                    spec, pool_plan, observed.metrics_errors.get(key), None, self.drains.get(key)
-                )
-                status = st.pool_status(
-                    entry.status,
-                    entry.generation,
-                    conds,
-                    now,
-                    pool_plan,
-                    observed.queue.get(key),
-                    fleet.providers,
-                    observed.current_by_provider.get(key),
-                    observed.arrival.get(key),
-                )
-                self._pool_metrics(key, pool_plan, observed)
-                await self._scale_event(entry, pool_plan, self.drains.get(key))
-            await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
-        for provider_entry in view.providers:
-            provider_spec = provider_entry.parsed.value
-            node_plans = {
-                k.node_pool: p
-                for k, p in plan.node_pools.items()
-                if k.provider == provider_entry.name
-            }
-            ready_nodes = {
-                n: s.ready
-                for k, s in observed.node_states.items()
-                if k.provider == provider_entry.name
-                for n in [k.node_pool]
-            }
-            error = observed.driver_errors.get(provider_entry.name)
-            credentials_error = credential_errors.get(provider_entry.name)
-            if credentials_error:
-                error = "no usable credentials: see CredentialsValid"
-            status = (
-                st.provider_status(
-                    provider_entry.status,
-                    provider_entry.generation,
-                    provider_spec,
-                    node_plans,
-                    ready_nodes,
-                    error,
-                    now,
-                    provider_entry.parsed.errors,
-                    credentials_error,
-                )
-                if provider_spec is not None
-                else st.provider_status(
-                    provider_entry.status,
-                    provider_entry.generation,
-                    _EMPTY_PROVIDER,
-                    {},
-                    {},
-                    None,
-                    now,
-                    provider_entry.parsed.errors,
-                )
+            await self._guard(
+                "servingpool",
+                f"{entry.namespace}/{entry.name}",
+                self._report_pool(
+                    entry, plan, fleet, observed, target_errors, now, unplanned or {}
+                ),
+                functools.partial(self._pool_failed, entry, now),
             )
-            for np_key, np_plan in plan.node_pools.items():
-                if np_key.provider == provider_entry.name:
-                    self.metrics.desired_nodes.labels(np_key.provider, np_key.node_pool).set(
-                        np_plan.desired_nodes
-                    )
-                    self.metrics.current_nodes.labels(np_key.provider, np_key.node_pool).set(
-                        np_plan.current_nodes
-                    )
-            await self._write(
-                "cloudproviders", None, provider_entry.name, provider_entry.status, status
+        for provider_entry in view.providers:
+            await self._guard(
+                "cloudprovider",
+                provider_entry.name,
+                self._report_provider(provider_entry, plan, observed, credential_errors, now),
             )
         for budget_entry in view.budgets:
-            budget_plan = plan.budgets.get(budget_entry.name)
-            budget_spec: PowerBudgetSpec | None = budget_entry.parsed.value
-            measured = (
-                budget_spec is not None
-                and budget_spec.measurement.type == MeasurementType.PROMETHEUS
+            await self._guard(
+                "powerbudget",
+                budget_entry.name,
+                self._report_budget(budget_entry, plan, observed, now),
             )
-            status = st.budget_status(
-                budget_entry.status,
-                budget_entry.generation,
-                budget_plan,
-                measured,
+
+    async def _guard(
+        self,
+        kind: str,
+        name: str,
+        work: Awaitable[None],
+        fallback: Callable[[Problem], Awaitable[None]] | None = None,
+    ) -> None:
+        try:
+            await work
+        except Exception as exc:
+            self.metrics.reconcile_errors.labels("status").inc()
+            log.exception("reporting %s %s failed", kind, name, extra={kind: name})
+            if fallback is not None:
+                await self._guard(kind, name, fallback(Problem.of(exc)))
+
+    async def _pool_failed(self, entry: PoolEntry, now: float, problem: Problem) -> None:
+        """A status that says only why the full one could not be made."""
+        failed = Cond("ScalingActive", False, problem.reason, f"status: {problem.message}")
+        conds = [ready([failed], st.POOL_HEALTHY), failed]
+        status = st.pool_status(entry.status, entry.generation, conds, now)
+        await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
+
+    async def _report_pool(
+        self,
+        entry: PoolEntry,
+        plan: FleetPlan,
+        fleet: Fleet,
+        observed: Observed,
+        target_errors: Mapping[PoolKey, str],
+        now: float,
+        unplanned: Mapping[PoolKey, Problem],
+    ) -> None:
+        key = PoolKey(entry.namespace, entry.name)
+        spec = entry.parsed.value
+        pool_plan = plan.pools.get(key)
+        if spec is None:
+            status = st.pool_status(
+                entry.status,
+                entry.generation,
+                st.invalid_pool_conditions(entry.parsed.errors),
                 now,
-                budget_entry.parsed.errors,
             )
-            if budget_plan is not None:
-                drawn = (
-                    budget_plan.measured_watts
-                    if budget_plan.measured_watts is not None
-                    else budget_plan.planned_watts
+        elif pool_plan is None and key in unplanned:
+            problem = unplanned[key]
+            failed = Cond("ScalingActive", False, problem.reason, problem.message)
+            conds = [ready([failed], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), failed]
+            status = st.pool_status(entry.status, entry.generation, conds, now)
+        elif pool_plan is None:
+            target = Cond("TargetFound", False, "TargetNotFound", target_errors.get(key, ""))
+            conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
+            status = st.pool_status(entry.status, entry.generation, conds, now)
+        else:
+            conds = st.pool_conditions(
+                spec, pool_plan, observed.metrics_errors.get(key), None, self.drains.get(key)
+            )
+            status = st.pool_status(
+                entry.status,
+                entry.generation,
+                conds,
+                now,
+                pool_plan,
+                observed.queue.get(key),
+                fleet.providers,
+                observed.current_by_provider.get(key),
+                observed.arrival.get(key),
+            )
+            self._pool_metrics(key, pool_plan, observed)
+            await self._scale_event(entry, pool_plan, self.drains.get(key))
+        await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
+
+    async def _report_provider(
+        self,
+        provider_entry: ProviderEntry,
+        plan: FleetPlan,
+        observed: Observed,
+        credential_errors: Mapping[str, str],
+        now: float,
+    ) -> None:
+        provider_spec = provider_entry.parsed.value
+        node_plans = {
+            k.node_pool: p for k, p in plan.node_pools.items() if k.provider == provider_entry.name
+        }
+        ready_nodes = {
+            n: s.ready
+            for k, s in observed.node_states.items()
+            if k.provider == provider_entry.name
+            for n in [k.node_pool]
+        }
+        error = observed.driver_errors.get(provider_entry.name)
+        credentials_error = credential_errors.get(provider_entry.name)
+        if credentials_error:
+            error = Problem("CredentialsInvalid", "no usable credentials: see CredentialsValid")
+        status = (
+            st.provider_status(
+                provider_entry.status,
+                provider_entry.generation,
+                provider_spec,
+                node_plans,
+                ready_nodes,
+                error,
+                now,
+                provider_entry.parsed.errors,
+                credentials_error,
+            )
+            if provider_spec is not None
+            else st.provider_status(
+                provider_entry.status,
+                provider_entry.generation,
+                _EMPTY_PROVIDER,
+                {},
+                {},
+                None,
+                now,
+                provider_entry.parsed.errors,
+            )
+        )
+        for np_key, np_plan in plan.node_pools.items():
+            if np_key.provider == provider_entry.name:
+                self.metrics.desired_nodes.labels(np_key.provider, np_key.node_pool).set(
+                    np_plan.desired_nodes
                 )
-                self.metrics.budget_drawn_kw.labels(budget_entry.name).set(drawn / 1000)
-                self.metrics.budget_planned_kw.labels(budget_entry.name).set(
-                    budget_plan.planned_watts / 1000
+                self.metrics.current_nodes.labels(np_key.provider, np_key.node_pool).set(
+                    np_plan.current_nodes
                 )
-                self.metrics.budget_allowed_kw.labels(budget_entry.name).set(
-                    budget_plan.allowed_watts / 1000
-                )
-            await self._write("powerbudgets", None, budget_entry.name, budget_entry.status, status)
+        await self._write(
+            "cloudproviders", None, provider_entry.name, provider_entry.status, status
+        )
+
+    async def _report_budget(
+        self, budget_entry: BudgetEntry, plan: FleetPlan, observed: Observed, now: float
+    ) -> None:
+        budget_plan = plan.budgets.get(budget_entry.name)
+        budget_spec: PowerBudgetSpec | None = budget_entry.parsed.value
+        measured = (
+            budget_spec is not None and budget_spec.measurement.type == MeasurementType.PROMETHEUS
+        )
+        status = st.budget_status(
+            budget_entry.status,
+            budget_entry.generation,
+            budget_plan,
+            measured,
+            now,
+            budget_entry.parsed.errors,
+            observed.budget_errors.get(budget_entry.name),
+        )
+        if budget_plan is not None:
+            drawn = (
+                budget_plan.measured_watts
+                if budget_plan.measured_watts is not None
+                else budget_plan.planned_watts
+            )
+            self.metrics.budget_drawn_kw.labels(budget_entry.name).set(drawn / 1000)
+            self.metrics.budget_planned_kw.labels(budget_entry.name).set(
+                budget_plan.planned_watts / 1000
+            )
+            self.metrics.budget_allowed_kw.labels(budget_entry.name).set(
+                budget_plan.allowed_watts / 1000
+            )
+        await self._write("powerbudgets", None, budget_entry.name, budget_entry.status, status)
 
     def _pool_metrics(self, key: PoolKey, plan: Any, observed: Observed) -> None:
         desired = plan.replicas_by_provider()

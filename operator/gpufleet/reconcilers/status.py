@@ -11,6 +11,7 @@ from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec, Role
 from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
 from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
+from gpufleet.reconcilers.problems import Problem
 
 if TYPE_CHECKING:
     from gpufleet.reconcilers.drain import DrainOutcome
@@ -57,7 +58,7 @@ def invalid_pool_conditions(errors: Sequence[SpecError]) -> list[Cond]:
 def pool_conditions(
     spec: ServingPoolSpec,
     plan: PoolPlan,
-    metrics_error: str | None,
+    metrics_problem: Problem | None,
     target_error: str | None,
     drain: DrainOutcome | None = None,
 ) -> list[Cond]:
@@ -70,9 +71,9 @@ def pool_conditions(
     if plan.metrics_available:
         metrics = Cond("MetricsAvailable", True, "QuerySucceeded", "")
     else:
-        reason = "StaleSample" if metrics_error and "old" in metrics_error else "QueryFailed"
+        problem = metrics_problem or Problem("NoSample", "no sample")
         metrics = Cond(
-            "MetricsAvailable", False, reason, f"{metrics_error or 'no sample'}; holding capacity"
+            "MetricsAvailable", False, problem.reason, f"{problem.message}; holding capacity"
         )
     active = (
         Cond("ScalingActive", False, "DryRun", "spec.mode is DryRun: planning only")
@@ -243,7 +244,7 @@ def provider_status(
     spec: CloudProviderSpec,
     node_plans: Mapping[str, NodePoolPlan],
     ready_nodes: Mapping[str, int],
-    driver_error: str | None,
+    driver_problem: Problem | None,
     now: float,
     errors: Sequence[SpecError] = (),
     credentials_error: str | None = None,
@@ -257,8 +258,8 @@ def provider_status(
             "conditions": merge(previous.get("conditions"), conds, generation, now),
         }
     reachable = (
-        Cond("DriverReachable", False, "ProviderUnavailable", driver_error)
-        if driver_error
+        Cond("DriverReachable", False, driver_problem.reason, driver_problem.message)
+        if driver_problem
         else Cond("DriverReachable", True, "Reachable", "")
     )
     gpus = sum(
@@ -309,6 +310,7 @@ def budget_status(
     measured_expected: bool,
     now: float,
     errors: Sequence[SpecError] = (),
+    measurement_problem: Problem | None = None,
 ) -> dict[str, Any]:
     previous = previous or {}
     if errors or plan is None:
@@ -323,11 +325,12 @@ def budget_status(
             "MeasurementAvailable", True, "Estimated", "power estimated from node-pool watts"
         )
     elif plan.measured_watts is None:
+        problem = measurement_problem or Problem("NoSample", "no sample")
         measurement = Cond(
             "MeasurementAvailable",
             False,
-            "QueryFailed",
-            "power query unavailable; using the estimate",
+            problem.reason,
+            f"{problem.message}; using the estimate",
         )
     else:
         measurement = Cond("MeasurementAvailable", True, "Measured", "")
