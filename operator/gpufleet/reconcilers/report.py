@@ -8,8 +8,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpufleet.api.power import MeasurementType, PowerBudgetSpec
-from gpufleet.api.provider import CloudProviderSpec
+from pydantic import ValidationError
+
+from gpufleet.api.common import Model
+from gpufleet.api.pool import ServingPoolStatus
+from gpufleet.api.power import MeasurementType, PowerBudgetSpec, PowerBudgetStatus
+from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers import status as st
@@ -21,6 +25,12 @@ from gpufleet.reconcilers.observe import Observed
 from gpufleet.reconcilers.problems import Problem
 
 log = logging.getLogger(__name__)
+# The models that generate the CRDs check every status before it is written.
+STATUS_MODELS: dict[str, type[Model]] = {
+    "servingpools": ServingPoolStatus,
+    "cloudproviders": CloudProviderStatus,
+    "powerbudgets": PowerBudgetStatus,
+}
 
 
 @dataclass
@@ -288,6 +298,19 @@ class Reporter:
         status: Mapping[str, Any],
     ) -> None:
         if st.same(previous, status):
+            return
+        try:
+            STATUS_MODELS[plural].model_validate(status)
+        except ValidationError as exc:  # our bug: say which field, write nothing half-right
+            self.metrics.reconcile_errors.labels("status").inc()
+            fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+            log.error(
+                "status of %s %s/%s breaks its schema at %s",
+                plural,
+                namespace or "",
+                name,
+                ", ".join(fields),
+            )
             return
         try:
             await self.kube.patch_status(plural, namespace, name, previous, status)
