@@ -25,7 +25,9 @@ def canonical(text: str) -> str:
 
 
 def _parts(node: Any) -> Iterator[Any]:
-    if isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "or":
+    if isinstance(node, promql_parser.ParenExpr):
+        yield from _parts(node.expr)
+    elif isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "or":
         yield from _parts(node.lhs)
         yield from _parts(node.rhs)
     else:
@@ -44,14 +46,19 @@ class FakePrometheus:
     updated: dict[str, float] = field(default_factory=dict)  # selector -> newest sample
     fail: dict[str, int] = field(default_factory=dict)  # query -> HTTP status of its batches
     expressions: list[str] = field(default_factory=list)  # every batch received
+    probes: int = 0  # freshness probes evaluated
 
     def answer(self, expression: str) -> tuple[int, dict[str, Any]]:
         self.expressions.append(expression)
         result: list[dict[str, Any]] = []
         for part in _parts(promql_parser.parse(expression)):
             inner, tag = part.args[0], str(part.args[2].val)
-            if "/" in tag:  # min(timestamp(label_replace(SELECTOR, ...)))
-                selector = str(inner.expr.args[0].args[0].prettify())
+            if "/" in tag:  # min(timestamp(SELECTOR)), the selector maybe in a label_replace
+                probed = inner.expr.args[0]
+                if isinstance(probed, promql_parser.Call):
+                    probed = probed.args[0]
+                selector = str(probed.prettify())
+                self.probes += 1
                 if selector in self.updated:
                     result.append(self._series({}, tag, self.updated[selector]))
                 continue

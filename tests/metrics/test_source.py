@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
-from gpufleet.metrics.source import BATCH, PrometheusSource, Sample
+from gpufleet.metrics.source import BATCH, FRESHNESS_SPREAD, PrometheusSource, Sample
 
 from .fake_prometheus import FakePrometheus, canonical
 
@@ -194,3 +194,27 @@ def test_a_scalar_query_is_one_number(prom: FakePrometheus) -> None:
     prom.values["vector(3)"] = [3.0]
 
     assert _sample(asyncio.run(_source(prom).sample_many(["3"]))["3"]).value == 3.0
+
+
+def test_freshness_is_probed_for_new_queries_then_a_share_a_call(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    source = _source(prom)
+
+    asyncio.run(source.sample_many(queries))
+    first = prom.probes
+    asyncio.run(source.sample_many(queries))
+
+    assert first == BATCH
+    assert prom.probes - first == BATCH // FRESHNESS_SPREAD
+
+
+def test_a_series_that_stops_updating_is_stale_within_the_spread(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    source = _source(prom, max_age=120)
+    asyncio.run(source.sample_many(queries))  # all fresh
+    prom.updated[_selector("p7")] = prom.now - 200
+
+    results = [asyncio.run(source.sample_many(queries)) for _ in range(FRESHNESS_SPREAD)]
+
+    assert _reason(results[-1][queries[7]]) == MetricsReason.STALE_SAMPLE
+    assert all(isinstance(results[-1][q], Sample) for q in queries if q != queries[7])

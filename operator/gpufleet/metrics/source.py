@@ -24,12 +24,12 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import aiohttp
 
+from gpufleet.metrics.batch import Answer, Sample, batch_expression
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.promql import CheckedQuery, check
 
@@ -38,23 +38,9 @@ __all__ = ["MetricsReason", "MetricsSource", "MetricsUnavailable", "PrometheusSo
 log = logging.getLogger(__name__)
 
 BATCH = 100
-CONCURRENCY = 4  # requests in flight to one Prometheus
-# Queue depths, request rates and watts above this are a broken exporter, not demand.
-MAX_VALUE = 1e9
-# Smaller positive values are noise (1e-310 is a denormal): they plan as zero.
-ZERO_BELOW = 1e-9
-# Series read per query: one is the answer, a second proves it was not aggregated, and a
-# query matching 10,000 series costs no more than that.
-_TOP = 2
-_TAG = "gpufleet_part"
+CONCURRENCY = 8  # requests in flight to one Prometheus
+FRESHNESS_SPREAD = 10
 _MAX_SPLIT = math.ceil(math.log2(BATCH))
-
-
-@dataclass(frozen=True)
-class Sample:
-    value: float
-    time: float  # when Prometheus evaluated the query, by its own clock
-    age: float = 0.0  # seconds from the oldest newest sample of the series it reads to `time`
 
 
 class MetricsSource(Protocol):
@@ -79,83 +65,6 @@ def _checked(query: str) -> CheckedQuery | MetricsUnavailable:
         return exc
 
 
-def batch_expression(queries: Sequence[CheckedQuery]) -> str:
-    """One expression that answers every query and the freshness of the series each reads,
-    each result tagged `<index>` or `<index>/<selector>`."""
-    parts: list[str] = []
-    for i, query in enumerate(queries):
-        parts.append(f'label_replace(topk({_TOP}, {query.text}), "{_TAG}", "{i}", "", "")')
-        # timestamp() drops the metric name; a copy of it keeps series of different
-        # metrics with the same labels apart, which Prometheus would otherwise refuse.
-        parts.extend(
-            f'label_replace(min(timestamp(label_replace({selector}, "{_TAG}", "$1", '
-            f'"__name__", "(.+)"))), "{_TAG}", "{i}/{j}", "", "")'
-            for j, selector in enumerate(query.selectors)
-        )
-    return " or ".join(parts)
-
-
-def in_range(raw: object) -> float:
-    """A sample's value if it is a number a queue, rate or power can be."""
-    try:
-        value = float(str(raw))
-    except ValueError:
-        raise MetricsUnavailable(
-            f"the sample {str(raw)[:32]!r} is not a number", MetricsReason.VALUE_OUT_OF_RANGE
-        ) from None
-    if not math.isfinite(value) or value < 0 or value > MAX_VALUE:
-        raise MetricsUnavailable(
-            f"the sample is {value:g}; a usable one is between 0 and {MAX_VALUE:g}",
-            MetricsReason.VALUE_OUT_OF_RANGE,
-        )
-    return 0.0 if value < ZERO_BELOW else value
-
-
-def read_batch(
-    count: int, result: Sequence[Mapping[str, Any]], max_age: float
-) -> list[Sample | MetricsUnavailable]:
-    """Each of `count` queries' answer from a batch's result (see batch_expression)."""
-    values: dict[str, list[Any]] = {}
-    probes: dict[str, list[float]] = {}
-    evaluated = 0.0
-    for series in result:
-        tag = str((series.get("metric") or {}).get(_TAG, ""))
-        stamp, raw = series["value"]
-        evaluated = float(stamp)
-        index, _, selector = tag.partition("/")
-        if selector:
-            probes.setdefault(index, []).append(float(raw))
-        else:
-            values.setdefault(index, []).append(raw)
-    out: list[Sample | MetricsUnavailable] = []
-    for i in range(count):
-        try:
-            out.append(_one(values.get(str(i), []), probes.get(str(i), []), evaluated, max_age))
-        except MetricsUnavailable as exc:
-            out.append(exc)
-    return out
-
-
-def _one(values: list[Any], newest: list[float], evaluated: float, max_age: float) -> Sample:
-    if not values:
-        raise MetricsUnavailable("the query returned no series", MetricsReason.NO_SAMPLE)
-    if len(values) > 1:
-        raise MetricsUnavailable(
-            "the query returned more than one series; aggregate it, e.g. sum(...)",
-            MetricsReason.SEVERAL_SERIES,
-        )
-    value = in_range(values[0])
-    # Both times are Prometheus's, so a skew between its clock and ours changes nothing.
-    age = max(0.0, evaluated - min(newest)) if newest else 0.0
-    if age > max_age:
-        raise MetricsUnavailable(
-            f"a series the query reads was last updated {age:.0f} s before Prometheus "
-            f"evaluated it (limit {max_age:.0f} s)",
-            MetricsReason.STALE_SAMPLE,
-        )
-    return Sample(value, evaluated, age)
-
-
 class PrometheusSource:
     def __init__(self, url: str, *, timeout: float = 5.0, max_age: float = 120.0) -> None:
         self._endpoint = url.rstrip("/") + "/api/v1/query"
@@ -164,6 +73,10 @@ class PrometheusSource:
         # Split depth per query (see the module doc); absent is a full batch.
         self._split: dict[str, int] = {}
         self._logged: dict[str, str] = {}
+        # Per query: the call that last probed its freshness, and the age it measured.
+        self._calls = 0
+        self._probed: dict[str, int] = {}
+        self._age: dict[str, float] = {}
         self.requests = 0  # HTTP requests made, for tests and benchmarks
 
     async def sample_many(self, queries: Sequence[str]) -> dict[str, Sample | MetricsUnavailable]:
@@ -175,9 +88,25 @@ class PrometheusSource:
                 out[query] = checked
             else:
                 valid[query] = checked
-        answers = await self._answer_all(list(dict.fromkeys(valid.values())))
+        unique = list(dict.fromkeys(valid.values()))
+        self._forget_all_but({q.text for q in unique})
+        answers = await self._answer_all(unique, self._due(unique))
         out.update({query: answers[checked] for query, checked in valid.items()})
         return out
+
+    def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:
+        """The queries whose freshness this call probes: new ones, and the longest unprobed
+        share of the rest."""
+        self._calls += 1
+        texts = [q.text for q in queries]
+        seen = sorted((t for t in texts if t in self._probed), key=self._probed.__getitem__)
+        share = math.ceil(len(texts) / FRESHNESS_SPREAD)
+        return {t for t in texts if t not in self._probed} | set(seen[:share])
+
+    def _forget_all_but(self, texts: set[str]) -> None:
+        for memory in (self._split, self._probed, self._age):
+            for gone in [t for t in memory if t not in texts]:
+                del memory[gone]
 
     def _batches(self, queries: list[CheckedQuery]) -> list[list[CheckedQuery]]:
         by_depth: dict[int, list[CheckedQuery]] = {}
@@ -190,7 +119,7 @@ class PrometheusSource:
         return batches
 
     async def _answer_all(
-        self, queries: list[CheckedQuery]
+        self, queries: list[CheckedQuery], probed: set[str]
     ) -> dict[CheckedQuery, Sample | MetricsUnavailable]:
         if not queries:
             return {}
@@ -198,7 +127,7 @@ class PrometheusSource:
         gate = asyncio.Semaphore(CONCURRENCY)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            done = await asyncio.gather(*(self._answer(session, gate, b) for b in batches))
+            done = await asyncio.gather(*(self._answer(session, gate, b, probed) for b in batches))
         failed = [b for b, (_, down) in zip(batches, done, strict=True) if down]
         if failed and len(failed) < len(batches):  # some batches fail, not Prometheus
             for batch in failed:
@@ -213,12 +142,16 @@ class PrometheusSource:
         return answers
 
     async def _answer(
-        self, session: aiohttp.ClientSession, gate: asyncio.Semaphore, batch: list[CheckedQuery]
+        self,
+        session: aiohttp.ClientSession,
+        gate: asyncio.Semaphore,
+        batch: list[CheckedQuery],
+        probed: set[str],
     ) -> tuple[dict[CheckedQuery, Sample | MetricsUnavailable], bool]:
         """The batch's answers, and whether Prometheus failed it (not one of its queries)."""
         try:
             async with gate:
-                result = await self._post(session, batch_expression(batch))
+                result = await self._post(session, batch_expression(batch, probed))
         except _Unreachable as exc:
             failed = MetricsUnavailable(
                 f"Prometheus did not answer: {exc}", MetricsReason.UNREACHABLE
@@ -235,17 +168,29 @@ class PrometheusSource:
                 return {batch[0]: rejected}, False
             half = len(batch) // 2
             parts = await asyncio.gather(
-                self._answer(session, gate, batch[:half]), self._answer(session, gate, batch[half:])
+                self._answer(session, gate, batch[:half], probed),
+                self._answer(session, gate, batch[half:], probed),
             )
             return {**parts[0][0], **parts[1][0]}, parts[0][1] or parts[1][1]
         try:
-            answers = read_batch(len(batch), result, self._max_age)
+            answer = Answer.of(result)
         except (KeyError, TypeError, ValueError):
             malformed = MetricsUnavailable(
                 "Prometheus's answer is malformed", MetricsReason.UNREACHABLE
             )
             return dict.fromkeys(batch, malformed), True
-        return dict(zip(batch, answers, strict=True)), False
+        return {q: self._sample(answer, i, q, probed) for i, q in enumerate(batch)}, False
+
+    def _sample(
+        self, answer: Answer, index: int, query: CheckedQuery, probed: set[str]
+    ) -> Sample | MetricsUnavailable:
+        if query.text in probed:
+            self._age[query.text] = answer.age(index)
+            self._probed[query.text] = self._calls
+        try:
+            return answer.sample(index, self._age.get(query.text, 0.0), self._max_age)
+        except MetricsUnavailable as exc:
+            return exc
 
     async def _post(self, session: aiohttp.ClientSession, expression: str) -> list[Any]:
         self.requests += 1

@@ -1,0 +1,132 @@
+"""One request for many queries: the expression (pure) and how its answer splits apart.
+
+Each query is wrapped as `label_replace(topk(2, <query>), "gpufleet_part", "<i>", "", "")`,
+and the freshness probe of each series it reads (when asked for) as
+`label_replace(min(timestamp(<selector>)), "gpufleet_part", "<i>/<j>", "", "")`. The parts are
+joined with `or` as a balanced tree: a chain `a or b or c ...` makes Prometheus compare every
+part with all before it (quadratic in the batch), a tree only with its log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
+from gpufleet.metrics.promql import CheckedQuery
+
+# Queue depths, request rates and watts above this are a broken exporter, not demand.
+MAX_VALUE = 1e9
+# Smaller positive values are noise (1e-310 is a denormal): they plan as zero.
+ZERO_BELOW = 1e-9
+# Series read per query: one is the answer, a second proves it was not aggregated, and a
+# query matching 10,000 series costs no more than that.
+TOP = 2
+TAG = "gpufleet_part"
+
+
+def _probe(selector: str) -> str:
+    if selector.startswith("{"):
+        # No fixed metric name: timestamp() drops the name, and series of different metrics
+        # with the same labels would collide, which Prometheus refuses. A copy keeps them apart.
+        selector = f'label_replace({selector}, "{TAG}", "$1", "__name__", "(.+)")'
+    return f"min(timestamp({selector}))"
+
+
+def _tree(parts: Sequence[str]) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return f"({_tree(parts[:half])} or {_tree(parts[half:])})"
+
+
+def batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = ()) -> str:
+    """One expression that answers every query and, for those whose text is in `probed`,
+    the freshness of the series it reads."""
+    parts: list[str] = []
+    for i, query in enumerate(queries):
+        parts.append(f'label_replace(topk({TOP}, {query.text}), "{TAG}", "{i}", "", "")')
+        if query.text in probed:
+            parts.extend(
+                f'label_replace({_probe(selector)}, "{TAG}", "{i}/{j}", "", "")'
+                for j, selector in enumerate(query.selectors)
+            )
+    return _tree(parts)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A batch's answer split by query: each one's series values, and the newest-sample
+    times of the series it reads (from its probes), all evaluated at `evaluated`."""
+
+    evaluated: float = 0.0
+    values: Mapping[int, Sequence[Any]] = field(default_factory=dict)
+    newest: Mapping[int, Sequence[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: Sequence[Mapping[str, Any]]) -> Answer:
+        """Raises KeyError, TypeError or ValueError on a malformed answer."""
+        values: dict[int, list[Any]] = {}
+        newest: dict[int, list[float]] = {}
+        evaluated = 0.0
+        for series in result:
+            tag = str((series.get("metric") or {}).get(TAG, ""))
+            stamp, raw = series["value"]
+            evaluated = float(stamp)
+            index, _, selector = tag.partition("/")
+            if selector:
+                newest.setdefault(int(index), []).append(float(raw))
+            else:
+                values.setdefault(int(index), []).append(raw)
+        return cls(evaluated, values, newest)
+
+    def age(self, index: int) -> float:
+        """Seconds from the oldest newest sample of the series query `index` reads to the
+        evaluation: both Prometheus's times, so a clock skew with ours changes nothing. 0 when
+        it reads nothing that exists."""
+        newest = self.newest.get(index)
+        return max(0.0, self.evaluated - min(newest)) if newest else 0.0
+
+    def sample(self, index: int, age: float, max_age: float) -> Sample:
+        """Query `index`'s one number, given how old the series it reads are."""
+        values = self.values.get(index, ())
+        if not values:
+            raise MetricsUnavailable("the query returned no series", MetricsReason.NO_SAMPLE)
+        if len(values) > 1:
+            raise MetricsUnavailable(
+                "the query returned more than one series; aggregate it, e.g. sum(...)",
+                MetricsReason.SEVERAL_SERIES,
+            )
+        value = in_range(values[0])
+        if age > max_age:
+            raise MetricsUnavailable(
+                f"a series the query reads was last updated {age:.0f} s before Prometheus "
+                f"evaluated it (limit {max_age:.0f} s)",
+                MetricsReason.STALE_SAMPLE,
+            )
+        return Sample(value, self.evaluated, age)
+
+
+@dataclass(frozen=True)
+class Sample:
+    value: float
+    time: float  # when Prometheus evaluated the query, by its own clock
+    age: float = 0.0  # seconds from the oldest newest sample of the series it reads to `time`
+
+
+def in_range(raw: object) -> float:
+    """A sample's value if it is a number a queue, rate or power can be."""
+    try:
+        value = float(str(raw))
+    except ValueError:
+        raise MetricsUnavailable(
+            f"the sample {str(raw)[:32]!r} is not a number", MetricsReason.VALUE_OUT_OF_RANGE
+        ) from None
+    if not math.isfinite(value) or value < 0 or value > MAX_VALUE:
+        raise MetricsUnavailable(
+            f"the sample is {value:g}; a usable one is between 0 and {MAX_VALUE:g}",
+            MetricsReason.VALUE_OUT_OF_RANGE,
+        )
+    return 0.0 if value < ZERO_BELOW else value
