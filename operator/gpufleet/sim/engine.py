@@ -118,56 +118,101 @@ def _apply(cluster: Cluster, d: Decision, t: float, warm: bool = False) -> None:
 
 
 def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = None) -> RunResult:
-    sc, fleet, step = p.scenario, p.scenario.fleet, p.scenario.step
-    cluster = Cluster(fleet, sc.failures, data.model_load_seconds(), sc.seed)
-    cluster.epoch0 = p.start_epoch
-    pools = list(fleet.pools)
-    slos = {
-        k: float(slo.queue_wait_seconds) if (slo := fleet.pools[k].slo) else DEFAULT_SLO
-        for k in pools
-    }
-    gateway = Gateway(fleet, step)
-    queues = {
-        k: FluidQueue(step, len(gateway.tiers.get(k, [])), slos[k], WINDOW_SECONDS) for k in pools
-    }
-    ctx = _context(p, cluster, queues)
-    policy.setup(ctx)
-    result = RunResult(policy.name, sc.name, p.steps * step)
-    for k in pools:
-        result.pools[str(k)] = PoolResult(slos[k], WaitHistogram(step))
-    # Node pools each pool may run on: who shares the energy of nodes no pool holds
-    eligible: dict[NodePoolKey, list[PoolKey]] = {}
-    for k in pools:
-        for key in ctx.rates[k]:
-            eligible.setdefault(key, []).append(k)
-    counts = {k: p.demand[k].counts if k in p.demand else np.zeros(p.steps) for k in pools}
-    works = {k: p.demand[k].work if k in p.demand else np.zeros(p.steps) for k in pools}
-    cum = {k: np.concatenate(([0.0], np.cumsum(counts[k]))) for k in pools}
-    secondary = {k for k, n in cluster.nodes.items() if n.provider.role == Role.SECONDARY}
-    # Per pool: the node pools it can run on, with rate and extra watts per busy replica
-    serving = {
-        k: [
-            (key, ctx.rates[k][key], ctx.loaded_watts[k][key], fleet.pools[k].gpus_per_replica)
-            for key in ctx.rates[k]
-        ]
-        for k in pools
-    }
-    budgets = {name: (b, in_scope(fleet, b)) for name, b in fleet.budgets.items()}
-    over = dict.fromkeys(budgets, 0.0)
-    scrape_every = max(1, round(sc.scrape_seconds / step))
-    period = max(1, round(policy.period / step))
-    series_every = max(1, round(SERIES_EVERY / step))
-    rate_steps = max(1, round(RATE_WINDOW / step))
-    cap_steps = {
-        name: caps_by_step(b, p.start_epoch, p.steps, step) for name, (b, _) in budgets.items()
-    }
-    caps = {name: c[0] if c else 0.0 for name, c in cap_steps.items()}
-    watts_now = dict.fromkeys(budgets, 0.0)
-    last_scrape = Scrape(0.0, {}, {}, {})
-    gpu_s = cost = energy = peak = 0.0
-    t0 = time.perf_counter()
+    """Replay `p` under `policy`: each step, what was scraped and decided, then service,
+    power and the published series, in that order (docs/planning.md, the simulator)."""
+    replay = _Replay(p, policy)
+    replay.start_warm()
+    for i in range(p.steps):
+        replay.cluster.advance(i * replay.step)
+        if i % replay.scrape_every == 0:
+            replay.scrape(i)
+        if i % replay.period == 0 and i > 0:
+            replay.reconcile(i)
+        served = replay.serve(i)
+        replay.draw_power(i, served)
+        if i % replay.series_every == 0:
+            replay.record_series(i, served)
+            if progress is not None:
+                progress(i / p.steps)
+    result = replay.finish()
+    if progress is not None:
+        progress(1.0)
+    return result
 
-    def view(i: int) -> View:
+
+@dataclass
+class _Served:
+    """One step's service: busy watts above idle per node pool and per (pool, node pool),
+    and the capacity each node pool offered."""
+
+    extra: dict[NodePoolKey, float]
+    busy: dict[tuple[PoolKey, NodePoolKey], float]
+    capacity: dict[NodePoolKey, float]
+
+
+class _Replay:
+    """The state of one run: the simulated cluster, queues and gateway, what Prometheus last
+    scraped, and the running totals of the result."""
+
+    def __init__(self, p: Prepared, policy: Policy) -> None:
+        sc, fleet = p.scenario, p.scenario.fleet
+        self.p, self.policy, self.step = p, policy, sc.step
+        self.cluster = Cluster(fleet, sc.failures, data.model_load_seconds(), sc.seed)
+        self.cluster.epoch0 = p.start_epoch
+        self.pools = pools = list(fleet.pools)
+        slos = {
+            k: float(slo.queue_wait_seconds) if (slo := fleet.pools[k].slo) else DEFAULT_SLO
+            for k in pools
+        }
+        self.gateway = Gateway(fleet, self.step)
+        self.queues = {
+            k: FluidQueue(self.step, len(self.gateway.tiers.get(k, [])), slos[k], WINDOW_SECONDS)
+            for k in pools
+        }
+        self.ctx = ctx = _context(p, self.cluster, self.queues)
+        policy.setup(ctx)
+        self.result = RunResult(policy.name, sc.name, p.steps * self.step)
+        for k in pools:
+            self.result.pools[str(k)] = PoolResult(slos[k], WaitHistogram(self.step))
+        # Node pools each pool may run on: who shares the energy of nodes no pool holds
+        self.eligible: dict[NodePoolKey, list[PoolKey]] = {}
+        for k in pools:
+            for key in ctx.rates[k]:
+                self.eligible.setdefault(key, []).append(k)
+        self.counts = {k: p.demand[k].counts if k in p.demand else np.zeros(p.steps) for k in pools}
+        self.works = {k: p.demand[k].work if k in p.demand else np.zeros(p.steps) for k in pools}
+        self.cum = {k: np.concatenate(([0.0], np.cumsum(self.counts[k]))) for k in pools}
+        self.secondary = {
+            k for k, n in self.cluster.nodes.items() if n.provider.role == Role.SECONDARY
+        }
+        # Per pool: the node pools it can run on, with rate and extra watts per busy replica
+        self.serving = {
+            k: [
+                (key, ctx.rates[k][key], ctx.loaded_watts[k][key], fleet.pools[k].gpus_per_replica)
+                for key in ctx.rates[k]
+            ]
+            for k in pools
+        }
+        self.budgets = {name: (b, in_scope(fleet, b)) for name, b in fleet.budgets.items()}
+        self.over = dict.fromkeys(self.budgets, 0.0)
+        self.scrape_every = max(1, round(sc.scrape_seconds / self.step))
+        self.period = max(1, round(policy.period / self.step))
+        self.series_every = max(1, round(SERIES_EVERY / self.step))
+        self.rate_steps = max(1, round(RATE_WINDOW / self.step))
+        self.cap_steps = {
+            name: caps_by_step(b, p.start_epoch, p.steps, self.step)
+            for name, (b, _) in self.budgets.items()
+        }
+        self.caps = {name: c[0] if c else 0.0 for name, c in self.cap_steps.items()}
+        self.watts_now = dict.fromkeys(self.budgets, 0.0)
+        self.last_scrape = Scrape(0.0, {}, {}, {})
+        self.first: dict[PoolKey, float] = {}
+        self.gpu_s = self.cost = self.energy = self.peak = 0.0
+        self.t0 = time.perf_counter()
+
+    def view(self, i: int) -> View:
+        """What the policy sees at step `i`: the last scrape and the cluster as it is."""
+        cluster, pools = self.cluster, self.pools
         reps = {k: {key: r.total for key, r in cluster.replicas[k].items()} for k in pools}
         nps = {
             key: NodePoolObservation(n.ready, n.total, n.last_error)
@@ -177,9 +222,9 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
             k: {key: r.total - r.pending for key, r in cluster.replicas[k].items()} for k in pools
         }
         return View(
-            i * step,
-            p.start_epoch + i * step,
-            last_scrape,
+            i * self.step,
+            self.p.start_epoch + i * self.step,
+            self.last_scrape,
             reps,
             bound,
             {k: cluster.pending(k) for k in pools},
@@ -187,124 +232,136 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
             {k: sum(r.ready for r in cluster.replicas[k].values()) for k in pools},
         )
 
-    # Warm start: the fleet ran before the trace began, so the first decision is in place
-    first = {
-        k: float(cum[k][min(rate_steps, p.steps)]) / (min(rate_steps, p.steps) * step)
-        for k in pools
-    }
-    last_scrape = Scrape(
-        0.0,
-        dict.fromkeys(pools, 0.0),
-        first,
-        {},
-        {k: gateway.tier_rates(k, first[k]) for k in pools},
-    )
-    decision = policy.decide(view(0))
-    gateway.publish(decision.throttles)
-    _apply(cluster, decision, 0.0, warm=True)
-    cluster.node_actions = cluster.replica_actions = 0
+    def start_warm(self) -> None:
+        """The fleet ran before the trace began: the first decision, from the first minute's
+        arrival rate, is in place at t=0, and its actions are not counted."""
+        p, pools = self.p, self.pools
+        window = min(self.rate_steps, p.steps)
+        self.first = {k: float(self.cum[k][window]) / (window * self.step) for k in pools}
+        self.last_scrape = Scrape(
+            0.0,
+            dict.fromkeys(pools, 0.0),
+            self.first,
+            {},
+            {k: self.gateway.tier_rates(k, self.first[k]) for k in pools},
+        )
+        decision = self.policy.decide(self.view(0))
+        self.gateway.publish(decision.throttles)
+        _apply(self.cluster, decision, 0.0, warm=True)
+        self.cluster.node_actions = self.cluster.replica_actions = 0
 
-    for i in range(p.steps):
-        t = i * step
-        cluster.advance(t)
-        if i % scrape_every == 0:
-            lo = max(0, i - rate_steps)
-            rates = {
-                k: float(cum[k][i] - cum[k][lo]) / ((i - lo) * step) if i > lo else first[k]
-                for k in pools
-            }
-            last_scrape = Scrape(
-                t,
-                {k: queues[k].depth for k in pools},
-                rates,
-                dict(watts_now),
-                {k: gateway.tier_rates(k, rates[k]) for k in pools},
-            )
-        if i % period == 0 and i > 0:
-            decision = policy.decide(view(i))
-            gateway.publish(decision.throttles)
-            _apply(cluster, decision, t)
-            cluster.advance(t)
-        # Serve: each pool's ready replicas give capacity; busy share sets the watts
-        extra: dict[NodePoolKey, float] = {}
-        busy: dict[tuple[PoolKey, NodePoolKey], float] = {}
-        cap_by_np: dict[NodePoolKey, float] = {}
-        for k in pools:
-            q = queues[k]
-            q.push(i, *gateway.admit(k, float(counts[k][i]), float(works[k][i])))
+    def scrape(self, i: int) -> None:
+        """Prometheus scrapes: queue depths, the last minute's arrival rates, budget watts."""
+        t, pools, lo = i * self.step, self.pools, max(0, i - self.rate_steps)
+        rates = {
+            k: float(self.cum[k][i] - self.cum[k][lo]) / ((i - lo) * self.step)
+            if i > lo
+            else self.first[k]
+            for k in pools
+        }
+        self.last_scrape = Scrape(
+            t,
+            {k: self.queues[k].depth for k in pools},
+            rates,
+            dict(self.watts_now),
+            {k: self.gateway.tier_rates(k, rates[k]) for k in pools},
+        )
+
+    def reconcile(self, i: int) -> None:
+        """The policy decides from the last scrape; nodes and replicas follow."""
+        t = i * self.step
+        decision = self.policy.decide(self.view(i))
+        self.gateway.publish(decision.throttles)
+        _apply(self.cluster, decision, t)
+        self.cluster.advance(t)
+
+    def serve(self, i: int) -> _Served:
+        """Arrivals the gateway admits join each queue; ready replicas serve it. The busy
+        share of their capacity sets the watts above idle."""
+        served = _Served({}, {}, {})
+        for k in self.pools:
+            q = self.queues[k]
+            q.push(i, *self.gateway.admit(k, float(self.counts[k][i]), float(self.works[k][i])))
             cap = 0.0
-            for key, rate, _, _ in serving[k]:
-                c = cluster.replicas[k][key].ready * rate * step
-                cap_by_np[key] = cap_by_np.get(key, 0.0) + c
+            for key, rate, _, _ in self.serving[k]:
+                c = self.cluster.replicas[k][key].ready * rate * self.step
+                served.capacity[key] = served.capacity.get(key, 0.0) + c
                 cap += c
             if cap <= 0:
                 continue
-            served = q.serve(i, cap) if q.cohorts else 0.0
-            util = served / cap
-            pr = result.pools[str(k)]
-            pr.served_work += served
-            for key, rate, loaded, gpr in serving[k]:
-                ready = cluster.replicas[k][key].ready
+            work = q.serve(i, cap) if q.cohorts else 0.0
+            util = work / cap
+            pr = self.result.pools[str(k)]
+            pr.served_work += work
+            for key, rate, loaded, gpr in self.serving[k]:
+                ready = self.cluster.replicas[k][key].ready
                 if ready:
-                    idle = cluster.nodes[key].spec.idle_watts_per_gpu
+                    idle = self.cluster.nodes[key].spec.idle_watts_per_gpu
                     w = ready * gpr * (loaded - idle) * util
-                    extra[key] = extra.get(key, 0.0) + w
-                    busy[k, key] = w
-                    if key in secondary:
-                        pr.burst_work += served * ready * rate * step / cap
-        # Nodes draw idle watts per GPU and their overhead from the boot request on
-        fleet_w = 0.0
+                    served.extra[key] = served.extra.get(key, 0.0) + w
+                    served.busy[k, key] = w
+                    if key in self.secondary:
+                        pr.burst_work += work * ready * rate * self.step / cap
+        return served
+
+    def draw_power(self, i: int, served: _Served) -> None:
+        """Nodes draw idle watts per GPU and their overhead from the boot request on; the
+        energy goes to pools, the draw to each budget, the excess over its cap to `over`."""
+        step, fleet_w = self.step, 0.0
         np_watts: dict[NodePoolKey, float] = {}
-        for key, n in cluster.nodes.items():
+        for key, n in self.cluster.nodes.items():
             total = n.total
             if not total:
                 continue
             s = n.spec
-            w = node_watts(s, total, extra.get(key, 0.0))
+            extra = served.extra.get(key, 0.0)
+            w = node_watts(s, total, extra)
             np_watts[key] = w
             fleet_w += w
-            _attribute(result, key, w - extra.get(key, 0.0), busy, cluster, eligible, step)
-            gpu_s += total * s.gpus_per_node * step
-            cost += total * s.hourly_price_cents * step / 3600.0
-        energy += fleet_w * step
-        peak = max(peak, fleet_w)
-        caps = {name: c[i] for name, c in cap_steps.items()}
-        for name, (_, scope) in budgets.items():
+            _attribute(self.result, key, w - extra, served.busy, self.cluster, self.eligible, step)
+            self.gpu_s += total * s.gpus_per_node * step
+            self.cost += total * s.hourly_price_cents * step / 3600.0
+        self.energy += fleet_w * step
+        self.peak = max(self.peak, fleet_w)
+        self.caps = {name: c[i] for name, c in self.cap_steps.items()}
+        for name, (_, scope) in self.budgets.items():
             w = sum(np_watts.get(key, 0.0) for key in scope)
-            watts_now[name] = w
-            if w > caps[name]:
-                over[name] += (w - caps[name]) * step
-        if i % series_every == 0:
-            _sample(
-                result,
-                i,
-                step,
-                pools,
-                cum,
-                queues,
-                cluster,
-                cap_by_np,
-                ctx,
-                watts_now,
-                caps,
-                series_every,
-            )
-            if progress is not None:
-                progress(i / p.steps)
-    for k in pools:
-        q, pr = queues[k], result.pools[str(k)]
-        q.drain_unserved(p.steps)
-        pr.waits, pr.served_requests, pr.windows = q.waits, q.served, q.windows
-        for name, hist in zip(gateway.tiers.get(k, []), q.tier_waits, strict=True):
-            gateway.results[k][name].waits = hist
-        pr.tiers = gateway.results.get(k, {})
-    result.wall_seconds = time.perf_counter() - t0
-    result.gpu_seconds, result.cost_cents, result.energy_joules = gpu_s, cost, energy
-    result.peak_watts, result.over_cap_watt_seconds = peak, over
-    result.scale_actions = cluster.node_actions + cluster.replica_actions
-    if progress is not None:
-        progress(1.0)
-    return result
+            self.watts_now[name] = w
+            if w > self.caps[name]:
+                self.over[name] += (w - self.caps[name]) * step
+
+    def record_series(self, i: int, served: _Served) -> None:
+        _sample(
+            self.result,
+            i,
+            self.step,
+            self.pools,
+            self.cum,
+            self.queues,
+            self.cluster,
+            served.capacity,
+            self.ctx,
+            self.watts_now,
+            self.caps,
+            self.series_every,
+        )
+
+    def finish(self) -> RunResult:
+        """Requests still queued at the end count as unserved; the totals go in the result."""
+        result, gateway = self.result, self.gateway
+        for k in self.pools:
+            q, pr = self.queues[k], result.pools[str(k)]
+            q.drain_unserved(self.p.steps)
+            pr.waits, pr.served_requests, pr.windows = q.waits, q.served, q.windows
+            for name, hist in zip(gateway.tiers.get(k, []), q.tier_waits, strict=True):
+                gateway.results[k][name].waits = hist
+            pr.tiers = gateway.results.get(k, {})
+        result.wall_seconds = time.perf_counter() - self.t0
+        result.gpu_seconds, result.cost_cents = self.gpu_s, self.cost
+        result.energy_joules, result.peak_watts = self.energy, self.peak
+        result.over_cap_watt_seconds = self.over
+        result.scale_actions = self.cluster.node_actions + self.cluster.replica_actions
+        return result
 
 
 def _attribute(
