@@ -7,12 +7,11 @@
 # tests/chart/test_image.py runs the install steps below in a clean virtual environment.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
-# --- build: a wheel of the package alone ---------------------------------------------------
+# --- build: a wheel of the package alone (e2e/, the test bed, is not in the context) ---
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-COPY e2e/gpufleet_testbed/ e2e/gpufleet_testbed/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # The package and its runtime dependencies (no dev or aws extras) into one virtual environment.
 RUN python -m venv /opt/gpufleet \

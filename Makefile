@@ -53,7 +53,7 @@ test: setup lint
 
 # The README's main command.
 demo: setup
-	$(VENV)/bin/gpufleet demo
+	$(PY) -m gpufleet_testbed.demo
 
 # On demand, not in CI: each prints one JSON line of its figures last.
 TRACES ?= ../shared/traces

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ DOCKERFILE = (REPO / "Dockerfile").read_text()
 # The commands the image runs, as this test runs them (a test below keeps them in sync).
 WHEEL = "python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ."
 INSTALL = "/opt/gpufleet/bin/pip install --no-cache-dir --disable-pip-version-check /wheels/gpufleet-*.whl"
-COPIED = ("pyproject.toml", "README.md", "operator", "e2e/gpufleet_testbed")
+COPIED = ("pyproject.toml", "README.md", "operator")
 DEV_ONLY = ("pytest", "hypothesis", "mypy", "ruff", "moto", "boto3", "matplotlib")
 
 
@@ -65,3 +66,5 @@ def test_image_install_steps_give_a_working_gpufleet_run(tmp_path: Path) -> None
     installed = _run(str(venv / "bin" / "pip"), "list", "--format=freeze").lower()
     names = {line.split("==")[0] for line in installed.splitlines()}
     assert not names & set(DEV_ONLY), names & set(DEV_ONLY)
+    # The image ships the product only: the test bed (and `make demo`) stay in the checkout.
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if "gpufleet_testbed" in n]

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from gpufleet.api import crd
-from gpufleet.cli.demo import demo
 from gpufleet.cli.inspect import explain, status
 from gpufleet.cli.run import run
 from gpufleet.sim.cli import simulate
@@ -16,7 +15,6 @@ from gpufleet.sim.cli import simulate
 app = typer.Typer(no_args_is_help=True, help="Autoscale GPU inference fleets across clouds.")
 app.command()(simulate)
 app.command()(run)
-app.command()(demo)
 app.command()(status)
 app.command()(explain)
 

@@ -1,9 +1,10 @@
-"""`gpufleet demo`: the operator on the local test bed, a simulated surge, a live view."""
+"""`make demo` (`python -m gpufleet_testbed.demo`): the operator on the local test bed, a
+simulated surge, a live view. It lives with the test bed, not in the product: the operator
+image ships no test-bed code."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +12,12 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-REPO = Path(__file__).resolve().parents[3]
+from gpufleet_testbed import testbed
+from gpufleet_testbed.layout import repo_root
+from gpufleet_testbed.operator import OperatorProcess
+from gpufleet_testbed.player import Player, PoolPlay, Surge
+
+REPO = repo_root()
 
 
 def _pools_table(pools: list[dict[str, Any]], player: Any) -> Table:
@@ -108,10 +114,6 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the test bed running afterwards.")] = False,
 ) -> None:
     """Start the test bed, apply the demo fleet, run the operator and replay a viral surge."""
-    from gpufleet_testbed import testbed
-    from gpufleet_testbed.operator import OperatorProcess
-    from gpufleet_testbed.player import Player, PoolPlay, Surge
-
     total = minutes * 60
     surge = Surge(
         base=0.5, factor=12, start=20, ramp=0.3 * total, hold=0.25 * total, fall=0.05 * total
@@ -171,3 +173,7 @@ def demo(
         operator.stop()
         if not keep:
             testbed.down(name, quiet=True)
+
+
+if __name__ == "__main__":
+    typer.run(demo)
