@@ -22,7 +22,6 @@ from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError
 from gpufleet.drivers.eks import AwsCredentials
 from gpufleet.metrics.exporter import OperatorMetrics
-from gpufleet.reconcilers import status as st
 from gpufleet.reconcilers.cache import ProviderEntry, View
 from gpufleet.reconcilers.config import RunConfig
 from gpufleet.reconcilers.credentials import (
@@ -33,6 +32,7 @@ from gpufleet.reconcilers.credentials import (
 )
 from gpufleet.reconcilers.handlers import driver_factory
 from gpufleet.reconcilers.loop import FleetLoop
+from gpufleet.reconcilers.reporting import status as st
 from gpufleet_testbed import fleets
 
 NAMESPACE = "gpufleet-system"

@@ -31,8 +31,8 @@ from gpufleet.reconcilers.drain import (
     selector_text,
 )
 from gpufleet.reconcilers.kube import _refusal
+from gpufleet.reconcilers.reporting.status import preempted_condition
 from gpufleet.reconcilers.selectors import from_label_selector
-from gpufleet.reconcilers.status import preempted_condition
 from gpufleet_testbed import fleets
 
 A = NodePoolKey("a", "h100")
@@ -202,7 +202,7 @@ def test_a_moved_pool_waits_a_minute_at_most() -> None:
 
 
 def test_a_scale_down_event_says_when_a_disruption_budget_holds_the_replicas() -> None:
-    from gpufleet.reconcilers.report import scale_event
+    from gpufleet.reconcilers.reporting.reporter import scale_event
 
     reason, message = scale_event(_plan({A: 4}), None)
     assert reason == "Preempted" and "evictions" not in message

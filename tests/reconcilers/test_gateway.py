@@ -20,8 +20,8 @@ from gpufleet.planner.types import (
     TierAllowance,
 )
 from gpufleet.reconcilers.cache import View
-from gpufleet.reconcilers.gateway import GatewayConfigMap, changes, documents, key_of
 from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap, changes, documents, key_of
 
 SHORT = PoolKey("team", "image")
 FINE = PoolKey("team", "chat")

@@ -11,8 +11,7 @@ import pytest
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import NodePoolKey, PoolKey
-from gpufleet.reconcilers.cache import workload_entry
-from gpufleet.reconcilers.copies import (
+from gpufleet.reconcilers.burst.copies import (
     CONTENT,
     Copy,
     Fate,
@@ -25,8 +24,9 @@ from gpufleet.reconcilers.copies import (
     source_hash,
     stale,
 )
-from gpufleet.reconcilers.kubeconfig import CredentialsError, check_kubeconfig, client_from
-from gpufleet.reconcilers.remote import REMOTE_CALLS
+from gpufleet.reconcilers.burst.kubeconfig import CredentialsError, check_kubeconfig, client_from
+from gpufleet.reconcilers.burst.remote import REMOTE_CALLS
+from gpufleet.reconcilers.cache import workload_entry
 
 from .builders import minimal_pool
 
@@ -330,7 +330,7 @@ def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None
 
 def test_burst_copies_count_as_serving_only_once_the_remote_controller_says_ready() -> None:
     from gpufleet.planner.types import PoolObservation, Snapshot, frozen_map
-    from gpufleet.reconcilers.bursting import add_remote_replicas
+    from gpufleet.reconcilers.burst.targets import add_remote_replicas
     from gpufleet.reconcilers.observe import Observed
 
     key, local = PoolKey("team", "chat"), NodePoolKey("de", "h100")
@@ -338,7 +338,7 @@ def test_burst_copies_count_as_serving_only_once_the_remote_controller_says_read
     local_only = PoolObservation(1.0, replicas=frozen_map({local: 2}), ready_replicas=2)
     observed = Observed(Snapshot(pools=frozen_map({key: local_only})))
     loading = Copy("team", "chat", 4, "", "Deployment", ready=1)
-    add_remote_replicas(observed, pools, {"nl": _provider()}, {"nl": {key: loading}}, {})
+    observed = add_remote_replicas(observed, pools, {"nl": _provider()}, {"nl": {key: loading}}, {})
     seen = observed.snapshot.pools[key]
     assert seen.total_replicas == 6  # two here, four in the NL cluster
     assert seen.ready_replicas == 3  # three of them serve: two here, one there

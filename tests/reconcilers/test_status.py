@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from gpufleet.api.pool import ServingPoolStatus
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
-from gpufleet.reconcilers.status import pool_conditions, pool_status
+from gpufleet.reconcilers.reporting.status import pool_conditions, pool_status
 
 from .builders import minimal_pool
 

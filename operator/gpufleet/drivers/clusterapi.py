@@ -31,6 +31,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet.api.labels import ACTION_ANNOTATION
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, NodePoolState
 from gpufleet.drivers.kube_objects import dig, is_deleting, name_of, ready_node_names
@@ -42,7 +43,6 @@ MACHINES = "machines"
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 DEPLOYMENT_NAME_LABEL = "cluster.x-k8s.io/deployment-name"
 DELETE_MACHINE_ANNOTATION = "cluster.x-k8s.io/delete-machine"
-ACTION_ANNOTATION = "gpufleet.io/action-id"
 MERGE_PATCH = "application/merge-patch+json"
 
 # (api group, resource, verb) of every Kubernetes call below; the chart's RBAC (values

@@ -33,6 +33,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet.api.labels import ACTION_ANNOTATION
 from gpufleet.api.provider import CloudProviderSpec, NodePool, Role
 from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, NodePoolState
 from gpufleet.drivers.kube_objects import dig, is_deleting, name_of, ready_node_names
@@ -43,7 +44,6 @@ NODE_POOLS = "nodepools"
 NODE_CLAIMS = "nodeclaims"
 NODE_POOL_LABEL = "karpenter.sh/nodepool"
 GPU_RESOURCE = "nvidia.com/gpu"
-ACTION_ANNOTATION = "gpufleet.io/action-id"
 MERGE_PATCH = "application/merge-patch+json"
 _PLAIN_INTEGER = re.compile(r"^\d+$")
 

@@ -21,6 +21,13 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, V1ConfigMap, V1Node
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet.api.labels import (
+    ACTION_ANNOTATION,
+    GPU_TYPE_LABEL,
+    NODE_POOL_LABEL,
+    ORDINAL_ANNOTATION,
+    PROVIDER_LABEL,
+)
 from gpufleet.api.provider import CloudProviderSpec, NodePool
 from gpufleet.drivers import simulated_state as sim
 from gpufleet.drivers.base import (
@@ -33,11 +40,6 @@ from gpufleet.drivers.base import (
 )
 
 DEFAULT_NAMESPACE = "gpufleet-system"
-PROVIDER_LABEL = "gpufleet.io/provider"
-NODE_POOL_LABEL = "gpufleet.io/node-pool"
-GPU_TYPE_LABEL = "gpufleet.io/gpu-type"
-ORDINAL_ANNOTATION = "gpufleet.io/ordinal"
-ACTION_ANNOTATION = "gpufleet.io/action-id"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_RESOURCE = "nvidia.com/gpu"
 _WRITE_ATTEMPTS = 8

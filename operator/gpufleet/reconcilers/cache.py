@@ -7,14 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpufleet.api.labels import NODE_POOL_LABEL, PROVIDER_LABEL
 from gpufleet.api.parse import Parsed
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.reconcilers.selectors import Selector, from_label_selector
 
-PROVIDER_LABEL = "gpufleet.io/provider"
-NODE_POOL_LABEL = "gpufleet.io/node-pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -74,7 +73,7 @@ class WorkloadEntry:
     selector: Selector
     # What a burst copy carries, as JSON: the spec's `selector` and `template`; for a
     # StatefulSet also `serviceName`, `podManagementPolicy` and `volumeClaimNames` (the names
-    # of its volumeClaimTemplates). reconcilers/copies.py builds the copy from it.
+    # of its volumeClaimTemplates). reconcilers/burst/copies.py builds the copy from it.
     source: str = ""
 
 

@@ -17,7 +17,7 @@ class RunConfig:
     max_sample_age_seconds: float = 120.0
     simulated_namespace: str = "gpufleet-system"
     # The ConfigMap (in operator_namespace) a gateway reads the sustainable rates from
-    # (reconcilers/gateway.py); None: not published.
+    # (reconcilers/reporting/gateway.py); None: not published.
     gateway_config_map: str | None = None
 
     @property

@@ -28,14 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gpufleet.api.labels import NODE_POOL_LABEL, PROVIDER_LABEL
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, Snapshot
-from gpufleet.reconcilers.cache import (
-    NODE_POOL_LABEL,
-    PROVIDER_LABEL,
-    WorkloadEntry,
-    pod_entry,
-    ready_condition,
-)
+from gpufleet.reconcilers.cache import WorkloadEntry, pod_entry, ready_condition
 from gpufleet.reconcilers.intent import Move
 from gpufleet.reconcilers.kube import EvictionRefused, Kube
 from gpufleet.reconcilers.selectors import Selector
@@ -160,6 +155,18 @@ def pick(
     return chosen
 
 
+async def _nodes_of(kube: Kube, request: DrainRequest) -> dict[NodePoolKey, set[str]]:
+    """The names of the nodes in each node pool the drain takes replicas from."""
+    return {
+        np_key: set(
+            await kube.list_node_names(
+                f"{PROVIDER_LABEL}={np_key.provider},{NODE_POOL_LABEL}={np_key.node_pool}"
+            )
+        )
+        for np_key in sorted(request.node_pools)
+    }
+
+
 @dataclass
 class Drainer:
     """Drains preempted replicas; remembers evictions in flight and refusals between ticks."""
@@ -262,34 +269,11 @@ class Drainer:
         # A ReplicaSet removes pods that are not scheduled first: those need no eviction. The
         # unscheduled ones a shrink leaves are replacements of pods this drain moved already.
         unscheduled = sum(1 for p in pods if p.node is None)
-        nodes = {
-            np_key: set(
-                await kube.list_node_names(
-                    f"{PROVIDER_LABEL}={np_key.provider},{NODE_POOL_LABEL}={np_key.node_pool}"
-                )
-            )
-            for np_key in sorted(request.node_pools)
-        }
         wanted = max(0, request.replicas - max(0, unscheduled - shrink))
-        chosen = pick(pods, nodes, request.node_pools)[:wanted]
+        chosen = pick(pods, await _nodes_of(kube, request), request.node_pools)[:wanted]
         # Evictions beyond the shrink are moves: their replacements wait for new nodes.
         plain = shrink - min(len(chosen), shrink)  # pods not found there: a plain scale
-        evicted: list[str] = []
-        blocked = error = ""
-        for pod in chosen:
-            try:
-                if await kube.evict(namespace, pod.name, request.timeout_seconds):
-                    self.in_flight.setdefault(pool_key, {})[pod.name] = (
-                        now + request.timeout_seconds
-                    )
-                evicted.append(pod.name)  # accepted, or gone already
-            except EvictionRefused as exc:
-                blocked, error = (str(exc), "") if exc.budget else ("", str(exc))
-                self.retry_at[pool_key] = now + RETRY_SECONDS
-                break
-            except Exception as exc:  # the rest waits for a later tick
-                error = f"eviction of {pod.name} failed: {exc}"[:512]
-                break
+        evicted, blocked, error = await self._evict(kube, namespace, chosen, pool_key, request, now)
         if shrink == 0:
             # A move: the evicted replicas are recreated once the pools they yield to have
             # their pods scheduled (`holds`), so those pods get the GPUs first.
@@ -304,18 +288,38 @@ class Drainer:
         if target != workload.replicas:
             await kube.scale(workload.kind, namespace, workload.name, target)
             self.resized[pool_key] = (target, now)
-        outcome = DrainOutcome(
-            wanted=len(chosen),
-            evicted=len(evicted),
-            draining=len(self.in_flight.get(pool_key, {})),
-            blocked=blocked,
-            error=error,
-            by=request.by,
-        )
+        draining = len(self.in_flight.get(pool_key, {}))
+        outcome = DrainOutcome(len(chosen), len(evicted), draining, blocked, error, request.by)
         previous = self.outcomes.get(pool_key)
         self.outcomes[pool_key] = outcome
         await self._tell(kube, pool_key, request, evicted, outcome, previous)
         return len(evicted) == len(chosen) and target == size
+
+    async def _evict(
+        self,
+        kube: Kube,
+        namespace: str,
+        chosen: Sequence[_Pod],
+        pool_key: PoolKey,
+        request: DrainRequest,
+        now: float,
+    ) -> tuple[list[str], str, str]:
+        """Evict `chosen` in order until one is refused: the evicted (accepted, or gone
+        already), a PodDisruptionBudget's refusal, another error."""
+        evicted: list[str] = []
+        for pod in chosen:
+            try:
+                if await kube.evict(namespace, pod.name, request.timeout_seconds):
+                    self.in_flight.setdefault(pool_key, {})[pod.name] = (
+                        now + request.timeout_seconds
+                    )
+                evicted.append(pod.name)
+            except EvictionRefused as exc:
+                self.retry_at[pool_key] = now + RETRY_SECONDS
+                return evicted, *((str(exc), "") if exc.budget else ("", str(exc)))
+            except Exception as exc:  # the rest waits for a later tick
+                return evicted, "", f"eviction of {pod.name} failed: {exc}"[:512]
+        return evicted, "", ""
 
     async def _tell(
         self,

@@ -19,6 +19,7 @@ import kopf
 from kubernetes.client import ApiClient
 
 from gpufleet.api.common import GROUP, VERSION
+from gpufleet.api.labels import NODE_POOL_LABEL
 from gpufleet.api.parse import parse_budget, parse_pool, parse_provider
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver
@@ -26,8 +27,8 @@ from gpufleet.drivers.eks import AwsCredentials, ClientFactory
 from gpufleet.drivers.registry import make_driver
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import PrometheusSource
+from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.cache import (
-    NODE_POOL_LABEL,
     BudgetEntry,
     PoolEntry,
     ProviderEntry,
@@ -43,12 +44,11 @@ from gpufleet.reconcilers.credentials import (
     CredentialedFactory,
     RemoteCredentialedFactory,
 )
-from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.liveness import TickWatch
 from gpufleet.reconcilers.loop import FleetLoop
-from gpufleet.reconcilers.remote import RemoteClusters
+from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,14 @@ def register(
     # Longer than any tick can take with every call's timeout: then it waits on something
     # that never returns.
     watch = TickWatch(stuck_after=max(120.0, 20 * config.period_seconds))
+    _register_probe_and_login(registry, watch)
+    _register_startup(registry, config, api, metrics, peering)
+    _register_indexes(registry)
+    _register_cluster_indexes(registry)
+    _register_fleet(registry, config, watch)
 
+
+def _register_probe_and_login(registry: kopf.OperatorRegistry, watch: TickWatch) -> None:
     @kopf.on.probe(id="fleet_loop", registry=registry)
     def fleet_loop(**_: Any) -> str:
         watch.check()
@@ -173,28 +180,17 @@ def register(
         # A registry of our own starts without kopf's default login handlers.
         return kopf.login_via_client(**kwargs)
 
+
+def _register_startup(
+    registry: kopf.OperatorRegistry,
+    config: RunConfig,
+    api: ApiClient,
+    metrics: OperatorMetrics,
+    peering: Peering | None,
+) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        # Our prefix, not kopf's, on anything kopf stores; no kopf log lines posted as Events.
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
-        settings.posting.enabled = False
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 30
-        if peering is not None:
-            # Cluster-wide whatever the watched namespaces: one leader for the whole fleet.
-            # mandatory: start paused until the peering object has been seen.
-            settings.peering.standalone = False
-            settings.peering.mandatory = True
-            settings.peering.clusterwide = True
-            settings.peering.name = peering.name
-            settings.peering.priority = peering.priority
-            settings.peering.lifetime = peering.lifetime
-            settings.peering.stealth = True
+        _configure(settings, peering)
         kube = Kube(api)
         if peering is not None:
             await kube.ensure_peering(peering.name)
@@ -203,19 +199,54 @@ def register(
             if config.prometheus_url
             else None
         )
-        memo.fleet = FleetLoop(kube, source, driver_factory(api, config, metrics), metrics)
-        memo.fleet.journal = Journal(kube, config.operator_namespace, config.anchor, identity())
-        memo.fleet.remote = RemoteClusters(
+        memo.fleet = FleetLoop(
             kube,
-            remote_driver_factory(config, metrics),
-            config.operator_namespace,
-            config.namespaces,
+            source,
+            driver_factory(api, config, metrics),
+            metrics,
+            journal=Journal(kube, config.operator_namespace, config.anchor, identity()),
+            remote=RemoteClusters(
+                kube,
+                remote_driver_factory(config, metrics),
+                config.operator_namespace,
+                config.namespaces,
+            ),
+            gateway=(
+                GatewayConfigMap(
+                    kube, metrics, config.operator_namespace, config.gateway_config_map
+                )
+                if config.gateway_config_map
+                else None
+            ),
         )
-        if config.gateway_config_map:
-            memo.fleet.gateway = GatewayConfigMap(
-                kube, metrics, config.operator_namespace, config.gateway_config_map
-            )
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
+
+
+def _configure(settings: kopf.OperatorSettings, peering: Peering | None) -> None:
+    # Our prefix, not kopf's, on anything kopf stores; no kopf log lines posted as Events.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    if peering is not None:
+        # Cluster-wide whatever the watched namespaces: one leader for the whole fleet.
+        # mandatory: start paused until the peering object has been seen.
+        settings.peering.standalone = False
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = True
+        settings.peering.name = peering.name
+        settings.peering.priority = peering.priority
+        settings.peering.lifetime = peering.lifetime
+        settings.peering.stealth = True
+
+
+def _register_indexes(registry: kopf.OperatorRegistry) -> None:
+    """The three kinds, parsed once per change; errors are values (SpecValid=False)."""
 
     @kopf.index(GROUP, VERSION, "servingpools", id="gpufleet_pools", registry=registry)
     def gpufleet_pools(
@@ -249,6 +280,10 @@ def register(
             dict(body.get("status") or {}),
         )
         return {name: entry}
+
+
+def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
+    """GPU nodes, GPU pods and the workloads pools scale: only what the plan reads."""
 
     @kopf.index(
         "",
@@ -290,6 +325,8 @@ def register(
             )
         }
 
+
+def _register_fleet(registry: kopf.OperatorRegistry, config: RunConfig, watch: TickWatch) -> None:
     @kopf.timer(
         "",
         "v1",

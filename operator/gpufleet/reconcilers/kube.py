@@ -28,7 +28,7 @@ CALLS = (
     ("", "events", "create"),
     ("", "configmaps", "create"),
     # reconcilers/intent.py: the intent record on the anchor (resourceVersion precondition);
-    # reconcilers/gateway.py: the optional gateway ConfigMap, the same three calls.
+    # reconcilers/reporting/gateway.py: the optional gateway ConfigMap, the same three calls.
     ("", "configmaps", "get"),
     ("", "configmaps", "patch"),
     # reconcilers/drain.py: preempted replicas leave through the Eviction API (which honours
@@ -39,7 +39,7 @@ CALLS = (
     ("", "nodes", "list"),
 )
 # Only where `rbac.secretNamespaces` grants it: Kube.read_secret, for a CloudProvider's
-# `cluster.kubeconfigSecretRef` (reconcilers/kubeconfig.py). The Deployment or StatefulSet a
+# `cluster.kubeconfigSecretRef` (reconcilers/burst/kubeconfig.py). The Deployment or StatefulSet a
 # burst copies comes from the deployments or statefulsets index, which list and watch them.
 SECRET_CALLS = (("", "secrets", "get"),)
 # Only with leader election (`--leader-election`): Kube.ensure_peering.

@@ -3,10 +3,11 @@ from the specs and what is observed; the planner's memory is the only state carr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,24 +25,69 @@ from gpufleet.planner.types import (
     NodePoolKey,
     PlannerState,
     PoolKey,
+    PoolPlan,
     frozen_map,
 )
-from gpufleet.reconcilers.bursting import add_remote_replicas, remote_targets
+from gpufleet.reconcilers.actuation import (
+    Targets,
+    execute,
+    node_pool_target,
+    node_pool_targets,
+    workload_target,
+)
+from gpufleet.reconcilers.burst.copies import Copy
+from gpufleet.reconcilers.burst.remote import RemoteClusters
+from gpufleet.reconcilers.burst.targets import add_remote_replicas, remote_targets
 from gpufleet.reconcilers.cache import PodEntry, View, WorkloadEntry
-from gpufleet.reconcilers.copies import Copy
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
-from gpufleet.reconcilers.gateway import GatewayConfigMap
 from gpufleet.reconcilers.intent import Action, Journal
 from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for
 from gpufleet.reconcilers.problems import Problem
-from gpufleet.reconcilers.remote import RemoteClusters
-from gpufleet.reconcilers.report import Reporter
+from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
+from gpufleet.reconcilers.reporting.reporter import Reporter
 
 log = logging.getLogger(__name__)
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Which providers this tick can act on, and why the others cannot."""
+
+    remote: set[str]  # providers in a cluster of their own (kubeconfigSecretRef)
+    drivers: dict[str, NodePoolDriver]
+    copies: dict[str, dict[PoolKey, Copy]]  # burst copies found in each remote cluster
+    copy_errors: dict[str, Problem]
+    credential_errors: dict[str, str]
+    unreachable: set[str]
+
+
+def scale_targets(
+    view: View,
+) -> tuple[dict[PoolKey, ServingPoolSpec], dict[PoolKey, WorkloadEntry], dict[PoolKey, str]]:
+    """The valid pools whose workload exists, their workloads, and why the others have none."""
+    pools: dict[PoolKey, ServingPoolSpec] = {}
+    targets: dict[PoolKey, WorkloadEntry] = {}
+    errors: dict[PoolKey, str] = {}
+    for entry in view.pools:
+        spec = entry.parsed.value
+        if spec is None:
+            continue
+        key = PoolKey(entry.namespace, entry.name)
+        ref = spec.scale_target_ref
+        workload = view.workloads.get((entry.namespace, ref.kind, ref.name))
+        if workload is None:
+            errors[key] = (
+                f"spec.scaleTargetRef: {ref.kind} {entry.namespace}/{ref.name} not found "
+                "(supported kinds: Deployment, StatefulSet)"
+            )
+            continue
+        pools[key] = spec
+        targets[key] = workload
+    return pools, targets, errors
 
 
 @dataclass
@@ -102,26 +148,61 @@ class FleetLoop:
     async def tick(self, view: View) -> FleetPlan:
         started = time.perf_counter()
         now = self.clock()
-        pools: dict[PoolKey, ServingPoolSpec] = {}
-        targets: dict[PoolKey, WorkloadEntry] = {}
-        target_errors: dict[PoolKey, str] = {}
-        for entry in view.pools:
-            spec = entry.parsed.value
-            if spec is None:
-                continue
-            key = PoolKey(entry.namespace, entry.name)
-            ref = spec.scale_target_ref
-            workload = view.workloads.get((entry.namespace, ref.kind, ref.name))
-            if workload is None:
-                target_errors[key] = (
-                    f"spec.scaleTargetRef: {ref.kind} {entry.namespace}/{ref.name} not found "
-                    "(supported kinds: Deployment, StatefulSet)"
-                )
-                continue
-            pools[key] = spec
-            targets[key] = workload
+        pools, targets, target_errors = scale_targets(view)
         providers = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
+        reach = await self._reach(providers)
+        # Local pods are attributed to local node pools only; remote ones come from copies.
+        local_last = {
+            k: {np: c for np, c in v.items() if np.provider not in reach.remote}
+            for k, v in self.last_placements.items()
+        }
+        observed = await observe(
+            pools,
+            targets,
+            providers,
+            budgets,
+            view.nodes,
+            view.pods,
+            reach.drivers,
+            reach.unreachable,
+            self.capacity_errors,
+            local_last,
+            self.source,
+        )
+        observed = dataclasses.replace(
+            observed, driver_errors={**observed.driver_errors, **reach.copy_errors}
+        )
+        observed = add_remote_replicas(
+            observed, pools, providers, reach.copies, self.last_placements
+        )
+        fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
+        plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
+        self.state = plan.state
+        known = {PoolKey(e.namespace, e.name) for e in view.pools}
+        # Pools the planner failed on keep their replicas, and so the nodes under them.
+        await self._actuate(
+            plan,
+            fleet,
+            targets,
+            reach.drivers,
+            observed,
+            now,
+            reach.copies,
+            known,
+            view.pods,
+            bool(unplanned),
+        )
+        await self.reporter.report(
+            view, plan, fleet, observed, target_errors, reach.credential_errors, now, unplanned
+        )
+        await self._publish(view, plan, now)
+        self.last_plan = plan
+        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+        return plan
+
+    async def _reach(self, providers: Mapping[str, CloudProviderSpec]) -> Reach:
+        """Drivers for the providers usable this tick; remote ones also list their copies."""
         remote = {n for n, p in providers.items() if p.cluster.kubeconfig_secret_ref is not None}
         credential_errors = await self._read_credentials(providers, remote)
         drivers = {
@@ -142,46 +223,16 @@ class FleetLoop:
             credential_errors.update(dict.fromkeys(remote, "remote clusters are not enabled"))
         # A provider is reachable with a driver and, if remote, a listing of its copies.
         unreachable = {n for n in providers if n not in drivers} | set(copy_errors)
-        # Local pods are attributed to local node pools only; remote ones come from copies.
-        local_last = {
-            k: {np: c for np, c in v.items() if np.provider not in remote}
-            for k, v in self.last_placements.items()
-        }
-        observed = await observe(
-            pools,
-            targets,
-            providers,
-            budgets,
-            view.nodes,
-            view.pods,
-            drivers,
-            unreachable,
-            self.capacity_errors,
-            local_last,
-            self.source,
-        )
-        observed.driver_errors.update(copy_errors)
-        add_remote_replicas(observed, pools, providers, copies, self.last_placements)
-        fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
-        plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
-        self.state = plan.state
-        known = {PoolKey(e.namespace, e.name) for e in view.pools}
-        # Pools the planner failed on keep their replicas, and so the nodes under them.
-        await self._actuate(
-            plan, fleet, targets, drivers, observed, now, copies, known, view.pods, bool(unplanned)
-        )
-        await self.reporter.report(
-            view, plan, fleet, observed, target_errors, credential_errors, now, unplanned
-        )
-        if self.gateway is not None:
-            try:
-                await self.gateway.publish(view, plan, now)
-            except Exception:  # the gateway's figures wait for the next tick; scaling does not
-                self.metrics.reconcile_errors.labels("gateway").inc()
-                log.exception("publishing the gateway ConfigMap failed")
-        self.last_plan = plan
-        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-        return plan
+        return Reach(remote, drivers, copies, copy_errors, credential_errors, unreachable)
+
+    async def _publish(self, view: View, plan: FleetPlan, now: float) -> None:
+        if self.gateway is None:
+            return
+        try:
+            await self.gateway.publish(view, plan, now)
+        except Exception:  # the gateway's figures wait for the next tick; scaling does not
+            self.metrics.reconcile_errors.labels("gateway").inc()
+            log.exception("publishing the gateway ConfigMap failed")
 
     async def _actuate(
         self,
@@ -196,71 +247,21 @@ class FleetLoop:
         pods: Mapping[str, Sequence[PodEntry]] | None = None,
         hold_node_pools: bool = False,
     ) -> None:
-        # Every target this tick can resize: its observed size, the size the plan wants
-        # where that differs, and how to set it. Then record intent, act, record the result.
-
-        def unscheduled(pool_key: PoolKey) -> int:
-            workload = targets.get(pool_key)
-            if workload is None:
-                return 0
-            return sum(
-                1
-                for pod in (pods or {}).get(pool_key.namespace, ())
-                if pod.node_name is None
-                and not pod.terminating
-                and workload.selector.matches(pod.labels)
-            )
-
-        current: dict[str, int] = {}
-        planned: dict[str, int] = {}
-        setters: dict[str, Callable[[int, str], Awaitable[bool]]] = {}
-        for key, node_plan in sorted(plan.node_pools.items()):
-            driver = drivers.get(key.provider)
-            state = observed.node_states.get(key)
-            if (
-                driver is None
-                or state is None
-                or key.provider in observed.snapshot.unreachable_providers
-            ):
-                continue
-            if hold_node_pools and node_plan.desired_nodes < state.target_size:
-                continue
-            target = f"nodepool/{key.provider}/{key.node_pool}"
-            current[target] = state.target_size
-            ref = ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
-            setters[target] = functools.partial(self._set_nodes, driver, ref, key, now)
-            if node_plan.desired_nodes != state.target_size:
-                planned[target] = node_plan.desired_nodes
+        """Gather what this tick may resize, record the intent, act in phase order, record
+        the result (reconcilers/actuation.py, reconcilers/intent.py)."""
+        wanted = Targets()
+        self._add_node_pools(wanted, plan, fleet, drivers, observed, now, hold_node_pools)
         self.reporter.drains = self.drainer.outcomes  # for the Preempted conditions
         if self.journal is not None and not self.moves_loaded:
             # A move's wait outlives the leader that began it (HA takeover, restart).
             self.drainer.take_over(await self.journal.recorded_moves(), now)
             self.moves_loaded = True
-        moves: list[str] = []
+        held = _unscheduled_counter(targets, pods or {})
         for pool_key, pool_plan in sorted(plan.pools.items()):
             try:
-                spec = fleet.pools[pool_key]
-                self.last_placements[pool_key] = pool_plan.placements
-                # Replicas that yield to higher-priority pools are drained, not just scaled away.
-                drain = request_for(pool_key, plan, fleet, observed.snapshot)
-                await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
-                if spec.mode == Mode.DRY_RUN:
-                    continue
-                local = sum(
-                    count
-                    for (provider, _), count in pool_plan.placements.items()
-                    if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
+                await self._add_workload(
+                    wanted, pool_key, pool_plan, plan, fleet, targets, observed, now, held
                 )
-                workload = targets[pool_key]
-                target = f"{workload.kind}/{pool_key.namespace}/{workload.name}"
-                current[target] = workload.replicas
-                setters[target] = functools.partial(self._scale, workload, pool_key, drain, now)
-                if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
-                    pass  # moved replicas wait for the pools they yielded to
-                elif local != workload.replicas:
-                    planned[target] = local
-                elif drain is not None:
-                    moves.append(target)  # the same size: preempted replicas move
             except Exception:  # one pool's failure must not stop the others
                 self.metrics.reconcile_errors.labels("actuate").inc()
                 log.exception("pool %s: actuation failed", pool_key, extra={"pool": str(pool_key)})
@@ -272,40 +273,94 @@ class FleetLoop:
             observed,
             copies or {},
             known or set(),
-            current,
-            planned,
-            setters,
+            wanted.current,
+            wanted.planned,
+            wanted.setters,
         )
         if self.journal is None:
             actions: tuple[Action, ...] | None = tuple(
-                Action(f"{t}={n}@{int(now)}", t, n) for t, n in planned.items()
+                Action(f"{t}={n}@{int(now)}", t, n) for t, n in wanted.planned.items()
             )
         else:
-            actions = await self.journal.begin(planned, current)
+            actions = await self.journal.begin(wanted.planned, wanted.current)
         if actions is None:
             return  # another writer recorded first: it acts
-        done: set[str] = set()
-        for action in sorted(actions, key=lambda a: (_phase(a, current), a.target)):
-            setter = setters.get(action.target)
-            if setter is not None and await setter(action.size, action.id):
-                log.info(
-                    "applied %s",
-                    action.id,
-                    extra={"actionId": action.id, "target": action.target, "size": action.size},
-                )
-                done.add(action.id)
+        done = await execute(actions, wanted)
         if self.journal is not None:
             await self.journal.finish(done)
+        await self._after(wanted, refresh, observed, now)
+
+    def _add_node_pools(
+        self,
+        wanted: Targets,
+        plan: FleetPlan,
+        fleet: Fleet,
+        drivers: Mapping[str, NodePoolDriver],
+        observed: Observed,
+        now: float,
+        hold_shrinks: bool,
+    ) -> None:
+        usable = {
+            key: ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
+            for key in plan.node_pools
+            if key.provider in drivers
+            and key in observed.node_states
+            and key.provider not in observed.snapshot.unreachable_providers
+        }
+        sizes = {key: state.target_size for key, state in observed.node_states.items()}
+        for np in node_pool_targets(plan.node_pools, sizes, usable, hold_shrinks):
+            driver = drivers[np.key.provider]
+            setter = functools.partial(self._set_nodes, driver, np.ref, np.key, now)
+            wanted.add(node_pool_target(np.key), np.current, np.wanted, setter)
+
+    async def _add_workload(
+        self,
+        wanted: Targets,
+        pool_key: PoolKey,
+        pool_plan: PoolPlan,
+        plan: FleetPlan,
+        fleet: Fleet,
+        targets: Mapping[PoolKey, WorkloadEntry],
+        observed: Observed,
+        now: float,
+        unscheduled: Callable[[PoolKey], int],
+    ) -> None:
+        spec = fleet.pools[pool_key]
+        self.last_placements[pool_key] = pool_plan.placements
+        # Replicas that yield to higher-priority pools are drained, not just scaled away.
+        drain = request_for(pool_key, plan, fleet, observed.snapshot)
+        await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
+        if spec.mode == Mode.DRY_RUN:
+            return
+        local = sum(
+            count
+            for (provider, _), count in pool_plan.placements.items()
+            if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
+        )
+        workload = targets[pool_key]
+        target = workload_target(workload.kind, pool_key.namespace, workload.name)
+        setter = functools.partial(self._scale, workload, pool_key, drain, now)
+        if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
+            wanted.add(target, workload.replicas, None, setter)  # moved replicas wait
+            return
+        wanted.add(target, workload.replicas, local, setter)
+        if local == workload.replicas and drain is not None:
+            wanted.moves.append(target)  # the same size: preempted replicas move
+
+    async def _after(
+        self, wanted: Targets, refresh: Sequence[str], observed: Observed, now: float
+    ) -> None:
+        """What follows the recorded actions: moves, their waits, stale copies, namespaces."""
         # A retry after a crash evicts only what has not moved yet (the drain counts pods
         # already waiting for new nodes); the wait for the higher-priority pods is recorded.
-        for target in moves:
-            await setters[target](current[target], f"{target}@{int(now)}")
+        for target in wanted.moves:
+            await wanted.setters[target](wanted.current[target], f"{target}@{int(now)}")
         if self.journal is not None:
             await self.journal.record_moves(self.drainer.waiting(now))
         # A copy whose source template changed is re-applied at its size (no resize).
         for target in refresh:
-            if target not in planned and (setter := setters.get(target)) is not None:
-                await setter(current[target], f"{target}@{int(now)}")
+            if target not in wanted.planned and (setter := wanted.setters.get(target)):
+                await setter(wanted.current[target], f"{target}@{int(now)}")
         if self.remote is not None:  # namespaces that gpufleet made and whose copies went
             await self.remote.sweep(observed.snapshot.unreachable_providers)
 
@@ -359,9 +414,21 @@ class FleetLoop:
         return True
 
 
-def _phase(action: Action, current: Mapping[str, int]) -> int:
-    """Node pools grow before the replicas that need the room, and shrink after the replicas
-    (local and burst copies) have left, so no running pod loses its node first."""
-    if not action.target.startswith("nodepool/"):
-        return 1
-    return 0 if action.size > current.get(action.target, 0) else 2
+def _unscheduled_counter(
+    targets: Mapping[PoolKey, WorkloadEntry], pods: Mapping[str, Sequence[PodEntry]]
+) -> Callable[[PoolKey], int]:
+    """How many of a pool's pods wait for a node (the drain's hold reads it)."""
+
+    def unscheduled(pool_key: PoolKey) -> int:
+        workload = targets.get(pool_key)
+        if workload is None:
+            return 0
+        return sum(
+            1
+            for pod in pods.get(pool_key.namespace, ())
+            if pod.node_name is None
+            and not pod.terminating
+            and workload.selector.matches(pod.labels)
+        )
+
+    return unscheduled

@@ -34,18 +34,32 @@ CONCURRENCY = 16
 _NO_PROMETHEUS = Problem(MetricsReason.NOT_CONFIGURED.value, "the operator has no Prometheus URL")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Observed:
-    """The snapshot and what went wrong while taking it, for conditions."""
+    """The snapshot and what went wrong while taking it, for conditions. A value: the loop
+    derives new ones (burst copies' replicas, their providers' problems), never edits it."""
 
     snapshot: Snapshot
+    queue: Mapping[PoolKey, float | None] = field(default_factory=dict)
+    arrival: Mapping[PoolKey, float | None] = field(default_factory=dict)
+    metrics_errors: Mapping[PoolKey, Problem] = field(default_factory=dict)
+    budget_errors: Mapping[str, Problem] = field(default_factory=dict)
+    driver_errors: Mapping[str, Problem] = field(default_factory=dict)
+    node_states: Mapping[NodePoolKey, NodePoolState] = field(default_factory=dict)
+    current_by_provider: Mapping[PoolKey, Mapping[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Draft:
+    """Observed while it is being taken."""
+
     queue: dict[PoolKey, float | None] = field(default_factory=dict)
     arrival: dict[PoolKey, float | None] = field(default_factory=dict)
     metrics_errors: dict[PoolKey, Problem] = field(default_factory=dict)
     budget_errors: dict[str, Problem] = field(default_factory=dict)
     driver_errors: dict[str, Problem] = field(default_factory=dict)
     node_states: dict[NodePoolKey, NodePoolState] = field(default_factory=dict)
-    current_by_provider: dict[PoolKey, dict[str, int]] = field(default_factory=dict)
+    current_by_provider: dict[PoolKey, Mapping[str, int]] = field(default_factory=dict)
 
 
 async def _sample_all(
@@ -105,6 +119,45 @@ def replicas_by_node_pool(
     return counts, ready
 
 
+@dataclass(frozen=True)
+class _Queries:
+    """Every PromQL query of the tick, by what it measures."""
+
+    queue: dict[PoolKey, str]
+    arrival: dict[PoolKey, str]
+    tier: dict[tuple[PoolKey, str], str]
+    budget: dict[str, str]
+
+    @classmethod
+    def of(
+        cls, pools: Mapping[PoolKey, ServingPoolSpec], budgets: Mapping[str, PowerBudgetSpec]
+    ) -> _Queries:
+        keys = sorted(pools)
+        return cls(
+            {k: pools[k].queue.query for k in keys},
+            {k: q for k in keys if (q := pools[k].queue.arrival_rate_query)},
+            {
+                (k, t.name): t.arrival_rate_query
+                for k in keys
+                for t in pools[k].tiers
+                if t.arrival_rate_query
+            },
+            {
+                n: b.measurement.prometheus.query
+                for n, b in sorted(budgets.items())
+                if b.measurement.type == MeasurementType.PROMETHEUS and b.measurement.prometheus
+            },
+        )
+
+    def all(self) -> list[str]:
+        return [
+            *self.queue.values(),
+            *self.arrival.values(),
+            *self.budget.values(),
+            *self.tier.values(),
+        ]
+
+
 async def observe(
     pools: Mapping[PoolKey, ServingPoolSpec],
     workloads: Mapping[PoolKey, WorkloadEntry],
@@ -118,65 +171,65 @@ async def observe(
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
     source: MetricsSource | None,
 ) -> Observed:
+    """Prometheus and the drivers, read concurrently, with the indexes' nodes and pods."""
     gate = asyncio.Semaphore(CONCURRENCY)
-    pool_keys = sorted(pools)
-    arrival_queries = {k: q for k in pool_keys if (q := pools[k].queue.arrival_rate_query)}
-    tier_queries = {
-        (k, t.name): t.arrival_rate_query
-        for k in pool_keys
-        for t in pools[k].tiers
-        if t.arrival_rate_query
-    }
-    budget_queries = {
-        n: b.measurement.prometheus.query
-        for n, b in sorted(budgets.items())
-        if b.measurement.type == MeasurementType.PROMETHEUS and b.measurement.prometheus
-    }
-    budget_names = list(budget_queries)
+    queries = _Queries.of(pools, budgets)
+    down = set(unreachable)
     refs = [
         (name, ref_for(name, spec, np.name))
         for name, spec in sorted(providers.items())
-        if name in drivers and name not in set(unreachable)
+        if name in drivers and name not in down
         for np in spec.node_pools
     ]
-    every_query = [
-        *(pools[k].queue.query for k in pool_keys),
-        *arrival_queries.values(),
-        *budget_queries.values(),
-        *tier_queries.values(),
-    ]
     sampled, states = await asyncio.gather(
-        _sample_all(source, every_query),
+        _sample_all(source, queries.all()),
         asyncio.gather(*(_state(drivers[name], ref, gate) for name, ref in refs)),
     )
-    queues = [sampled[pools[k].queue.query] for k in pool_keys]
-    arrivals = [sampled[q] for q in arrival_queries.values()]
-    measured = [sampled[q] for q in budget_queries.values()]
-    tiers = [sampled[q] for q in tier_queries.values()]
-    tier_rates: dict[PoolKey, dict[str, float]] = {}
-    for (pool_key, tier_name), (value, _) in zip(tier_queries, tiers, strict=True):
-        if value is not None:
-            tier_rates.setdefault(pool_key, {})[tier_name] = value
-    observed = Observed(Snapshot())
-    arrival_iter = iter(arrivals)
-    arrival_of: dict[PoolKey, float | None] = {}
-    for key, (value, error) in zip(pool_keys, queues, strict=True):
+    draft = _Draft()
+    _read_samples(draft, queries, sampled)
+    node_obs = _node_pools(draft, refs, states, nodes, capacity_errors, down)
+    pool_obs = _pools(draft, queries, sampled, workloads, nodes, pods, last_placements)
+    snapshot = Snapshot(
+        pools=frozen_map(pool_obs),
+        node_pools=frozen_map(node_obs),
+        budget_watts=frozen_map({n: sampled[q][0] for n, q in queries.budget.items()}),
+        unreachable_providers=frozenset(down),
+    )
+    return Observed(snapshot, **vars(draft))
+
+
+_Sampled = Mapping[str, tuple[float | None, Problem | None]]
+
+
+def _read_samples(observed: _Draft, queries: _Queries, sampled: _Sampled) -> None:
+    for key, query in queries.queue.items():
+        value, error = sampled[query]
         observed.queue[key] = value
         if error:
             observed.metrics_errors[key] = error
-        if key in arrival_queries:
-            arrival_of[key] = observed.arrival[key] = next(arrival_iter)[0]
+        if key in queries.arrival:
+            observed.arrival[key] = sampled[queries.arrival[key]][0]
+    for name, query in queries.budget.items():
+        error = sampled[query][1]
+        if error is not None:
+            observed.budget_errors[name] = error
 
-    down = set(unreachable)
+
+def _node_pools(
+    observed: _Draft,
+    refs: Sequence[tuple[str, NodePoolRef]],
+    states: Sequence[tuple[NodePoolState | None, Problem | None]],
+    nodes: Iterable[NodeEntry],
+    capacity_errors: Mapping[NodePoolKey, CapacityError],
+    down: set[str],
+) -> dict[NodePoolKey, NodePoolObservation]:
+    """Each node pool as its driver reports it; a provider whose driver fails is down."""
     node_obs: dict[NodePoolKey, NodePoolObservation] = {}
     ready_count: dict[NodePoolKey, int] = {}
     for entry in nodes:
         if entry.ready:
             seen = NodePoolKey(entry.provider, entry.node_pool)
             ready_count[seen] = ready_count.get(seen, 0) + 1
-    for name, (_, error) in zip(budget_names, measured, strict=True):
-        if error is not None:
-            observed.budget_errors[name] = error
     for (name, ref), (state, error) in zip(refs, states, strict=True):
         np_key = NodePoolKey(name, ref.node_pool)
         if error is not None:
@@ -192,10 +245,27 @@ async def observe(
         )
     for seen, count in ready_count.items():  # providers without a driver call: nodes as seen
         node_obs.setdefault(seen, NodePoolObservation(ready_nodes=count, target_nodes=count))
+    return node_obs
 
+
+def _pools(
+    observed: _Draft,
+    queries: _Queries,
+    sampled: _Sampled,
+    workloads: Mapping[PoolKey, WorkloadEntry],
+    nodes: Iterable[NodeEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
+    last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
+) -> dict[PoolKey, PoolObservation]:
+    """Each pool's queue, arrivals, tier rates and replicas by node pool."""
+    tier_rates: dict[PoolKey, dict[str, float]] = {}
+    for (pool_key, tier_name), query in queries.tier.items():
+        value = sampled[query][0]
+        if value is not None:
+            tier_rates.setdefault(pool_key, {})[tier_name] = value
     node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
     pool_obs: dict[PoolKey, PoolObservation] = {}
-    for key in pool_keys:
+    for key in queries.queue:
         workload = workloads.get(key)
         placed: dict[NodePoolKey, int] = {}
         ready: int | None = None
@@ -209,18 +279,12 @@ async def observe(
         observed.current_by_provider[key] = by_provider
         pool_obs[key] = PoolObservation(
             observed.queue[key],
-            arrival_of.get(key),
+            observed.arrival.get(key),
             frozen_map(placed),
             frozen_map(tier_rates.get(key, {})),
             ready,
         )
-    observed.snapshot = Snapshot(
-        pools=frozen_map(pool_obs),
-        node_pools=frozen_map(node_obs),
-        budget_watts=frozen_map({n: v for n, (v, _) in zip(budget_names, measured, strict=True)}),
-        unreachable_providers=frozenset(down),
-    )
-    return observed
+    return pool_obs
 
 
 async def _state(

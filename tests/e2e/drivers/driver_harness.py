@@ -19,10 +19,11 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
+from gpufleet.api.labels import PROVIDER_LABEL
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver, NodePoolRef
 from gpufleet.drivers.registry import make_driver
-from gpufleet.drivers.simulated import PROVIDER_LABEL, config_map_name
+from gpufleet.drivers.simulated import config_map_name
 from gpufleet_testbed.kubectl import Kubectl
 
 T = TypeVar("T")

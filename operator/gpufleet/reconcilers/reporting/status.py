@@ -10,8 +10,8 @@ from gpufleet.api.parse import SpecError
 from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec, Role
 from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
-from gpufleet.reconcilers.conditions import Cond, merge, ready, timestamp
 from gpufleet.reconcilers.problems import Problem
+from gpufleet.reconcilers.reporting.conditions import Cond, merge, ready, timestamp
 
 if TYPE_CHECKING:
     from gpufleet.reconcilers.drain import DrainOutcome
@@ -68,64 +68,14 @@ def pool_conditions(
         if target_error
         else Cond("TargetFound", True, "TargetFound", "")
     )
-    if plan.metrics_available:
-        metrics = Cond("MetricsAvailable", True, "QuerySucceeded", "")
-    else:
-        problem = metrics_problem or Problem("NoSample", "no sample")
-        metrics = Cond(
-            "MetricsAvailable", False, problem.reason, f"{problem.message}; holding capacity"
-        )
-    active = (
-        Cond("ScalingActive", False, "DryRun", "spec.mode is DryRun: planning only")
-        if spec.mode == Mode.DRY_RUN
-        else Cond("ScalingActive", True, "Active", "")
-    )
-    limited_note = _message(plan, _LIMITED)
-    limited = (
-        Cond("ScalingLimited", True, limited_note[0].value, limited_note[1])
-        if limited_note
-        else Cond("ScalingLimited", False, "DesiredWithinRange", "")
-    )
-    capacity_note = _message(plan, _CAPACITY)
-    if plan.unplaced_replicas > 0:
-        reason, text = capacity_note or (Reason.INSUFFICIENT_CAPACITY, "")
-        capacity = Cond(
-            "CapacityAvailable",
-            False,
-            reason.value,
-            f"{plan.unplaced_replicas} replicas cannot be placed: {text}",
-        )
-    else:
-        capacity = Cond("CapacityAvailable", True, "Placed", "")
-    power_note = _message(plan, (Reason.LIMITED_BY_POWER,))
-    power = (
-        Cond("PowerLimited", True, "LimitedByPower", power_note[1])
-        if power_note
-        else Cond("PowerLimited", False, "WithinBudget", "")
-    )
-    blocked = _message(plan, (Reason.BURST_BLOCKED_BY_DATA_POLICY,))
-    if plan.burst_replicas > 0:
-        burst = Cond(
-            "BurstActive",
-            True,
-            "BurstActive",
-            f"{plan.burst_replicas} replicas on secondary providers",
-        )
-    elif blocked:
-        burst = Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
-    else:
-        burst = Cond("BurstActive", False, "NoBurst", "")
-    outside = _message(plan, (Reason.OUTSIDE_DATA_POLICY,))
-    compliant = (
-        Cond("DataPolicyCompliant", False, outside[0].value, outside[1])
-        if outside
-        else Cond("DataPolicyCompliant", True, "Compliant", "")
-    )
-    throttled_note = _message(plan, (Reason.THROTTLED,))
-    throttled = (
-        Cond("Throttled", True, throttled_reason(plan.throttle), throttled_note[1])
-        if throttled_note
-        else Cond("Throttled", False, "DemandWithinCapacity", "")
+    metrics = _metrics_condition(plan, metrics_problem)
+    capacity = _capacity_condition(plan)
+    compliant = _noted(
+        plan,
+        Reason.OUTSIDE_DATA_POLICY,
+        "DataPolicyCompliant",
+        Cond("DataPolicyCompliant", True, "Compliant", ""),
+        healthy=False,
     )
     dependents = [spec_valid, target, metrics, capacity, compliant]
     return [
@@ -133,15 +83,76 @@ def pool_conditions(
         spec_valid,
         target,
         metrics,
-        active,
-        limited,
+        (
+            Cond("ScalingActive", False, "DryRun", "spec.mode is DryRun: planning only")
+            if spec.mode == Mode.DRY_RUN
+            else Cond("ScalingActive", True, "Active", "")
+        ),
+        _limited_condition(plan),
         capacity,
-        power,
-        burst,
+        _noted(
+            plan,
+            Reason.LIMITED_BY_POWER,
+            "PowerLimited",
+            Cond("PowerLimited", False, "WithinBudget", ""),
+        ),
+        _burst_condition(plan),
         compliant,
-        throttled,
+        _throttled_condition(plan),
         preempted_condition(plan, drain),
     ]
+
+
+def _metrics_condition(plan: PoolPlan, problem: Problem | None) -> Cond:
+    if plan.metrics_available:
+        return Cond("MetricsAvailable", True, "QuerySucceeded", "")
+    problem = problem or Problem("NoSample", "no sample")
+    return Cond("MetricsAvailable", False, problem.reason, f"{problem.message}; holding capacity")
+
+
+def _noted(
+    plan: PoolPlan, reason: Reason, kind: str, otherwise: Cond, healthy: bool = True
+) -> Cond:
+    """`kind` set by the plan's note of `reason` (True, or False where True is `healthy`),
+    `otherwise` without one."""
+    note = _message(plan, (reason,))
+    return Cond(kind, healthy, note[0].value, note[1]) if note else otherwise
+
+
+def _limited_condition(plan: PoolPlan) -> Cond:
+    note = _message(plan, _LIMITED)
+    if note:
+        return Cond("ScalingLimited", True, note[0].value, note[1])
+    return Cond("ScalingLimited", False, "DesiredWithinRange", "")
+
+
+def _capacity_condition(plan: PoolPlan) -> Cond:
+    if plan.unplaced_replicas <= 0:
+        return Cond("CapacityAvailable", True, "Placed", "")
+    reason, text = _message(plan, _CAPACITY) or (Reason.INSUFFICIENT_CAPACITY, "")
+    return Cond(
+        "CapacityAvailable",
+        False,
+        reason.value,
+        f"{plan.unplaced_replicas} replicas cannot be placed: {text}",
+    )
+
+
+def _burst_condition(plan: PoolPlan) -> Cond:
+    if plan.burst_replicas > 0:
+        message = f"{plan.burst_replicas} replicas on secondary providers"
+        return Cond("BurstActive", True, "BurstActive", message)
+    blocked = _message(plan, (Reason.BURST_BLOCKED_BY_DATA_POLICY,))
+    if blocked:
+        return Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
+    return Cond("BurstActive", False, "NoBurst", "")
+
+
+def _throttled_condition(plan: PoolPlan) -> Cond:
+    note = _message(plan, (Reason.THROTTLED,))
+    if note:
+        return Cond("Throttled", True, throttled_reason(plan.throttle), note[1])
+    return Cond("Throttled", False, "DemandWithinCapacity", "")
 
 
 def preempted_condition(plan: PoolPlan, drain: DrainOutcome | None) -> Cond:
@@ -265,21 +276,8 @@ def provider_status(
     gpus = sum(
         p.desired_nodes * n.gpus_per_node for n in spec.node_pools if (p := node_plans.get(n.name))
     )
-    if spec.gpu_quota is not None and gpus >= spec.gpu_quota:
-        quota = Cond(
-            "QuotaAvailable", False, "QuotaExhausted", f"{gpus} of {spec.gpu_quota} GPUs planned"
-        )
-    else:
-        quota = Cond("QuotaAvailable", True, "WithinQuota", "")
-    # Secrets the operator reads for this provider: a kubeconfig, EKS's AWS credentials.
-    secrets = spec.cluster.kubeconfig_secret_ref or (
-        spec.driver.eks.credentials_secret_ref if spec.driver.eks else None
-    )
-    credentials = (
-        Cond("CredentialsValid", False, "CredentialsInvalid", credentials_error)
-        if credentials_error
-        else Cond("CredentialsValid", True, "Valid" if secrets else "NoCredentialsNeeded", "")
-    )
+    quota = _quota_condition(spec, gpus)
+    credentials = _credentials_condition(spec, credentials_error)
     conds = [
         ready([reachable, credentials], {"DriverReachable": True, "CredentialsValid": True}),
         reachable,
@@ -301,6 +299,23 @@ def provider_status(
         ],
         "conditions": merge(previous.get("conditions"), conds, generation, now),
     }
+
+
+def _quota_condition(spec: CloudProviderSpec, gpus: int) -> Cond:
+    if spec.gpu_quota is not None and gpus >= spec.gpu_quota:
+        message = f"{gpus} of {spec.gpu_quota} GPUs planned"
+        return Cond("QuotaAvailable", False, "QuotaExhausted", message)
+    return Cond("QuotaAvailable", True, "WithinQuota", "")
+
+
+def _credentials_condition(spec: CloudProviderSpec, error: str | None) -> Cond:
+    if error:
+        return Cond("CredentialsValid", False, "CredentialsInvalid", error)
+    # Secrets the operator reads for this provider: a kubeconfig, EKS's AWS credentials.
+    secrets = spec.cluster.kubeconfig_secret_ref or (
+        spec.driver.eks.credentials_secret_ref if spec.driver.eks else None
+    )
+    return Cond("CredentialsValid", True, "Valid" if secrets else "NoCredentialsNeeded", "")
 
 
 def budget_status(

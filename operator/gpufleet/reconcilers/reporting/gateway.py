@@ -27,9 +27,9 @@ from kubernetes.client.exceptions import ApiException
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers.cache import View
-from gpufleet.reconcilers.conditions import timestamp
 from gpufleet.reconcilers.kube import Kube
-from gpufleet.reconcilers.status import throttle_figures, throttled_reason
+from gpufleet.reconcilers.reporting.conditions import timestamp
+from gpufleet.reconcilers.reporting.status import throttle_figures, throttled_reason
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,10 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.reconcilers.copies import (
-    CONTENT,
-    CREATED_BY_LABEL,
-    Fate,
-    namespace_fate,
-    namespace_manifest,
-)
+from gpufleet.api.labels import CREATED_BY_LABEL
+from gpufleet.reconcilers.burst.copies import CONTENT, Fate, namespace_fate, namespace_manifest
+from gpufleet.reconcilers.burst.kubeconfig import Connection
 from gpufleet.reconcilers.kube import FIELD_MANAGER, api_reason
-from gpufleet.reconcilers.kubeconfig import Connection
 
 log = logging.getLogger(__name__)
 

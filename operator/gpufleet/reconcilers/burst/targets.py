@@ -9,11 +9,11 @@ from dataclasses import replace
 from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, frozen_map
+from gpufleet.reconcilers.burst.copies import Copy, attribute, stale
+from gpufleet.reconcilers.burst.copies import target as remote_target
+from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.cache import WorkloadEntry
-from gpufleet.reconcilers.copies import Copy, attribute, stale
-from gpufleet.reconcilers.copies import target as remote_target
 from gpufleet.reconcilers.observe import Observed
-from gpufleet.reconcilers.remote import RemoteClusters
 
 
 def add_remote_replicas(
@@ -22,12 +22,13 @@ def add_remote_replicas(
     providers: Mapping[str, CloudProviderSpec],
     copies: Mapping[str, Mapping[PoolKey, Copy]],
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
-) -> None:
-    """A pool's replicas on a remote provider are its copy's replicas there; those serving
-    are its copy's ready replicas, as the remote controller counts them, so a throttle holds
-    while burst capacity loads its model."""
+) -> Observed:
+    """`observed` with each pool's replicas on a remote provider: its copy's replicas
+    there; those serving are its copy's ready replicas, as the remote controller counts
+    them, so a throttle holds while burst capacity loads its model."""
     snapshot = observed.snapshot
     pool_obs = dict(snapshot.pools)
+    current = {k: dict(v) for k, v in observed.current_by_provider.items()}
     for provider, found in sorted(copies.items()):
         for key, copy in sorted(found.items()):
             if key not in pool_obs or copy.replicas <= 0:
@@ -47,9 +48,13 @@ def add_remote_replicas(
                 replicas=frozen_map(placed),
                 ready_replicas=None if ready is None else ready + min(copy.ready, copy.replicas),
             )
-            by_provider = observed.current_by_provider.setdefault(key, {})
+            by_provider = current.setdefault(key, {})
             by_provider[provider] = by_provider.get(provider, 0) + copy.replicas
-    observed.snapshot = replace(snapshot, pools=frozen_map(pool_obs))
+    return replace(
+        observed,
+        snapshot=replace(snapshot, pools=frozen_map(pool_obs)),
+        current_by_provider=current,
+    )
 
 
 def remote_targets(

@@ -16,13 +16,13 @@ from gpufleet.api.power import MeasurementType, PowerBudgetSpec, PowerBudgetStat
 from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
-from gpufleet.reconcilers import status as st
 from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View
-from gpufleet.reconcilers.conditions import Cond, ready
 from gpufleet.reconcilers.drain import DrainOutcome
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed
 from gpufleet.reconcilers.problems import Problem
+from gpufleet.reconcilers.reporting import status as st
+from gpufleet.reconcilers.reporting.conditions import Cond, ready
 
 log = logging.getLogger(__name__)
 # The models that generate the CRDs check every status before it is written.

@@ -1,12 +1,12 @@
 """Burst into remote clusters: the calls that list, apply and delete copies there.
 
-Each tick the fleet loop connects (reconcilers/kubeconfig.py) and lists the copies gpufleet
+Each tick the fleet loop connects (reconcilers/burst/kubeconfig.py) and lists the copies gpufleet
 owns in each remote provider's cluster (Deployments and StatefulSets labelled as ours),
 which are the pool's replicas on that provider. It resizes each copy through the intent
 journal as `Remote/<provider>/<namespace>/<name>`: a copy of the pool's workload
-(reconcilers/copies.py) in a namespace of the same name, applied server-side, and deleted,
+(reconcilers/burst/copies.py) in a namespace of the same name, applied server-side, and deleted,
 pods first, when the plan puts nothing there; then the namespace too, if gpufleet made it
-and it holds nothing else (reconcilers/remote_namespaces.py).
+and it holds nothing else (reconcilers/burst/namespaces.py).
 """
 
 from __future__ import annotations
@@ -20,24 +20,20 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from gpufleet.api.labels import POOL_LABEL, SOURCE_HASH_ANNOTATION
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver
 from gpufleet.planner.types import PoolKey
-from gpufleet.reconcilers.cache import WorkloadEntry
-from gpufleet.reconcilers.copies import (
+from gpufleet.reconcilers.burst.copies import (
     KINDS,
-    POOL_LABEL,
-    SOURCE_HASH_ANNOTATION,
     Copy,
     copy_manifest,
     copy_selector,
     held_by_other,
     service_manifest,
 )
-from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
-from gpufleet.reconcilers.kubeconfig import Connections, RemoteDriverFactory
-from gpufleet.reconcilers.problems import Problem
-from gpufleet.reconcilers.remote_namespaces import (
+from gpufleet.reconcilers.burst.kubeconfig import Connections, RemoteDriverFactory
+from gpufleet.reconcilers.burst.namespaces import (
     NAMESPACE_CALLS,
     TIMEOUT,
     NamespaceSweep,
@@ -46,6 +42,9 @@ from gpufleet.reconcilers.remote_namespaces import (
     list_metadata,
     read_metadata,
 )
+from gpufleet.reconcilers.cache import WorkloadEntry
+from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
+from gpufleet.reconcilers.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -180,31 +179,7 @@ class RemoteClusters:
                 await self._delete_copies(api, provider, key)
                 self.namespace_sweep.copy_gone(provider, key.namespace)
                 return True
-            if workload is None or workload.kind not in KINDS:
-                log.warning(
-                    "pool %s: only Deployments and StatefulSets burst to remote clusters",
-                    key,
-                    extra=facts,
-                )
-                return False
-            found = await read_metadata(api, "apps", workload.kind, workload.name, key.namespace)
-            held = held_by_other(workload.kind, found, provider)
-            if held:
-                log.warning(
-                    "burst copy %s/%s on %s: the cluster holds %s's copy; not taking it",
-                    key.namespace,
-                    workload.name,
-                    provider,
-                    held,
-                    extra=facts,
-                )
-                return False
-            if found and found.get("deletionTimestamp"):
-                log.info(
-                    "burst copy %s on %s: waits for the last to go", key, provider, extra=facts
-                )
-                return False
-            if not await ensure_namespace(api, key.namespace, facts):
+            if workload is None or not await self._may_apply(api, provider, key, workload, facts):
                 return False
             body = copy_manifest(key, workload, size, provider)
             await asyncio.to_thread(
@@ -228,6 +203,40 @@ class RemoteClusters:
             log.warning("burst copy %s on %s: %s", key, provider, type(exc).__name__, extra=facts)
             return False
         return True
+
+    async def _may_apply(
+        self,
+        api: ApiClient,
+        provider: str,
+        key: PoolKey,
+        workload: WorkloadEntry,
+        facts: dict[str, str],
+    ) -> bool:
+        """Whether the copy of `workload` may be applied now: a kind that bursts, a name no
+        one else's copy holds, no earlier copy still going, and its namespace in place."""
+        if workload.kind not in KINDS:
+            log.warning(
+                "pool %s: only Deployments and StatefulSets burst to remote clusters",
+                key,
+                extra=facts,
+            )
+            return False
+        found = await read_metadata(api, "apps", workload.kind, workload.name, key.namespace)
+        held = held_by_other(workload.kind, found, provider)
+        if held:
+            log.warning(
+                "burst copy %s/%s on %s: the cluster holds %s's copy; not taking it",
+                key.namespace,
+                workload.name,
+                provider,
+                held,
+                extra=facts,
+            )
+            return False
+        if found and found.get("deletionTimestamp"):
+            log.info("burst copy %s on %s: waits for the last to go", key, provider, extra=facts)
+            return False
+        return await ensure_namespace(api, key.namespace, facts)
 
     async def _apply_service(
         self,

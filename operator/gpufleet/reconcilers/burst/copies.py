@@ -1,6 +1,6 @@
 """What a burst copy is: the object gpufleet applies in a remote cluster for a pool's workload,
 how its replicas are attributed to node pools, and when a namespace gpufleet created for one
-may go. Pure: reconcilers/remote.py makes the calls.
+may go. Pure: reconcilers/burst/remote.py makes the calls.
 
 A copy is built from scratch out of the workload's `source` (cache.WorkloadEntry), never by
 stripping the source object, so nothing the source cluster owns travels: no status, uid,
@@ -20,17 +20,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpufleet.api.labels import (
+    CREATED_BY_LABEL,
+    POOL_LABEL,
+    PROVIDER_LABEL,
+    SOURCE_ANNOTATION,
+    SOURCE_HASH_ANNOTATION,
+)
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.reconcilers.cache import WorkloadEntry
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
-POOL_LABEL = "gpufleet.io/pool"
-PROVIDER_LABEL = "gpufleet.io/provider"
-# On a namespace of a remote cluster that gpufleet created (and so may delete).
-CREATED_BY_LABEL = "gpufleet.io/created-by"
-SOURCE_ANNOTATION = "gpufleet.io/source"
-SOURCE_HASH_ANNOTATION = "gpufleet.io/source-hash"
 TARGET_PREFIX = "Remote/"
 # The kinds a pool's workload may have, and so its copies.
 KINDS = ("Deployment", "StatefulSet")

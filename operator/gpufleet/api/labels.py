@@ -1,0 +1,23 @@
+"""The label and annotation keys gpufleet writes or reads, part of its API like the kinds:
+users select on them (a pool's copies, a provider's nodes), and other tools must not reuse
+them. One place, so that a key is never spelt two ways."""
+
+from __future__ import annotations
+
+from gpufleet.api.common import GROUP
+
+# On nodes (by the Simulated driver, or by the user's node templates elsewhere) and on
+# remote copies: which provider, node pool and GPU type they belong to.
+PROVIDER_LABEL = f"{GROUP}/provider"
+NODE_POOL_LABEL = f"{GROUP}/node-pool"
+GPU_TYPE_LABEL = f"{GROUP}/gpu-type"
+# On a burst copy: the pool it serves (`<namespace>.<name>`), its source and template hash.
+POOL_LABEL = f"{GROUP}/pool"
+SOURCE_ANNOTATION = f"{GROUP}/source"
+SOURCE_HASH_ANNOTATION = f"{GROUP}/source-hash"
+# On a namespace of a remote cluster that gpufleet created (and so may delete).
+CREATED_BY_LABEL = f"{GROUP}/created-by"
+# The id of the action that last resized a backend object (intent record, drivers).
+ACTION_ANNOTATION = f"{GROUP}/action-id"
+# A simulated node's ordinal in its node pool.
+ORDINAL_ANNOTATION = f"{GROUP}/ordinal"

@@ -1,0 +1,2 @@
+"""What the fleet loop tells: status and conditions of the three kinds, Events, metrics,
+and the gateway ConfigMap of sustainable rates."""
