@@ -91,31 +91,31 @@ def test_one_query_rejected_while_evaluating_fails_alone(prom: FakePrometheus) -
     assert all(_sample(result[q]).value == 7.0 for i, q in enumerate(queries) if i != 3)
 
 
-def test_one_500_costs_one_request(prom: FakePrometheus) -> None:
+def test_one_querys_500_fails_it_alone_in_the_same_tick(prom: FakePrometheus) -> None:
     queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
-    prom.fail[canonical(queries[0])] = 500
+    bad = queries[5]
+    prom.fail[canonical(bad)] = 500
     source = _source(prom)
 
     result = asyncio.run(source.sample_many(queries))
 
-    assert source.requests == 1
-    assert {_reason(r) for r in result.values()} == {MetricsReason.UNREACHABLE}
-
-
-def test_a_query_that_always_fails_is_isolated_over_ticks(prom: FakePrometheus) -> None:
-    queries = _pools(prom, *(f"p{i}" for i in range(2 * BATCH)))
-    bad = queries[5]
-    prom.fail[canonical(bad)] = 503
-    source = _source(prom)
-
-    for _ in range(10):
-        result = asyncio.run(source.sample_many(queries))
-
     assert _reason(result[bad]) == MetricsReason.UNREACHABLE
     assert all(isinstance(result[q], Sample) for q in queries if q != bad)
+    assert source.requests <= 1 + 2 * 7  # the batch, then halves down to the query
+
+
+def test_then_one_querys_500_costs_one_request(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(2 * BATCH)))
+    bad = queries[5]
+    prom.fail[canonical(bad)] = 500
+    source = _source(prom)
+    asyncio.run(source.sample_many(queries))  # finds it
+
     before = source.requests
-    asyncio.run(source.sample_many(queries))
-    assert source.requests - before <= 3  # two full batches (one a query short) and the bad one
+    result = asyncio.run(source.sample_many(queries))
+
+    assert source.requests - before == 3  # the two batches, less the query, and the query
+    assert all(isinstance(result[q], Sample) for q in queries if q != bad)
 
 
 def test_prometheus_down_does_not_multiply_requests() -> None:
@@ -125,7 +125,9 @@ def test_prometheus_down_does_not_multiply_requests() -> None:
     for _ in range(3):
         result = asyncio.run(source.sample_many(queries))
 
-    assert source.requests == 6
+    # Each tick: the two batches, and one split of the first to tell a bad query from an
+    # outage; never more as the ticks go by.
+    assert source.requests == 3 * (2 + 2)
     assert {_reason(r) for r in result.values()} == {MetricsReason.UNREACHABLE}
 
 

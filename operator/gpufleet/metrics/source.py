@@ -10,11 +10,13 @@ queries go a hundred to a request, but only as `promql.check` re-serialised them
 with its index, so one query cannot read or decide another's series. How a failure spreads:
 - Prometheus rejects a batch (HTTP 400/422: a query that fails while evaluating): the batch is
   split in halves at once, so the failure lands on the one query that causes it.
-- Prometheus fails (5xx, timeout, no connection): nothing is retried in the tick (one 500 costs
-  one request). If other batches of the same tick succeeded, the failed batch's queries are
-  sent in batches half as large next tick, and so on to one query alone, so a query that
-  times out every time ends up costing only itself. A tick in which every batch fails leaves
-  the batch sizes alone: Prometheus is down, not one query.
+- Prometheus fails a batch (5xx, timeout) while it answers others of the tick: the failed
+  batch is halved in the same tick, within a request budget, down to the query that fails,
+  and the others are answered. The query found is sent alone from then on: in later ticks
+  its 500 costs its own request and nothing else. When the budget runs out, what is left is
+  sent in batches half as large the next tick.
+- Prometheus fails every batch (down, unreachable): nothing is retried in the tick and no
+  batch is split: Prometheus is in trouble, not one query, and is not sent more.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 BATCH = 100
 CONCURRENCY = 8  # requests in flight to one Prometheus
 FRESHNESS_SPREAD = 10
+# Extra requests a call may make to find the queries Prometheus fails on: enough to halve
+# two batches of a hundred down to one query each.
+ISOLATION_REQUESTS = 4 * math.ceil(math.log2(BATCH))
 _MAX_SPLIT = math.ceil(math.log2(BATCH))
 
 
@@ -47,6 +53,21 @@ class MetricsSource(Protocol):
     async def sample_many(
         self, queries: Sequence[str]
     ) -> dict[str, Sample | MetricsUnavailable]: ...
+
+
+@dataclass
+class _Call:
+    """One sample_many: its HTTP session, its limit on requests in flight, the queries whose
+    freshness it probes, and the extra requests it may still spend isolating failures."""
+
+    session: aiohttp.ClientSession
+    gate: asyncio.Semaphore
+    probed: Collection[str]
+    budget: int = 0
+
+
+def _unreachable(why: str) -> MetricsUnavailable:
+    return MetricsUnavailable(f"Prometheus did not answer: {why}", MetricsReason.UNREACHABLE)
 
 
 class _Rejected(Exception):
@@ -124,39 +145,79 @@ class PrometheusSource:
         if not queries:
             return {}
         batches = self._batches(queries)
-        gate = asyncio.Semaphore(CONCURRENCY)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            done = await asyncio.gather(*(self._answer(session, gate, b, probed) for b in batches))
-        failed = [b for b, (_, down) in zip(batches, done, strict=True) if down]
-        if failed and len(failed) < len(batches):  # some batches fail, not Prometheus
+            call = _Call(session, asyncio.Semaphore(CONCURRENCY), probed)
+            done = await asyncio.gather(*(self._answer(call, b) for b in batches))
+            answers: dict[CheckedQuery, Sample | MetricsUnavailable] = {}
+            failed: list[list[CheckedQuery]] = []
+            for batch, (part, down) in zip(batches, done, strict=True):
+                answers.update(part)
+                if down:
+                    failed.append(batch)
+                else:
+                    self._forget_split(batch)
+            # Halve failed batches in this tick while that shows Prometheus answering. When
+            # every batch failed, one split of the first says whether it is down.
+            call.budget = ISOLATION_REQUESTS
+            up = len(failed) < len(batches)
             for batch in failed:
-                for query in batch:
-                    self._split[query.text] = min(_MAX_SPLIT, self._split.get(query.text, 0) + 1)
-        answers: dict[CheckedQuery, Sample | MetricsUnavailable] = {}
-        for batch, (part, down) in zip(batches, done, strict=True):
-            if not down:
-                for query in batch:
-                    self._split.pop(query.text, None)
-            answers.update(part)
+                if not up and batch is not failed[0]:
+                    continue  # Prometheus is down: nothing is split or sent again
+                found, answered = await self._isolate(call, batch, up)
+                up = up or answered
+                answers.update(found)
         return answers
 
+    async def _isolate(
+        self, call: _Call, batch: list[CheckedQuery], up: bool
+    ) -> tuple[dict[CheckedQuery, Sample | MetricsUnavailable], bool]:
+        """The answers of a batch Prometheus failed, halved down to the queries that fail
+        while one half of each split is answered; and whether any part was answered. `up`:
+        Prometheus answered other batches, so what is not found now is split next tick."""
+        if len(batch) == 1:
+            self._split[batch[0].text] = _MAX_SPLIT  # alone from the next tick on
+            return {batch[0]: _unreachable("it fails alone")}, False
+        if call.budget < 2:
+            if up:
+                self._split_later(batch)
+            return dict.fromkeys(batch, _unreachable(f"a batch of {len(batch)} failed")), False
+        call.budget -= 2
+        half = len(batch) // 2
+        parts = (batch[:half], batch[half:])
+        done = await asyncio.gather(*(self._answer(call, part) for part in parts))
+        if all(down for _, down in done):  # both halves: Prometheus, or more than one query
+            if up:
+                self._split_later(batch)
+            return {**done[0][0], **done[1][0]}, False
+        answers: dict[CheckedQuery, Sample | MetricsUnavailable] = {}
+        for part, (found, down) in zip(parts, done, strict=True):
+            if down:
+                found, _ = await self._isolate(call, part, True)
+            else:
+                self._forget_split(part)
+            answers.update(found)
+        return answers, True
+
+    def _split_later(self, batch: list[CheckedQuery]) -> None:
+        """Not found in this tick: sent in batches half as large the next."""
+        for query in batch:
+            self._split[query.text] = min(_MAX_SPLIT, self._split.get(query.text, 0) + 1)
+
+    def _forget_split(self, batch: list[CheckedQuery]) -> None:
+        """Answered: back into full batches."""
+        for query in batch:
+            self._split.pop(query.text, None)
+
     async def _answer(
-        self,
-        session: aiohttp.ClientSession,
-        gate: asyncio.Semaphore,
-        batch: list[CheckedQuery],
-        probed: set[str],
+        self, call: _Call, batch: list[CheckedQuery]
     ) -> tuple[dict[CheckedQuery, Sample | MetricsUnavailable], bool]:
         """The batch's answers, and whether Prometheus failed it (not one of its queries)."""
         try:
-            async with gate:
-                result = await self._post(session, batch_expression(batch, probed))
+            async with call.gate:
+                result = await self._post(call.session, batch_expression(batch, call.probed))
         except _Unreachable as exc:
-            failed = MetricsUnavailable(
-                f"Prometheus did not answer: {exc}", MetricsReason.UNREACHABLE
-            )
-            return dict.fromkeys(batch, failed), True
+            return dict.fromkeys(batch, _unreachable(str(exc))), True
         except _Rejected as exc:
             if len(batch) == 1:
                 self._log_once(batch[0].text, str(exc))
@@ -168,21 +229,17 @@ class PrometheusSource:
                 return {batch[0]: rejected}, False
             half = len(batch) // 2
             parts = await asyncio.gather(
-                self._answer(session, gate, batch[:half], probed),
-                self._answer(session, gate, batch[half:], probed),
+                self._answer(call, batch[:half]), self._answer(call, batch[half:])
             )
             return {**parts[0][0], **parts[1][0]}, parts[0][1] or parts[1][1]
         try:
             answer = Answer.of(result)
         except (KeyError, TypeError, ValueError):
-            malformed = MetricsUnavailable(
-                "Prometheus's answer is malformed", MetricsReason.UNREACHABLE
-            )
-            return dict.fromkeys(batch, malformed), True
-        return {q: self._sample(answer, i, q, probed) for i, q in enumerate(batch)}, False
+            return dict.fromkeys(batch, _unreachable("a malformed answer")), True
+        return {q: self._sample(answer, i, q, call.probed) for i, q in enumerate(batch)}, False
 
     def _sample(
-        self, answer: Answer, index: int, query: CheckedQuery, probed: set[str]
+        self, answer: Answer, index: int, query: CheckedQuery, probed: Collection[str]
     ) -> Sample | MetricsUnavailable:
         if query.text in probed:
             self._age[query.text] = answer.age(index)
