@@ -50,6 +50,7 @@ from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.reporting.reporter import Reporter
 
 log = logging.getLogger(__name__)
+TARGET_SHARED = "TargetShared"
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
 
 
@@ -67,11 +68,14 @@ class Reach:
 
 def scale_targets(
     view: View,
-) -> tuple[dict[PoolKey, ServingPoolSpec], dict[PoolKey, WorkloadEntry], dict[PoolKey, str]]:
-    """The valid pools whose workload exists, their workloads, and why the others have none."""
+) -> tuple[dict[PoolKey, ServingPoolSpec], dict[PoolKey, WorkloadEntry], dict[PoolKey, Problem]]:
+    """The valid pools whose workload exists and is theirs alone, their workloads, and why
+    the others have none. Pools that name the same workload would set its size in turn every
+    tick: none of them scales it, and each says which others name it."""
     pools: dict[PoolKey, ServingPoolSpec] = {}
     targets: dict[PoolKey, WorkloadEntry] = {}
-    errors: dict[PoolKey, str] = {}
+    errors: dict[PoolKey, Problem] = {}
+    claims: dict[tuple[str, str, str], list[PoolKey]] = {}
     for entry in view.pools:
         spec = entry.parsed.value
         if spec is None:
@@ -80,13 +84,26 @@ def scale_targets(
         ref = spec.scale_target_ref
         workload = view.workloads.get((entry.namespace, ref.kind, ref.name))
         if workload is None:
-            errors[key] = (
+            errors[key] = Problem(
+                "TargetNotFound",
                 f"spec.scaleTargetRef: {ref.kind} {entry.namespace}/{ref.name} not found "
-                "(supported kinds: Deployment, StatefulSet)"
+                "(supported kinds: Deployment, StatefulSet)",
             )
             continue
+        claims.setdefault((entry.namespace, ref.kind, ref.name), []).append(key)
         pools[key] = spec
         targets[key] = workload
+    for (namespace, kind, name), keys in claims.items():
+        if len(keys) < 2:
+            continue
+        for key in keys:
+            others = ", ".join(k.name for k in keys if k != key)
+            errors[key] = Problem(
+                TARGET_SHARED,
+                f"spec.scaleTargetRef: {kind} {namespace}/{name} is also the target of "
+                f"{others}; none of them scales it until one pool remains",
+            )
+            del pools[key], targets[key]
     return pools, targets, errors
 
 
@@ -180,7 +197,8 @@ class FleetLoop:
         plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
-        # Pools the planner failed on keep their replicas, and so the nodes under them.
+        # Pools left out of the plan keep their replicas, and so the nodes under them.
+        shared = any(p.reason == TARGET_SHARED for p in target_errors.values())
         await self._actuate(
             plan,
             fleet,
@@ -191,7 +209,7 @@ class FleetLoop:
             reach.copies,
             known,
             view.pods,
-            bool(unplanned),
+            bool(unplanned) or shared,
         )
         await self.reporter.report(
             view, plan, fleet, observed, target_errors, reach.credential_errors, now, unplanned

@@ -46,7 +46,7 @@ class Reporter:
         plan: FleetPlan,
         fleet: Fleet,
         observed: Observed,
-        target_errors: Mapping[PoolKey, str],
+        target_errors: Mapping[PoolKey, Problem],
         credential_errors: Mapping[str, str],
         now: float,
         unplanned: Mapping[PoolKey, Problem] | None = None,
@@ -103,7 +103,7 @@ class Reporter:
         plan: FleetPlan,
         fleet: Fleet,
         observed: Observed,
-        target_errors: Mapping[PoolKey, str],
+        target_errors: Mapping[PoolKey, Problem],
         now: float,
         unplanned: Mapping[PoolKey, Problem],
     ) -> None:
@@ -123,7 +123,8 @@ class Reporter:
             conds = [ready([failed], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), failed]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         elif pool_plan is None:
-            target = Cond("TargetFound", False, "TargetNotFound", target_errors.get(key, ""))
+            problem = target_errors.get(key) or Problem("TargetNotFound", "")
+            target = Cond("TargetFound", False, problem.reason, problem.message)
             conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
