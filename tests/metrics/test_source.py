@@ -220,3 +220,61 @@ def test_a_series_that_stops_updating_is_stale_within_the_spread(prom: FakeProme
 
     assert _reason(results[-1][queries[7]]) == MetricsReason.STALE_SAMPLE
     assert all(isinstance(results[-1][q], Sample) for q in queries if q != queries[7])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "+".join(["inference_queue_depth"] * 2000),  # a 2,000-node chain
+        "(" * 40 + "inference_queue_depth" + ")" * 40,
+        "sum(" + " + ".join(f'q{{s="{i}"}}' for i in range(20)) + ")",  # 20 selectors
+        'sum({pool="chat"})',  # no metric name: its freshness cannot be read
+    ],
+)
+def test_queries_too_large_or_unnamed_are_refused_before_any_request(
+    prom: FakePrometheus, query: str
+) -> None:
+    source = _source(prom)
+
+    result = asyncio.run(source.sample_many([query]))
+
+    assert _reason(result[query]) == MetricsReason.INVALID_QUERY
+    assert source.requests == 0
+
+
+def test_a_range_over_series_that_are_gone_is_stale_but_a_default_is_not(
+    prom: FakePrometheus,
+) -> None:
+    ranged = 'sum(rate(requests_total{pool="chat"}[5m]))'
+    default = 'sum(inference_queue_depth{pool="none"}) or vector(0)'
+    prom.values[canonical(ranged)] = [2.5]  # the range still holds samples of a dead series
+    prom.values[canonical(default)] = [0.0]
+
+    result = asyncio.run(_source(prom).sample_many([ranged, default]))
+
+    assert _reason(result[ranged]) == MetricsReason.STALE_SAMPLE
+    assert _sample(result[default]).value == 0.0
+
+
+def test_an_age_grows_between_probes(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    prom.updated[_selector("p50")] = prom.now - 100
+    source = _source(prom, max_age=120)
+    assert isinstance(asyncio.run(source.sample_many(queries))[queries[50]], Sample)
+
+    prom.now += 30  # p50 is not probed again yet: what it read is 130 s old
+    result = asyncio.run(source.sample_many(queries))
+
+    assert _reason(result[queries[50]]) == MetricsReason.STALE_SAMPLE
+
+
+def test_a_rejected_query_then_costs_one_request(prom: FakePrometheus) -> None:
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    prom.fail[canonical(queries[9])] = 422
+    source = _source(prom)
+    asyncio.run(source.sample_many(queries))
+
+    before = source.requests
+    asyncio.run(source.sample_many(queries))
+
+    assert source.requests - before == 2  # the batch less the query, and the query

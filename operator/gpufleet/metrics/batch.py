@@ -27,14 +27,6 @@ TOP = 2
 TAG = "gpufleet_part"
 
 
-def _probe(selector: str) -> str:
-    if selector.startswith("{"):
-        # No fixed metric name: timestamp() drops the name, and series of different metrics
-        # with the same labels would collide, which Prometheus refuses. A copy keeps them apart.
-        selector = f'label_replace({selector}, "{TAG}", "$1", "__name__", "(.+)")'
-    return f"min(timestamp({selector}))"
-
-
 def _tree(parts: Sequence[str]) -> str:
     if len(parts) == 1:
         return parts[0]
@@ -49,8 +41,9 @@ def batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = 
     for i, query in enumerate(queries):
         parts.append(f'label_replace(topk({TOP}, {query.text}), "{TAG}", "{i}", "", "")')
         if query.text in probed:
+            # A bare, named selector: timestamp() of anything else is the evaluation time.
             parts.extend(
-                f'label_replace({_probe(selector)}, "{TAG}", "{i}/{j}", "", "")'
+                f'label_replace(min(timestamp({selector.text})), "{TAG}", "{i}/{j}", "", "")'
                 for j, selector in enumerate(query.selectors)
             )
     return _tree(parts)
@@ -59,17 +52,17 @@ def batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = 
 @dataclass(frozen=True)
 class Answer:
     """A batch's answer split by query: each one's series values, and the newest-sample
-    times of the series it reads (from its probes), all evaluated at `evaluated`."""
+    time of each series selector it reads (from its probes), all evaluated at `evaluated`."""
 
     evaluated: float = 0.0
     values: Mapping[int, Sequence[Any]] = field(default_factory=dict)
-    newest: Mapping[int, Sequence[float]] = field(default_factory=dict)
+    newest: Mapping[int, Mapping[int, float]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, result: Sequence[Mapping[str, Any]]) -> Answer:
         """Raises KeyError, TypeError or ValueError on a malformed answer."""
         values: dict[int, list[Any]] = {}
-        newest: dict[int, list[float]] = {}
+        newest: dict[int, dict[int, float]] = {}
         evaluated = 0.0
         for series in result:
             tag = str((series.get("metric") or {}).get(TAG, ""))
@@ -77,17 +70,24 @@ class Answer:
             evaluated = float(stamp)
             index, _, selector = tag.partition("/")
             if selector:
-                newest.setdefault(int(index), []).append(float(raw))
+                newest.setdefault(int(index), {})[int(selector)] = float(raw)
             else:
                 values.setdefault(int(index), []).append(raw)
         return cls(evaluated, values, newest)
 
-    def age(self, index: int) -> float:
-        """Seconds from the oldest newest sample of the series query `index` reads to the
-        evaluation: both Prometheus's times, so a clock skew with ours changes nothing. 0 when
-        it reads nothing that exists."""
-        newest = self.newest.get(index)
-        return max(0.0, self.evaluated - min(newest)) if newest else 0.0
+    def newest_update(self, index: int, query: CheckedQuery) -> float | None:
+        """When the least recently updated series query `index` reads was last updated, by
+        Prometheus's clock; None when it reads nothing that exists. A selector read over a
+        range whose series are gone counts as never updated: the range still gives the
+        query a value from samples that have stopped."""
+        times = []
+        for j, selector in enumerate(query.selectors):
+            found = self.newest.get(index, {}).get(j)
+            if found is not None:
+                times.append(found)
+            elif selector.ranged:
+                times.append(-math.inf)
+        return min(times) if times else None
 
     def sample(self, index: int, age: float, max_age: float) -> Sample:
         """Query `index`'s one number, given how old the series it reads are."""
@@ -100,6 +100,11 @@ class Answer:
                 MetricsReason.SEVERAL_SERIES,
             )
         value = in_range(values[0])
+        if math.isinf(age):
+            raise MetricsUnavailable(
+                "the series a range in the query reads have stopped updating",
+                MetricsReason.STALE_SAMPLE,
+            )
         if age > max_age:
             raise MetricsUnavailable(
                 f"a series the query reads was last updated {age:.0f} s before Prometheus "

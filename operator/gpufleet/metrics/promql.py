@@ -7,6 +7,9 @@ closes a parenthesis, adds `or` terms or comments out the rest of a batch does n
 or parses into something else than what a batch would have read. The re-serialised text is
 parsed again and must come out the same, so the batch reads exactly what was checked.
 
+Size is bounded before and after parsing (text, nesting, nodes, selectors, rendering), so one
+query cannot make the operator's memory, its recursion or Prometheus's request size explode.
+
 Each query also names the series it reads (its vector selectors, offsets and `@` dropped):
 their newest samples say whether the query is fresh, which an instant query's own result
 cannot, because Prometheus stamps it with the evaluation time and looks back 5 minutes.
@@ -22,6 +25,21 @@ import promql_parser
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 
 _V = promql_parser.ValueType
+MAX_TEXT = 4096  # the CRD's limit on a query
+MAX_NESTING = 32  # parentheses, brackets and braces inside one another
+MAX_NODES = 256
+MAX_SELECTORS = 16
+MAX_RENDERED = 16384
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A series selector the query reads, as a probe can read it: named, without offset
+    or `@`. `ranged`: read over a range (`rate(x[5m])`, a subquery), where series that
+    stopped updating still give the query a value for the length of the range."""
+
+    text: str
+    ranged: bool
 
 
 @dataclass(frozen=True)
@@ -29,7 +47,22 @@ class CheckedQuery:
     """A query as it is sent: `text` is an instant vector; `selectors` are the series it reads."""
 
     text: str
-    selectors: tuple[str, ...]
+    selectors: tuple[Selector, ...]
+
+
+def _invalid(message: str) -> MetricsUnavailable:
+    return MetricsUnavailable(message, MetricsReason.INVALID_QUERY)
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
 
 
 def _value_type(node: Any) -> Any:
@@ -52,45 +85,79 @@ def _value_type(node: Any) -> Any:
 
 
 def _canonical(text: str) -> tuple[Any, str]:
+    if len(text) > MAX_TEXT or _nesting(text) > MAX_NESTING:
+        raise _invalid(f"the query is longer than {MAX_TEXT} or nested deeper than {MAX_NESTING}")
     try:
         node = promql_parser.parse(text)
     except ValueError as exc:
-        raise MetricsUnavailable(
-            f"the query does not parse as PromQL: {exc}", MetricsReason.INVALID_QUERY
-        ) from None
+        raise _invalid(f"the query does not parse as PromQL: {exc}") from None
+    count = [0]
+
+    def visit(_: Any) -> None:
+        count[0] += 1
+
+    promql_parser.walk(node, pre_visit=visit)
+    if count[0] > MAX_NODES:
+        raise _invalid(f"the query has {count[0]} parts; at most {MAX_NODES} are read")
     out = str(node.prettify())
+    if len(out) > MAX_RENDERED:
+        raise _invalid("the query is too large once rendered")
     if str(promql_parser.parse(out).prettify()) != out:  # the parser's own round trip
-        raise MetricsUnavailable(
-            "the query does not survive re-serialisation", MetricsReason.INVALID_QUERY
-        )
+        raise _invalid("the query does not survive re-serialisation")
     return node, out
 
 
-def _selector_text(selector: Any) -> str:
+def _named(selector: Any) -> str:
+    """The selector with its metric name in front: timestamp() returns a series' own sample
+    time only for a bare selector, and without a name the series of two metrics with the same
+    labels collide once timestamp() drops the names."""
     matchers = str(selector.matchers)
-    if selector.name is None:
-        return matchers
-    return str(selector.name) if matchers == "{}" else f"{selector.name}{matchers}"
+    if selector.name is not None:
+        return str(selector.name) if matchers == "{}" else f"{selector.name}{matchers}"
+    raise _invalid(
+        "a selector without a metric name (`{...}`) cannot be checked for staleness; "
+        "name the metric: `name{...}`"
+    )
 
 
 def check(text: str) -> CheckedQuery:
     """The query as it may be sent, or MetricsUnavailable(InvalidQuery) saying why not."""
+    try:
+        return _check(text)
+    except MetricsUnavailable:
+        raise
+    except Exception as exc:  # RecursionError, the extension's own errors: this query only
+        raise _invalid(f"the query cannot be read ({type(exc).__name__})") from None
+
+
+def _check(text: str) -> CheckedQuery:
     node, out = _canonical(text)
     kind = _value_type(node)
     if kind == _V.Scalar:
         out = f"vector({out})"
     elif kind != _V.Vector:
-        raise MetricsUnavailable(
-            f"the query is a {str(kind).rsplit('.', 1)[-1].lower()}; it must give one "
-            "number (an instant vector or a scalar)",
-            MetricsReason.INVALID_QUERY,
-        )
-    found: list[Any] = []
+        name = str(kind).rsplit(".", 1)[-1].lower()
+        raise _invalid(f"the query is a {name}; it must give one number (an instant vector)")
+    found: dict[str, bool] = {}
 
     def visit(candidate: Any) -> None:
-        if isinstance(candidate, promql_parser.VectorSelector):
-            found.append(candidate)
+        if isinstance(candidate, promql_parser.MatrixSelector):
+            key = _canonical(_named(candidate.vector_selector))[1]
+            found[key] = True
+        elif isinstance(candidate, promql_parser.SubqueryExpr):
+            inner: list[Any] = []
+            promql_parser.walk(
+                candidate.expr,
+                pre_visit=lambda n: (
+                    inner.append(n) if isinstance(n, promql_parser.VectorSelector) else None
+                ),
+            )
+            for selector in inner:
+                found[_canonical(_named(selector))[1]] = True
+        elif isinstance(candidate, promql_parser.VectorSelector):
+            found.setdefault(_canonical(_named(candidate))[1], False)
 
     promql_parser.walk(node, pre_visit=visit)
-    selectors = dict.fromkeys(_canonical(_selector_text(s))[1] for s in found)
-    return CheckedQuery(out, tuple(selectors))
+    if len(found) > MAX_SELECTORS:
+        raise _invalid(f"the query reads {len(found)} selectors; at most {MAX_SELECTORS}")
+    return CheckedQuery(out, tuple(Selector(text, ranged) for text, ranged in found.items()))

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 BATCH = 100
 CONCURRENCY = 8  # requests in flight to one Prometheus
 FRESHNESS_SPREAD = 10
-# Extra requests a call may make to find the queries Prometheus fails on: enough to halve
-# two batches of a hundred down to one query each.
+# Extra requests a call may make to find the queries Prometheus rejects or fails on: enough
+# to halve two batches of a hundred down to one query each.
 ISOLATION_REQUESTS = 4 * math.ceil(math.log2(BATCH))
 _MAX_SPLIT = math.ceil(math.log2(BATCH))
 
@@ -94,10 +94,11 @@ class PrometheusSource:
         # Split depth per query (see the module doc); absent is a full batch.
         self._split: dict[str, int] = {}
         self._logged: dict[str, str] = {}
-        # Per query: the call that last probed its freshness, and the age it measured.
+        # Per query: the call that last probed its freshness, and when (Prometheus's clock)
+        # the least recently updated series it reads was last updated (None: reads nothing).
         self._calls = 0
         self._probed: dict[str, int] = {}
-        self._age: dict[str, float] = {}
+        self._newest: dict[str, float | None] = {}
         self.requests = 0  # HTTP requests made, for tests and benchmarks
 
     async def sample_many(self, queries: Sequence[str]) -> dict[str, Sample | MetricsUnavailable]:
@@ -125,7 +126,7 @@ class PrometheusSource:
         return {t for t in texts if t not in self._probed} | set(seen[:share])
 
     def _forget_all_but(self, texts: set[str]) -> None:
-        for memory in (self._split, self._probed, self._age):
+        for memory in (self._split, self._probed, self._newest):
             for gone in [t for t in memory if t not in texts]:
                 del memory[gone]
 
@@ -147,7 +148,7 @@ class PrometheusSource:
         batches = self._batches(queries)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            call = _Call(session, asyncio.Semaphore(CONCURRENCY), probed)
+            call = _Call(session, asyncio.Semaphore(CONCURRENCY), probed, ISOLATION_REQUESTS)
             done = await asyncio.gather(*(self._answer(call, b) for b in batches))
             answers: dict[CheckedQuery, Sample | MetricsUnavailable] = {}
             failed: list[list[CheckedQuery]] = []
@@ -159,7 +160,6 @@ class PrometheusSource:
                     self._forget_split(batch)
             # Halve failed batches in this tick while that shows Prometheus answering. When
             # every batch failed, one split of the first says whether it is down.
-            call.budget = ISOLATION_REQUESTS
             up = len(failed) < len(batches)
             for batch in failed:
                 if not up and batch is not failed[0]:
@@ -205,9 +205,14 @@ class PrometheusSource:
             self._split[query.text] = min(_MAX_SPLIT, self._split.get(query.text, 0) + 1)
 
     def _forget_split(self, batch: list[CheckedQuery]) -> None:
-        """Answered: back into full batches."""
+        """Answered: a batch twice as large next tick, back to a full one step by step, so
+        a query that fails only in a full batch does not set off a search every tick."""
         for query in batch:
-            self._split.pop(query.text, None)
+            depth = self._split.get(query.text, 0) - 1
+            if depth > 0:
+                self._split[query.text] = depth
+            else:
+                self._split.pop(query.text, None)
 
     async def _answer(
         self, call: _Call, batch: list[CheckedQuery]
@@ -220,6 +225,8 @@ class PrometheusSource:
             return dict.fromkeys(batch, _unreachable(str(exc))), True
         except _Rejected as exc:
             if len(batch) == 1:
+                # Alone from the next tick on: its rejection costs one request, its own.
+                self._split[batch[0].text] = _MAX_SPLIT
                 self._log_once(batch[0].text, str(exc))
                 rejected = MetricsUnavailable(
                     "Prometheus rejected the query while evaluating it; the operator's log "
@@ -227,6 +234,14 @@ class PrometheusSource:
                     MetricsReason.QUERY_FAILED,
                 )
                 return {batch[0]: rejected}, False
+            if call.budget < 2:
+                self._split_later(batch)
+                refused = MetricsUnavailable(
+                    "Prometheus rejected the batch of this query; it is split next tick",
+                    MetricsReason.QUERY_FAILED,
+                )
+                return dict.fromkeys(batch, refused), False
+            call.budget -= 2
             half = len(batch) // 2
             parts = await asyncio.gather(
                 self._answer(call, batch[:half]), self._answer(call, batch[half:])
@@ -242,10 +257,13 @@ class PrometheusSource:
         self, answer: Answer, index: int, query: CheckedQuery, probed: Collection[str]
     ) -> Sample | MetricsUnavailable:
         if query.text in probed:
-            self._age[query.text] = answer.age(index)
+            self._newest[query.text] = answer.newest_update(index, query)
             self._probed[query.text] = self._calls
+        newest = self._newest.get(query.text)
+        # Ages are Prometheus's evaluation time less its samples' times: no skew with ours.
+        age = 0.0 if newest is None else max(0.0, answer.evaluated - newest)
         try:
-            return answer.sample(index, self._age.get(query.text, 0.0), self._max_age)
+            return answer.sample(index, age, self._max_age)
         except MetricsUnavailable as exc:
             return exc
 
