@@ -118,14 +118,14 @@ def _plan(key: NodePoolKey, desired: int) -> NodePoolPlan:
     return NodePoolPlan(key, desired, 0, 0, ())
 
 
-def test_held_node_pools_grow_but_never_shrink() -> None:
+def test_held_node_pools_grow_but_never_shrink() -> None:  # the others are not held
     grow, shrink = NodePoolKey("cloud", "grow"), NodePoolKey("cloud", "shrink")
     plans = {grow: _plan(grow, 4), shrink: _plan(shrink, 2)}
     refs = {k: NodePoolRef(k.provider, k.node_pool, k.node_pool) for k in plans}
     now = {grow: 2, shrink: 5}
 
-    held = node_pool_targets(plans, now, refs, hold_shrinks=True)
-    free = node_pool_targets(plans, now, refs, hold_shrinks=False)
+    held = node_pool_targets(plans, now, refs, hold_shrinks={shrink})
+    free = node_pool_targets(plans, now, refs, hold_shrinks=())
 
     assert [(t.key.node_pool, t.wanted) for t in held] == [("grow", 4)]
     assert [(t.key.node_pool, t.wanted) for t in free] == [("grow", 4), ("shrink", 2)]
@@ -136,6 +136,6 @@ def test_node_pools_without_a_driver_or_a_state_are_left_alone() -> None:
     plans = {seen: _plan(seen, 3), unseen: _plan(unseen, 3)}
     refs = {seen: NodePoolRef("cloud", "seen", "seen")}
 
-    found = node_pool_targets(plans, {seen: 1, unseen: 1}, refs, hold_shrinks=False)
+    found = node_pool_targets(plans, {seen: 1, unseen: 1}, refs, hold_shrinks=())
 
     assert [t.key for t in found] == [seen]

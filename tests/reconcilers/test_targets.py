@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from gpufleet.api import parse_pool
-from gpufleet.planner.types import PoolKey
-from gpufleet.reconcilers.cache import PoolEntry, View, workload_entry
-from gpufleet.reconcilers.loop import TARGET_SHARED, scale_targets
+from gpufleet.planner.types import NodePoolKey, PoolKey
+from gpufleet.reconcilers.cache import NodeEntry, PodEntry, PoolEntry, View, workload_entry
+from gpufleet.reconcilers.loop import (
+    TARGET_SHARED,
+    node_pools_under,
+    scale_targets,
+    shared_workloads,
+)
 from gpufleet_testbed import fleets
 
 
@@ -42,3 +47,19 @@ def test_a_missing_target_is_not_found() -> None:
     _, _, errors = scale_targets(_view(("a", "nothing")))
 
     assert errors[PoolKey("ns", "a")].reason == "TargetNotFound"
+
+
+def test_only_the_node_pools_under_a_shared_workload_are_held() -> None:
+    view = _view(("a", "chat"), ("b", "chat"), ("c", "image"))
+    _, _, errors = scale_targets(view)
+    pods = {
+        "ns": [
+            PodEntry("ns", "chat-1", {"app": "chat"}, "de-1", False),
+            PodEntry("ns", "image-1", {"app": "image"}, "nl-1", False),
+        ]
+    }
+    nodes = [NodeEntry("de-1", "de", "h100", True), NodeEntry("nl-1", "nl", "h100", True)]
+
+    held = node_pools_under(shared_workloads(view, errors), pods, nodes)
+
+    assert held == {NodePoolKey("de", "h100")}

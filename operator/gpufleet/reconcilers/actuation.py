@@ -9,7 +9,7 @@ so the order is tested with fakes and no cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -79,17 +79,17 @@ def node_pool_targets(
     plans: Mapping[NodePoolKey, NodePoolPlan],
     targets_now: Mapping[NodePoolKey, int],
     refs: Mapping[NodePoolKey, NodePoolRef],
-    hold_shrinks: bool,
+    hold_shrinks: Collection[NodePoolKey],
 ) -> list[NodePoolTarget]:
     """The node pools the loop may resize (those with a driver, a state and a reachable
-    provider: `refs` and `targets_now`), with the size the plan wants; with `hold_shrinks`,
-    none smaller than now."""
+    provider: `refs` and `targets_now`), with the size the plan wants; those in
+    `hold_shrinks` none smaller than now."""
     out = []
     for key, plan in sorted(plans.items()):
         if key not in refs or key not in targets_now:
             continue
         current = targets_now[key]
-        if hold_shrinks and plan.desired_nodes < current:
+        if key in hold_shrinks and plan.desired_nodes < current:
             continue
         out.append(NodePoolTarget(key, refs[key], current, plan.desired_nodes))
     return out

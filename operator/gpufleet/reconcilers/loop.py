@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from gpufleet.reconcilers.actuation import (
 from gpufleet.reconcilers.burst.copies import Copy
 from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.burst.targets import add_remote_replicas, remote_targets
-from gpufleet.reconcilers.cache import PodEntry, View, WorkloadEntry
+from gpufleet.reconcilers.cache import NodeEntry, PodEntry, View, WorkloadEntry
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
 from gpufleet.reconcilers.intent import Action, Journal
@@ -198,7 +198,9 @@ class FleetLoop:
         self.state = plan.state
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
         # Pools left out of the plan keep their replicas, and so the nodes under them.
-        shared = any(p.reason == TARGET_SHARED for p in target_errors.values())
+        left_out = [targets[k] for k in unplanned if k in targets] + shared_workloads(
+            view, target_errors
+        )
         await self._actuate(
             plan,
             fleet,
@@ -209,7 +211,7 @@ class FleetLoop:
             reach.copies,
             known,
             view.pods,
-            bool(unplanned) or shared,
+            node_pools_under(left_out, view.pods, view.nodes),
         )
         await self.reporter.report(
             view, plan, fleet, observed, target_errors, reach.credential_errors, now, unplanned
@@ -263,26 +265,31 @@ class FleetLoop:
         copies: Mapping[str, Mapping[PoolKey, Copy]] | None = None,
         known: set[PoolKey] | None = None,
         pods: Mapping[str, Sequence[PodEntry]] | None = None,
-        hold_node_pools: bool = False,
+        held_node_pools: Collection[NodePoolKey] = (),
     ) -> None:
         """Gather what this tick may resize, record the intent, act in phase order, record
-        the result (reconcilers/actuation.py, reconcilers/intent.py)."""
+        the result (reconcilers/actuation.py, reconcilers/intent.py). No node pool in
+        `held_node_pools` shrinks: pods the plan does not count run there."""
         wanted = Targets()
-        self._add_node_pools(wanted, plan, fleet, drivers, observed, now, hold_node_pools)
         self.reporter.drains = self.drainer.outcomes  # for the Preempted conditions
         if self.journal is not None and not self.moves_loaded:
             # A move's wait outlives the leader that began it (HA takeover, restart).
             self.drainer.take_over(await self.journal.recorded_moves(), now)
             self.moves_loaded = True
-        held = _unscheduled_counter(targets, pods or {})
+        unscheduled = _unscheduled_counter(targets, pods or {})
+        failed = False
         for pool_key, pool_plan in sorted(plan.pools.items()):
             try:
                 await self._add_workload(
-                    wanted, pool_key, pool_plan, plan, fleet, targets, observed, now, held
+                    wanted, pool_key, pool_plan, plan, fleet, targets, observed, now, unscheduled
                 )
             except Exception:  # one pool's failure must not stop the others
+                failed = True
                 self.metrics.reconcile_errors.labels("actuate").inc()
                 log.exception("pool %s: actuation failed", pool_key, extra={"pool": str(pool_key)})
+        # A pool whose replicas were not set may still have pods where the plan shrinks.
+        held = set(plan.node_pools) if failed else set(held_node_pools)
+        self._add_node_pools(wanted, plan, fleet, drivers, observed, now, held)
         refresh = remote_targets(
             self.remote,
             plan,
@@ -316,7 +323,7 @@ class FleetLoop:
         drivers: Mapping[str, NodePoolDriver],
         observed: Observed,
         now: float,
-        hold_shrinks: bool,
+        hold_shrinks: Collection[NodePoolKey],
     ) -> None:
         usable = {
             key: ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
@@ -430,6 +437,36 @@ class FleetLoop:
             log.warning("scale %s failed: %s", pool_key, exc, extra={"pool": str(pool_key)})
             return False
         return True
+
+
+def shared_workloads(view: View, errors: Mapping[PoolKey, Problem]) -> list[WorkloadEntry]:
+    """The workloads no pool scales because several name them (see scale_targets)."""
+    found = []
+    for entry in view.pools:
+        spec = entry.parsed.value
+        problem = errors.get(PoolKey(entry.namespace, entry.name))
+        if spec is None or problem is None or problem.reason != TARGET_SHARED:
+            continue
+        ref = spec.scale_target_ref
+        workload = view.workloads.get((entry.namespace, ref.kind, ref.name))
+        if workload is not None:
+            found.append(workload)
+    return found
+
+
+def node_pools_under(
+    workloads: Sequence[WorkloadEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
+    nodes: Sequence[NodeEntry],
+) -> set[NodePoolKey]:
+    """The node pools where the pods of `workloads` run."""
+    node_pool_of = {n.name: NodePoolKey(n.provider, n.node_pool) for n in nodes}
+    return {
+        node_pool_of[pod.node_name]
+        for workload in workloads
+        for pod in pods.get(workload.namespace, ())
+        if pod.node_name in node_pool_of and workload.selector.matches(pod.labels)
+    }
 
 
 def _unscheduled_counter(
