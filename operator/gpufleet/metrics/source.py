@@ -126,7 +126,7 @@ class PrometheusSource:
         return {t for t in texts if t not in self._probed} | set(seen[:share])
 
     def _forget_all_but(self, texts: set[str]) -> None:
-        for memory in (self._split, self._probed, self._newest):
+        for memory in (self._split, self._probed, self._newest, self._logged):
             for gone in [t for t in memory if t not in texts]:
                 del memory[gone]
 
@@ -296,7 +296,5 @@ class PrometheusSource:
 
     def _log_once(self, query: str, error: str) -> None:
         if self._logged.get(query) != error:
-            if len(self._logged) > BATCH * 100:
-                self._logged.clear()
             self._logged[query] = error
             log.warning("Prometheus rejected a query: %s", error, extra={"query": query})

@@ -44,7 +44,7 @@ from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
 from gpufleet.reconcilers.intent import Action, Journal
 from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Kube
-from gpufleet.reconcilers.observe import Observed, observe, ref_for
+from gpufleet.reconcilers.observe import Observed, observe, ref_for, replicas_by_node_pool
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.reporting.reporter import Reporter
@@ -460,12 +460,15 @@ def node_pools_under(
     nodes: Sequence[NodeEntry],
 ) -> set[NodePoolKey]:
     """The node pools where the pods of `workloads` run."""
+    if not workloads:
+        return set()
     node_pool_of = {n.name: NodePoolKey(n.provider, n.node_pool) for n in nodes}
     return {
-        node_pool_of[pod.node_name]
+        key
         for workload in workloads
-        for pod in pods.get(workload.namespace, ())
-        if pod.node_name in node_pool_of and workload.selector.matches(pod.labels)
+        for key in replicas_by_node_pool(
+            workload, pods.get(workload.namespace, ()), node_pool_of, {}
+        )[0]
     }
 
 

@@ -49,19 +49,6 @@ class Observed:
     current_by_provider: Mapping[PoolKey, Mapping[str, int]] = field(default_factory=dict)
 
 
-@dataclass
-class _Draft:
-    """Observed while it is being taken."""
-
-    queue: dict[PoolKey, float | None] = field(default_factory=dict)
-    arrival: dict[PoolKey, float | None] = field(default_factory=dict)
-    metrics_errors: dict[PoolKey, Problem] = field(default_factory=dict)
-    budget_errors: dict[str, Problem] = field(default_factory=dict)
-    driver_errors: dict[str, Problem] = field(default_factory=dict)
-    node_states: dict[NodePoolKey, NodePoolState] = field(default_factory=dict)
-    current_by_provider: dict[PoolKey, Mapping[str, int]] = field(default_factory=dict)
-
-
 async def _sample_all(
     source: MetricsSource | None, queries: list[str]
 ) -> dict[str, tuple[float | None, Problem | None]]:
@@ -185,46 +172,45 @@ async def observe(
         _sample_all(source, queries.all()),
         asyncio.gather(*(_state(drivers[name], ref, gate) for name, ref in refs)),
     )
-    draft = _Draft()
-    _read_samples(draft, queries, sampled)
-    node_obs = _node_pools(draft, refs, states, nodes, capacity_errors, down)
-    pool_obs = _pools(draft, queries, sampled, workloads, nodes, pods, last_placements)
+    metrics_errors = {k: e for k, q in queries.queue.items() if (e := sampled[q][1])}
+    budget_errors = {n: e for n, q in queries.budget.items() if (e := sampled[q][1])}
+    node_obs, node_states, driver_errors = _node_pools(refs, states, nodes, capacity_errors, down)
+    pool_obs, current = _pools(queries, sampled, workloads, nodes, pods, last_placements)
     snapshot = Snapshot(
         pools=frozen_map(pool_obs),
         node_pools=frozen_map(node_obs),
         budget_watts=frozen_map({n: sampled[q][0] for n, q in queries.budget.items()}),
         unreachable_providers=frozenset(down),
     )
-    return Observed(snapshot, **vars(draft))
+    return Observed(
+        snapshot,
+        queue={k: p.queue_depth for k, p in pool_obs.items()},
+        arrival={k: pool_obs[k].arrival_rate for k in queries.arrival},
+        metrics_errors=metrics_errors,
+        budget_errors=budget_errors,
+        driver_errors=driver_errors,
+        node_states=node_states,
+        current_by_provider=current,
+    )
 
 
 _Sampled = Mapping[str, tuple[float | None, Problem | None]]
 
 
-def _read_samples(observed: _Draft, queries: _Queries, sampled: _Sampled) -> None:
-    for key, query in queries.queue.items():
-        value, error = sampled[query]
-        observed.queue[key] = value
-        if error:
-            observed.metrics_errors[key] = error
-        if key in queries.arrival:
-            observed.arrival[key] = sampled[queries.arrival[key]][0]
-    for name, query in queries.budget.items():
-        error = sampled[query][1]
-        if error is not None:
-            observed.budget_errors[name] = error
-
-
 def _node_pools(
-    observed: _Draft,
     refs: Sequence[tuple[str, NodePoolRef]],
     states: Sequence[tuple[NodePoolState | None, Problem | None]],
     nodes: Iterable[NodeEntry],
     capacity_errors: Mapping[NodePoolKey, CapacityError],
     down: set[str],
-) -> dict[NodePoolKey, NodePoolObservation]:
-    """Each node pool as its driver reports it; a provider whose driver fails is down."""
+) -> tuple[
+    dict[NodePoolKey, NodePoolObservation], dict[NodePoolKey, NodePoolState], dict[str, Problem]
+]:
+    """Each node pool as its driver reports it, and its state; a provider whose driver fails
+    is down, and why."""
     node_obs: dict[NodePoolKey, NodePoolObservation] = {}
+    node_states: dict[NodePoolKey, NodePoolState] = {}
+    driver_errors: dict[str, Problem] = {}
     ready_count: dict[NodePoolKey, int] = {}
     for entry in nodes:
         if entry.ready:
@@ -233,11 +219,11 @@ def _node_pools(
     for (name, ref), (state, error) in zip(refs, states, strict=True):
         np_key = NodePoolKey(name, ref.node_pool)
         if error is not None:
-            observed.driver_errors[name] = error
+            driver_errors[name] = error
             down.add(name)
             continue
         assert state is not None
-        observed.node_states[np_key] = state
+        node_states[np_key] = state
         node_obs[np_key] = NodePoolObservation(
             ready_nodes=state.ready,
             target_nodes=state.target_size,
@@ -245,19 +231,19 @@ def _node_pools(
         )
     for seen, count in ready_count.items():  # providers without a driver call: nodes as seen
         node_obs.setdefault(seen, NodePoolObservation(ready_nodes=count, target_nodes=count))
-    return node_obs
+    return node_obs, node_states, driver_errors
 
 
 def _pools(
-    observed: _Draft,
     queries: _Queries,
     sampled: _Sampled,
     workloads: Mapping[PoolKey, WorkloadEntry],
     nodes: Iterable[NodeEntry],
     pods: Mapping[str, Sequence[PodEntry]],
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
-) -> dict[PoolKey, PoolObservation]:
-    """Each pool's queue, arrivals, tier rates and replicas by node pool."""
+) -> tuple[dict[PoolKey, PoolObservation], dict[PoolKey, Mapping[str, int]]]:
+    """Each pool's queue, arrivals, tier rates and replicas by node pool; and its replicas
+    by provider."""
     tier_rates: dict[PoolKey, dict[str, float]] = {}
     for (pool_key, tier_name), query in queries.tier.items():
         value = sampled[query][0]
@@ -265,7 +251,8 @@ def _pools(
             tier_rates.setdefault(pool_key, {})[tier_name] = value
     node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
     pool_obs: dict[PoolKey, PoolObservation] = {}
-    for key in queries.queue:
+    current: dict[PoolKey, Mapping[str, int]] = {}
+    for key, query in queries.queue.items():
         workload = workloads.get(key)
         placed: dict[NodePoolKey, int] = {}
         ready: int | None = None
@@ -276,15 +263,16 @@ def _pools(
         by_provider: dict[str, int] = {}
         for np_key, count in placed.items():
             by_provider[np_key.provider] = by_provider.get(np_key.provider, 0) + count
-        observed.current_by_provider[key] = by_provider
+        current[key] = by_provider
+        arrival = queries.arrival.get(key)
         pool_obs[key] = PoolObservation(
-            observed.queue[key],
-            observed.arrival.get(key),
+            sampled[query][0],
+            None if arrival is None else sampled[arrival][0],
             frozen_map(placed),
             frozen_map(tier_rates.get(key, {})),
             ready,
         )
-    return pool_obs
+    return pool_obs, current
 
 
 async def _state(

@@ -19,9 +19,6 @@ class Problem:
     reason: str  # CamelCase, for conditions and metrics
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}"
-
     @classmethod
     def of(cls, exc: BaseException) -> Problem:
         if isinstance(exc, MetricsUnavailable):
