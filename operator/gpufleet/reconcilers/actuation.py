@@ -1,36 +1,44 @@
-"""Actuation as data: what a tick may resize, and the order in which the changes are applied.
+"""Actuation as data: the typed changes a tick makes, their order, and the executor.
 
-The fleet loop gathers every target it can resize this tick into `Targets` (its size now, the
-size the plan wants where that differs, and how to set it); the intent journal turns the wanted
-sizes into actions with ids; `execute` applies them in `Phase` order. Only the setters do I/O,
-so the order is tested with fakes and no cluster.
+`reconcilers/changes.py` turns the plan and the observation into changes (pure); `execute`
+records the resizes in the intent journal, applies every change in `Phase` order through an
+`Applier` (reconcilers/apply.py does the I/O) and records what was done. The order is tested
+with an in-memory driver and scaler, with no cluster.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from gpufleet.drivers.base import NodePoolRef
-from gpufleet.planner.types import NodePoolKey, NodePoolPlan
-from gpufleet.reconcilers.intent import Action
+from gpufleet.planner.types import NodePoolKey, PoolKey
+from gpufleet.reconcilers.burst.copies import Copy
+from gpufleet.reconcilers.burst.copies import target as copy_target
+from gpufleet.reconcilers.cache import WorkloadEntry
+from gpufleet.reconcilers.drain import DrainRequest
+from gpufleet.reconcilers.intent import Action, Journal
 
 log = logging.getLogger(__name__)
-
-# Sets a target to a size under an action id; True once it is set.
-Setter = Callable[[int, str], Awaitable[bool]]
 NODE_POOL_PREFIX = "nodepool/"
+# The size the journal records for a burst copy about to be deleted: it differs from the
+# wanted 0 even when the copy has no replicas left, so the delete is recorded and retried.
+COPY_PRESENT = -1
 
 
 class Phase(IntEnum):
     """Node pools grow before the replicas that need the room, and shrink after the replicas
-    (local and burst copies) have left, so no running pod loses its node first."""
+    (local and burst copies) have left, so no running pod loses its node first. Moves and
+    re-applied copies keep their size: they come last, once every resize is recorded done."""
 
     GROW_NODES = 0
     REPLICAS = 1
     SHRINK_NODES = 2
+    MOVES = 3
+    REFRESH = 4
 
 
 def node_pool_target(key: NodePoolKey) -> str:
@@ -41,71 +49,171 @@ def workload_target(kind: str, namespace: str, name: str) -> str:
     return f"{kind}/{namespace}/{name}"
 
 
-def phase(action: Action, current: Mapping[str, int]) -> Phase:
-    if not action.target.startswith(NODE_POOL_PREFIX):
-        return Phase.REPLICAS
-    grows = action.size > current.get(action.target, 0)
-    return Phase.GROW_NODES if grows else Phase.SHRINK_NODES
-
-
-@dataclass
-class Targets:
-    """Every target this tick can resize: its observed size (`current`), the size the plan
-    wants where that differs (`planned`), and how to set it."""
-
-    current: dict[str, int] = field(default_factory=dict)
-    planned: dict[str, int] = field(default_factory=dict)
-    setters: dict[str, Setter] = field(default_factory=dict)
-    # Workloads that keep their size while preempted replicas move (drained, recreated).
-    moves: list[str] = field(default_factory=list)
-
-    def add(self, target: str, current: int, wanted: int | None, setter: Setter) -> None:
-        """`wanted` None: the target is known (a pending action may still set it), not planned."""
-        self.current[target] = current
-        self.setters[target] = setter
-        if wanted is not None and wanted != current:
-            self.planned[target] = wanted
-
-
 @dataclass(frozen=True)
-class NodePoolTarget:
+class ResizeNodePool:
     key: NodePoolKey
     ref: NodePoolRef
     current: int
-    wanted: int | None
+    size: int
+
+    @property
+    def target(self) -> str:
+        return node_pool_target(self.key)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.GROW_NODES if self.size > self.current else Phase.SHRINK_NODES
 
 
-def node_pool_targets(
-    plans: Mapping[NodePoolKey, NodePoolPlan],
-    targets_now: Mapping[NodePoolKey, int],
-    refs: Mapping[NodePoolKey, NodePoolRef],
-    hold_shrinks: Collection[NodePoolKey],
-) -> list[NodePoolTarget]:
-    """The node pools the loop may resize (those with a driver, a state and a reachable
-    provider: `refs` and `targets_now`), with the size the plan wants; those in
-    `hold_shrinks` none smaller than now."""
-    out = []
-    for key, plan in sorted(plans.items()):
-        if key not in refs or key not in targets_now:
-            continue
-        current = targets_now[key]
-        if key in hold_shrinks and plan.desired_nodes < current:
-            continue
-        out.append(NodePoolTarget(key, refs[key], current, plan.desired_nodes))
-    return out
+@dataclass(frozen=True)
+class ScaleWorkload:
+    """Set the pool's local workload to `size`; with `drain`, the preempted replicas go
+    first (reconcilers/drain.py)."""
+
+    pool: PoolKey
+    workload: WorkloadEntry
+    current: int
+    size: int
+    drain: DrainRequest | None = None
+
+    @property
+    def target(self) -> str:
+        return workload_target(self.workload.kind, self.pool.namespace, self.workload.name)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.REPLICAS
 
 
-async def execute(actions: Iterable[Action], targets: Targets) -> set[str]:
-    """Apply `actions` in phase order (then by target, for a stable order); the ids done."""
+@dataclass(frozen=True)
+class MoveReplicas:
+    """The pool keeps its size while its preempted replicas are evicted and recreated (to
+    wait for new nodes): a drain, not a resize."""
+
+    pool: PoolKey
+    workload: WorkloadEntry
+    drain: DrainRequest
+
+    @property
+    def current(self) -> int:
+        return self.workload.replicas
+
+    @property
+    def size(self) -> int:
+        return self.workload.replicas
+
+    @property
+    def target(self) -> str:
+        return workload_target(self.workload.kind, self.pool.namespace, self.workload.name)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.MOVES
+
+
+@dataclass(frozen=True)
+class ApplyCopy:
+    """Apply the burst copy of the pool's workload in `provider`'s cluster at `size`; at its
+    own size when the copy no longer matches the workload (a refresh)."""
+
+    provider: str
+    pool: PoolKey
+    workload: WorkloadEntry
+    copy: Copy | None
+    current: int
+    size: int
+
+    @property
+    def target(self) -> str:
+        return copy_target(self.provider, self.pool.namespace, self.workload.name)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.REPLICAS if self.size != self.current else Phase.REFRESH
+
+
+@dataclass(frozen=True)
+class DeleteCopy:
+    """Delete the pool's burst copies in `provider`'s cluster."""
+
+    provider: str
+    pool: PoolKey
+    copy: Copy
+
+    current = COPY_PRESENT
+    size = 0
+
+    @property
+    def target(self) -> str:
+        return copy_target(self.provider, self.pool.namespace, self.copy.name)
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.REPLICAS
+
+
+Change = ResizeNodePool | ScaleWorkload | MoveReplicas | ApplyCopy | DeleteCopy
+
+
+def journaled(change: Change) -> bool:
+    """A change of size goes through the journal; one at the same size is a re-application."""
+    return change.size != change.current
+
+
+def ordered(changes: Iterable[Change]) -> tuple[Change, ...]:
+    """Phase order, then by target for a stable order."""
+    return tuple(sorted(changes, key=lambda c: (c.phase, c.target)))
+
+
+class Applier(Protocol):
+    async def apply(self, change: Change, size: int, action_id: str) -> bool:
+        """Make one change at `size` under `action_id`; True once it is done."""
+        ...
+
+
+async def execute(
+    changes: Sequence[Change], applier: Applier, journal: Journal | None, now: float
+) -> set[str] | None:
+    """Record the resizes, apply every change in phase order, record what was done; the ids
+    done, or None when another writer recorded first (it acts, this replica does not).
+
+    A retried action keeps its recorded id; a re-application is named after its target and
+    the tick."""
+    resizes = [c for c in changes if journaled(c)]
+    planned = {c.target: c.size for c in resizes}
+    if journal is None:
+        actions: tuple[Action, ...] | None = tuple(
+            Action(f"{t}={n}@{int(now)}", t, n) for t, n in planned.items()
+        )
+    else:
+        actions = await journal.begin(planned, {c.target: c.current for c in resizes})
+    if actions is None:
+        return None
+    by_target = {a.target: a for a in actions}
     done: set[str] = set()
-    ordered = sorted(actions, key=lambda a: (phase(a, targets.current), a.target))
-    for action in ordered:
-        setter = targets.setters.get(action.target)
-        if setter is not None and await setter(action.size, action.id):
+    for change in ordered(changes):
+        action = by_target.get(change.target) if journaled(change) else None
+        if journaled(change) and action is None:
+            continue
+        size, action_id = (
+            (action.size, action.id) if action else (change.size, f"{change.target}@{int(now)}")
+        )
+        if await _apply(applier, change, size, action_id):
             log.info(
                 "applied %s",
-                action.id,
-                extra={"actionId": action.id, "target": action.target, "size": action.size},
+                action_id,
+                extra={"actionId": action_id, "target": change.target, "size": size},
             )
-            done.add(action.id)
+            if action is not None:
+                done.add(action.id)
+    if journal is not None:
+        await journal.finish(done)
     return done
+
+
+async def _apply(applier: Applier, change: Change, size: int, action_id: str) -> bool:
+    try:
+        return await applier.apply(change, size, action_id)
+    except Exception:  # an applier's own bug: this change only, the rest go on
+        log.exception("applying %s failed", action_id, extra={"target": change.target})
+        return False

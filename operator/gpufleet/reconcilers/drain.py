@@ -32,7 +32,7 @@ from gpufleet.api.labels import NODE_POOL_LABEL, PROVIDER_LABEL
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, Snapshot
 from gpufleet.reconcilers.cache import WorkloadEntry, pod_entry, ready_condition
 from gpufleet.reconcilers.intent import Move
-from gpufleet.reconcilers.kube import EvictionRefused, Kube
+from gpufleet.reconcilers.kube import EvictionRefused, Workloads
 from gpufleet.reconcilers.selectors import Selector
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def pick(
     return chosen
 
 
-async def _nodes_of(kube: Kube, request: DrainRequest) -> dict[NodePoolKey, set[str]]:
+async def _nodes_of(kube: Workloads, request: DrainRequest) -> dict[NodePoolKey, set[str]]:
     """The names of the nodes in each node pool the drain takes replicas from."""
     return {
         np_key: set(
@@ -209,7 +209,7 @@ class Drainer:
 
     async def begin(
         self,
-        kube: Kube,
+        kube: Workloads,
         workload: WorkloadEntry,
         pool_key: PoolKey,
         request: DrainRequest | None,
@@ -241,7 +241,7 @@ class Drainer:
 
     async def resize(
         self,
-        kube: Kube,
+        kube: Workloads,
         workload: WorkloadEntry,
         pool_key: PoolKey,
         request: DrainRequest,
@@ -297,7 +297,7 @@ class Drainer:
 
     async def _evict(
         self,
-        kube: Kube,
+        kube: Workloads,
         namespace: str,
         chosen: Sequence[_Pod],
         pool_key: PoolKey,
@@ -323,7 +323,7 @@ class Drainer:
 
     async def _tell(
         self,
-        kube: Kube,
+        kube: Workloads,
         pool_key: PoolKey,
         request: DrainRequest,
         evicted: Sequence[str],

@@ -8,7 +8,7 @@ import base64
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client import ApiClient
@@ -79,6 +79,30 @@ class EvictionRefused(Exception):
         super().__init__(message)
         self.budget = budget
         self.reason = "DisruptionBudget" if budget else "Throttled"
+
+
+class Workloads(Protocol):
+    """What actuation asks of the API server: scale workloads and drain their pods. `Kube`
+    is the real one; tests use an in-memory one."""
+
+    async def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None: ...
+
+    async def evict(self, namespace: str, name: str, grace_seconds: int) -> bool: ...
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
+    async def list_node_names(self, label_selector: str) -> list[str]: ...
+
+    async def event(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        uid: str | None,
+        reason: str,
+        message: str,
+        warning: bool = False,
+    ) -> None: ...
 
 
 class Kube:

@@ -4,44 +4,35 @@ from the specs and what is observed; the planner's memory is the only state carr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
-from gpufleet.drivers.base import CapacityError as DriverCapacityError
-from gpufleet.drivers.base import DriverError, NodePoolDriver, QuotaExceeded
+from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import MetricsSource
 from gpufleet.planner.types import (
     CapacityError,
-    CapacityErrorKind,
     Fleet,
     FleetPlan,
     NodePoolKey,
     PlannerState,
     PoolKey,
-    PoolPlan,
     frozen_map,
 )
-from gpufleet.reconcilers.actuation import (
-    Targets,
-    execute,
-    node_pool_target,
-    node_pool_targets,
-    workload_target,
-)
+from gpufleet.reconcilers.actuation import execute
+from gpufleet.reconcilers.apply import Effects
 from gpufleet.reconcilers.burst.copies import Copy
 from gpufleet.reconcilers.burst.remote import RemoteClusters
-from gpufleet.reconcilers.burst.targets import add_remote_replicas, remote_targets
+from gpufleet.reconcilers.burst.targets import add_remote_replicas
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, View, WorkloadEntry
+from gpufleet.reconcilers.changes import Copies, Inputs, local_replicas, plan_changes
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
-from gpufleet.reconcilers.intent import Action, Journal
+from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed, observe, ref_for, replicas_by_node_pool
@@ -205,10 +196,9 @@ class FleetLoop:
             plan,
             fleet,
             targets,
-            reach.drivers,
+            reach,
             observed,
             now,
-            reach.copies,
             known,
             view.pods,
             node_pools_under(left_out, view.pods, view.nodes),
@@ -259,184 +249,108 @@ class FleetLoop:
         plan: FleetPlan,
         fleet: Fleet,
         targets: Mapping[PoolKey, WorkloadEntry],
-        drivers: Mapping[str, NodePoolDriver],
+        reach: Reach,
         observed: Observed,
         now: float,
-        copies: Mapping[str, Mapping[PoolKey, Copy]] | None = None,
-        known: set[PoolKey] | None = None,
-        pods: Mapping[str, Sequence[PodEntry]] | None = None,
+        known: set[PoolKey],
+        pods: Mapping[str, Sequence[PodEntry]],
         held_node_pools: Collection[NodePoolKey] = (),
     ) -> None:
-        """Gather what this tick may resize, record the intent, act in phase order, record
-        the result (reconcilers/actuation.py, reconcilers/intent.py). No node pool in
+        """Work out this tick's changes (reconcilers/changes.py, pure) and apply them through
+        the intent journal (reconcilers/actuation.py, reconcilers/apply.py). No node pool in
         `held_node_pools` shrinks: pods the plan does not count run there."""
-        wanted = Targets()
         self.reporter.drains = self.drainer.outcomes  # for the Preempted conditions
-        if self.journal is not None and not self.moves_loaded:
-            # A move's wait outlives the leader that began it (HA takeover, restart).
-            self.drainer.take_over(await self.journal.recorded_moves(), now)
-            self.moves_loaded = True
-        unscheduled = _unscheduled_counter(targets, pods or {})
-        failed = False
-        for pool_key, pool_plan in sorted(plan.pools.items()):
-            try:
-                await self._add_workload(
-                    wanted, pool_key, pool_plan, plan, fleet, targets, observed, now, unscheduled
-                )
-            except Exception:  # one pool's failure must not stop the others
-                failed = True
-                self.metrics.reconcile_errors.labels("actuate").inc()
-                log.exception("pool %s: actuation failed", pool_key, extra={"pool": str(pool_key)})
-        # A pool whose replicas were not set may still have pods where the plan shrinks.
-        held = set(plan.node_pools) if failed else set(held_node_pools)
-        self._add_node_pools(wanted, plan, fleet, drivers, observed, now, held)
-        refresh = remote_targets(
-            self.remote,
+        drains, waiting, failed = await self._drains(plan, fleet, targets, observed, pods, now)
+        refs, sizes = usable_node_pools(plan, fleet, reach.drivers, observed)
+        copies = Copies(reach.copies, known, self.remote.owns) if self.remote is not None else None
+        inputs = Inputs(
             plan,
             fleet,
             targets,
-            observed,
-            copies or {},
-            known or set(),
-            wanted.current,
-            wanted.planned,
-            wanted.setters,
+            refs,
+            sizes,
+            observed.snapshot.unreachable_providers,
+            drains,
+            waiting,
+            held_node_pools,
+            copies,
+            failed,
         )
-        if self.journal is None:
-            actions: tuple[Action, ...] | None = tuple(
-                Action(f"{t}={n}@{int(now)}", t, n) for t, n in wanted.planned.items()
+        changes, unworked = plan_changes(inputs)
+        for pool_key, exc in unworked.items():
+            self.metrics.reconcile_errors.labels("actuate").inc()
+            log.error(
+                "pool %s: changes not worked out: %r", pool_key, exc, extra={"pool": str(pool_key)}
             )
-        else:
-            actions = await self.journal.begin(wanted.planned, wanted.current)
-        if actions is None:
+        effects = Effects(
+            self.kube,
+            reach.drivers,
+            self.drainer,
+            self.remote,
+            self.metrics,
+            self.capacity_errors,
+            now,
+        )
+        if await execute(changes, effects, self.journal, now) is None:
             return  # another writer recorded first: it acts
-        done = await execute(actions, wanted)
-        if self.journal is not None:
-            await self.journal.finish(done)
-        await self._after(wanted, refresh, observed, now)
+        if self.journal is not None:  # a move's wait outlives this leader
+            await self.journal.record_moves(self.drainer.waiting(now))
+        if self.remote is not None:  # namespaces that gpufleet made and whose copies went
+            await self.remote.sweep(observed.snapshot.unreachable_providers)
 
-    def _add_node_pools(
+    async def _drains(
         self,
-        wanted: Targets,
-        plan: FleetPlan,
-        fleet: Fleet,
-        drivers: Mapping[str, NodePoolDriver],
-        observed: Observed,
-        now: float,
-        hold_shrinks: Collection[NodePoolKey],
-    ) -> None:
-        usable = {
-            key: ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
-            for key in plan.node_pools
-            if key.provider in drivers
-            and key in observed.node_states
-            and key.provider not in observed.snapshot.unreachable_providers
-        }
-        sizes = {key: state.target_size for key, state in observed.node_states.items()}
-        for np in node_pool_targets(plan.node_pools, sizes, usable, hold_shrinks):
-            driver = drivers[np.key.provider]
-            setter = functools.partial(self._set_nodes, driver, np.ref, np.key, now)
-            wanted.add(node_pool_target(np.key), np.current, np.wanted, setter)
-
-    async def _add_workload(
-        self,
-        wanted: Targets,
-        pool_key: PoolKey,
-        pool_plan: PoolPlan,
         plan: FleetPlan,
         fleet: Fleet,
         targets: Mapping[PoolKey, WorkloadEntry],
         observed: Observed,
+        pods: Mapping[str, Sequence[PodEntry]],
         now: float,
-        unscheduled: Callable[[PoolKey], int],
-    ) -> None:
-        spec = fleet.pools[pool_key]
-        self.last_placements[pool_key] = pool_plan.placements
-        # Replicas that yield to higher-priority pools are drained, not just scaled away.
-        drain = request_for(pool_key, plan, fleet, observed.snapshot)
-        await self.drainer.begin(self.kube, targets[pool_key], pool_key, drain, now)
-        if spec.mode == Mode.DRY_RUN:
-            return
-        local = sum(
-            count
-            for (provider, _), count in pool_plan.placements.items()
-            if fleet.providers[provider].cluster.kubeconfig_secret_ref is None
-        )
-        workload = targets[pool_key]
-        target = workload_target(workload.kind, pool_key.namespace, workload.name)
-        setter = functools.partial(self._scale, workload, pool_key, drain, now)
-        if local > workload.replicas and self.drainer.holds(pool_key, unscheduled, now):
-            wanted.add(target, workload.replicas, None, setter)  # moved replicas wait
-            return
-        wanted.add(target, workload.replicas, local, setter)
-        if local == workload.replicas and drain is not None:
-            wanted.moves.append(target)  # the same size: preempted replicas move
-
-    async def _after(
-        self, wanted: Targets, refresh: Sequence[str], observed: Observed, now: float
-    ) -> None:
-        """What follows the recorded actions: moves, their waits, stale copies, namespaces."""
-        # A retry after a crash evicts only what has not moved yet (the drain counts pods
-        # already waiting for new nodes); the wait for the higher-priority pods is recorded.
-        for target in wanted.moves:
-            await wanted.setters[target](wanted.current[target], f"{target}@{int(now)}")
-        if self.journal is not None:
-            await self.journal.record_moves(self.drainer.waiting(now))
-        # A copy whose source template changed is re-applied at its size (no resize).
-        for target in refresh:
-            if target not in wanted.planned and (setter := wanted.setters.get(target)):
-                await setter(wanted.current[target], f"{target}@{int(now)}")
-        if self.remote is not None:  # namespaces that gpufleet made and whose copies went
-            await self.remote.sweep(observed.snapshot.unreachable_providers)
-
-    async def _set_nodes(
-        self, driver: NodePoolDriver, ref: Any, key: NodePoolKey, now: float, size: int, action: str
-    ) -> bool:
-        try:
-            await driver.set_target_size(ref, size, action_id=action)
-        except Exception as exc:
-            if not isinstance(exc, DriverError):  # untyped: this node pool only, next tick again
+    ) -> tuple[dict[PoolKey, DrainRequest], set[PoolKey], set[PoolKey]]:
+        """Each pool's drain request (replicas that yield to higher-priority pools are
+        drained, not just scaled away) with its evictions in flight brought up to date; the
+        pools whose moved replicas wait; the pools where that failed."""
+        if self.journal is not None and not self.moves_loaded:
+            # A move's wait outlives the leader that began it (HA takeover, restart).
+            self.drainer.take_over(await self.journal.recorded_moves(), now)
+            self.moves_loaded = True
+        unscheduled = _unscheduled_counter(targets, pods)
+        drains: dict[PoolKey, DrainRequest] = {}
+        waiting: set[PoolKey] = set()
+        failed: set[PoolKey] = set()
+        for pool_key, pool_plan in sorted(plan.pools.items()):
+            self.last_placements[pool_key] = pool_plan.placements
+            workload = targets[pool_key]
+            try:
+                drain = request_for(pool_key, plan, fleet, observed.snapshot)
+                await self.drainer.begin(self.kube, workload, pool_key, drain, now)
+                if drain is not None:
+                    drains[pool_key] = drain
+                grows = local_replicas(pool_plan, fleet) > workload.replicas
+                active = fleet.pools[pool_key].mode != Mode.DRY_RUN
+                if active and grows and self.drainer.holds(pool_key, unscheduled, now):
+                    waiting.add(pool_key)
+            except Exception:  # one pool's failure must not stop the others
+                failed.add(pool_key)
                 self.metrics.reconcile_errors.labels("actuate").inc()
-                log.exception("node pool %s: resize failed", key, extra={"nodePool": str(key)})
-                return False
-            if isinstance(exc, DriverCapacityError):  # the planner backs the node pool off
-                kind = (
-                    CapacityErrorKind.QUOTA_EXCEEDED
-                    if isinstance(exc, QuotaExceeded)
-                    else CapacityErrorKind.INSUFFICIENT_CAPACITY
-                )
-                self.capacity_errors[key] = CapacityError(kind, now)
-            else:
-                self.metrics.reconcile_errors.labels("actuate").inc()
-            log.warning(
-                "node pool %s: %s",
-                key,
-                exc.reason,
-                extra={"nodePool": str(key), "reason": exc.reason},
-            )
-            return False
-        return True
+                log.exception("pool %s: actuation failed", pool_key, extra={"pool": str(pool_key)})
+        return drains, waiting, failed
 
-    async def _scale(
-        self,
-        workload: WorkloadEntry,
-        pool_key: PoolKey,
-        drain: DrainRequest | None,
-        now: float,
-        size: int,
-        _: str,
-    ) -> bool:
-        """Set the workload's size; True only when it is set. A shrink that preempted
-        replicas are part of drains them first and may stop short (retried next tick)."""
-        try:
-            if drain is not None:
-                return await self.drainer.resize(self.kube, workload, pool_key, drain, size, now)
-            await self.kube.scale(workload.kind, pool_key.namespace, workload.name, size)
-        except Exception as exc:  # one pool's failure must not stop the others
-            self.metrics.reconcile_errors.labels("scale").inc()
-            log.warning("scale %s failed: %s", pool_key, exc, extra={"pool": str(pool_key)})
-            return False
-        return True
+
+def usable_node_pools(
+    plan: FleetPlan, fleet: Fleet, drivers: Mapping[str, NodePoolDriver], observed: Observed
+) -> tuple[dict[NodePoolKey, NodePoolRef], dict[NodePoolKey, int]]:
+    """The planned node pools the loop can resize (a driver, a state, a reachable provider)
+    with their refs, and every observed node pool's target size."""
+    refs = {
+        key: ref_for(key.provider, fleet.providers[key.provider], key.node_pool)
+        for key in plan.node_pools
+        if key.provider in drivers
+        and key in observed.node_states
+        and key.provider not in observed.snapshot.unreachable_providers
+    }
+    sizes = {key: state.target_size for key, state in observed.node_states.items()}
+    return refs, sizes
 
 
 def shared_workloads(view: View, errors: Mapping[PoolKey, Problem]) -> list[WorkloadEntry]:
