@@ -225,7 +225,7 @@ async def test_the_tick_reports_unusable_credentials_and_skips_the_provider(
 
 def test_credentials_valid_says_valid_for_a_secret_and_no_credentials_needed_without() -> None:
     def condition(spec: CloudProviderSpec, error: str | None = None) -> dict[str, Any]:
-        status = st.provider_status(None, 1, spec, {}, {}, None, 0.0, (), error)
+        status = st.wire(st.provider_status(None, 1, spec, {}, {}, None, 0.0, (), error))
         return next(c for c in status["conditions"] if c["type"] == "CredentialsValid")
 
     assert condition(eks_spec(REF))["reason"] == "Valid"

@@ -1,4 +1,4 @@
-"""A pool's conditions from its plan (pure)."""
+"""Statuses from the plan (pure), built as the models that generate the CRDs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,20 @@ import pytest
 from pydantic import ValidationError
 
 from gpufleet.api.pool import ServingPoolStatus
+from gpufleet.api.power import PowerBudgetStatus
+from gpufleet.api.provider import CloudProviderStatus
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
-from gpufleet.reconcilers.reporting.status import pool_conditions, pool_status
+from gpufleet.reconcilers.reporting.conditions import Cond
+from gpufleet.reconcilers.reporting.status import (
+    budget_status,
+    pool_conditions,
+    pool_status,
+    provider_status,
+    same,
+    wire,
+)
 
-from .builders import minimal_pool
+from .builders import minimal_pool, simulated_provider
 
 OUTSIDE = Note(
     Reason.OUTSIDE_DATA_POLICY,
@@ -36,13 +46,57 @@ def test_pods_outside_the_data_policy_make_the_pool_not_ready_and_say_where() ->
     assert fine["DataPolicyCompliant"].status is True and fine["Ready"].status is True
 
 
-def test_a_pool_status_fits_the_model_that_generates_the_crd() -> None:
+def test_a_pool_status_is_written_as_the_model_that_generates_the_crd() -> None:
     spec = minimal_pool()
     plan = _plan(OUTSIDE)
     status = pool_status(
         None, 3, pool_conditions(spec, plan, None, None), 0.0, plan, 7.4, {}, {"de": 4}, 2.0
     )
 
-    ServingPoolStatus.model_validate(status)
+    written = wire(status)
+
+    assert ServingPoolStatus.model_validate(written) == status
+    assert written["queueDepth"] == 7 and written["providers"][0]["currentReplicas"] == 4
+    assert written["conditions"][0]["lastTransitionTime"] == "1970-01-01T00:00:00Z"
+
+
+def test_a_misspelt_or_out_of_range_status_field_fails_when_it_is_built() -> None:
+    with pytest.raises(ValidationError, match="desiredReplica"):
+        ServingPoolStatus.model_validate({"desiredReplica": 4})
     with pytest.raises(ValidationError):
-        ServingPoolStatus.model_validate({**status, "desiredReplica": 4})  # a misspelt field
+        ServingPoolStatus(queue_depth=-1)
+    with pytest.raises(ValidationError):
+        wire(ServingPoolStatus.model_validate({"burstPercent": 101}))
+
+
+def test_a_status_that_says_only_what_went_wrong_keeps_the_figures_it_had() -> None:
+    stored = wire(
+        pool_status(None, 1, pool_conditions(minimal_pool(), _plan(), None, None), 0.0, _plan())
+    )
+    broken = Cond("TargetFound", False, "TargetNotFound", "gone")
+
+    status = wire(pool_status({**stored, "retired": 1}, 2, [broken], 60.0))
+
+    assert status["desiredReplicas"] == 4 and status["observedGeneration"] == 2
+    assert "retired" not in status  # a field the model no longer has is dropped
+    assert [c["type"] for c in status["conditions"]] == ["TargetFound"]
+
+
+def test_an_unchanged_status_reads_back_the_same_and_is_not_written_again() -> None:
+    plan = _plan()
+    conds = pool_conditions(minimal_pool(), plan, None, None)
+    first = wire(pool_status(None, 1, conds, 0.0, plan, 3.0, {}, {"de": 4}, 1.0))
+
+    again = wire(pool_status(first, 1, conds, 600.0, plan, 3.0, {}, {"de": 4}, 1.0))
+
+    assert same(first, again)
+
+
+def test_budget_and_provider_statuses_are_their_models() -> None:
+    budget = budget_status(None, 1, None, False, 0.0)
+    provider = provider_status(None, 1, simulated_provider(), {}, {"h100": 2}, None, 0.0)
+
+    assert isinstance(budget, PowerBudgetStatus) and isinstance(provider, CloudProviderStatus)
+    assert wire(provider)["nodePools"] == [
+        {"name": "h100", "desiredNodes": 0, "readyNodes": 2, "gpusAllocated": 0}
+    ]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gpufleet.api.common import Condition, ConditionStatus
+
 
 @dataclass(frozen=True)
 class Cond:
@@ -33,24 +35,23 @@ def merge(
     current: Iterable[Cond],
     generation: int,
     now: float,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """The new conditions list; a transition time moves only when the status does."""
     before = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
     out = []
     for cond in current:
         old = before.get(cond.type)
         changed = old is None or old.get("status") != cond.status_text
+        since = timestamp(now) if changed or old is None else old.get("lastTransitionTime")
         out.append(
-            {
-                "type": cond.type,
-                "status": cond.status_text,
-                "observedGeneration": generation,
-                "lastTransitionTime": timestamp(now)
-                if changed or old is None
-                else old.get("lastTransitionTime", timestamp(now)),
-                "reason": cond.reason,
-                "message": cond.message[:32768],
-            }
+            Condition(
+                type=cond.type,
+                status=ConditionStatus(cond.status_text),
+                observed_generation=generation,
+                last_transition_time=since or timestamp(now),
+                reason=cond.reason,
+                message=cond.message[:32768],
+            )
         )
     return out
 

@@ -8,12 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from gpufleet.api.common import Model
-from gpufleet.api.pool import ServingPoolStatus
-from gpufleet.api.power import MeasurementType, PowerBudgetSpec, PowerBudgetStatus
-from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus
+from gpufleet.api.power import MeasurementType, PowerBudgetSpec
+from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View
@@ -25,12 +22,6 @@ from gpufleet.reconcilers.reporting import status as st
 from gpufleet.reconcilers.reporting.conditions import Cond, ready
 
 log = logging.getLogger(__name__)
-# The models that generate the CRDs check every status before it is written.
-STATUS_MODELS: dict[str, type[Model]] = {
-    "servingpools": ServingPoolStatus,
-    "cloudproviders": CloudProviderStatus,
-    "powerbudgets": PowerBudgetStatus,
-}
 
 
 @dataclass
@@ -295,26 +286,16 @@ class Reporter:
         plural: str,
         namespace: str | None,
         name: str,
-        previous: Mapping[str, Any],
-        status: Mapping[str, Any],
+        previous: Mapping[str, Any] | None,
+        status: Model,
     ) -> None:
-        if st.same(previous, status):
+        """Write `status` (built as its CRD's model: a field it lacks or a value out of range
+        failed when it was built) where it changes what the stored one says."""
+        body = st.wire(status)
+        if st.same(previous, body):
             return
         try:
-            STATUS_MODELS[plural].model_validate(status)
-        except ValidationError as exc:  # our bug: say which field, write nothing half-right
-            self.metrics.reconcile_errors.labels("status").inc()
-            fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-            log.error(
-                "status of %s %s/%s breaks its schema at %s",
-                plural,
-                namespace or "",
-                name,
-                ", ".join(fields),
-            )
-            return
-        try:
-            await self.kube.patch_status(plural, namespace, name, previous, status)
+            await self.kube.patch_status(plural, namespace, name, previous or {}, body)
         except Exception as exc:
             self.metrics.reconcile_errors.labels("status").inc()
             log.warning("status of %s %s not written: %s", plural, name, exc)

@@ -1,20 +1,37 @@
 """What each object's status should say, computed from the plan: pure, so it is tested
-without a cluster, and compared with the stored status so unchanged status is not written."""
+without a cluster, and compared with the stored status so unchanged status is not written.
+
+Every status is built as the pydantic model that generates its CRD (api/), so a misspelt or
+out-of-range field fails when it is built, in a test, never silently at the API server;
+`wire` gives the JSON that is written."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import ValidationError
+
+from gpufleet.api.common import Model
 from gpufleet.api.parse import SpecError
-from gpufleet.api.pool import Mode, ServingPoolSpec
-from gpufleet.api.provider import CloudProviderSpec, Role
+from gpufleet.api.pool import (
+    Mode,
+    ProviderReplicas,
+    ServingPoolSpec,
+    ServingPoolStatus,
+    TierStatus,
+)
+from gpufleet.api.pool import Throttle as ThrottleStatus
+from gpufleet.api.power import PowerBudgetStatus
+from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus, NodePoolStatus, Role
 from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.conditions import Cond, merge, ready, timestamp
 
 if TYPE_CHECKING:
     from gpufleet.reconcilers.drain import DrainOutcome
+
+StatusModel = TypeVar("StatusModel", bound=Model)
 
 _CAPACITY = (
     Reason.INSUFFICIENT_CAPACITY,
@@ -184,6 +201,23 @@ def preempted_condition(plan: PoolPlan, drain: DrainOutcome | None) -> Cond:
     return Cond("Preempted", False, "NotPreempted", "")
 
 
+def wire(status: Model) -> dict[str, Any]:
+    """The status as it is written: camelCase, only the fields it was given, none null."""
+    return status.model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
+
+
+def kept(model: type[StatusModel], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fields of a stored status that `model` still has and accepts, to keep while a new
+    status says only what went wrong (anything it no longer accepts is dropped)."""
+    known = {info.alias or name for name, info in model.model_fields.items()}
+    fields = {k: v for k, v in (previous or {}).items() if k in known and k != "conditions"}
+    try:
+        model.model_validate({**fields, "conditions": []})
+    except ValidationError:
+        return {}
+    return fields
+
+
 def pool_status(
     previous: Mapping[str, Any] | None,
     generation: int,
@@ -194,48 +228,50 @@ def pool_status(
     providers: Mapping[str, CloudProviderSpec] | None = None,
     current_by_provider: Mapping[str, int] | None = None,
     arrival: float | None = None,
-) -> dict[str, Any]:
+) -> ServingPoolStatus:
     previous = previous or {}
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "conditions": merge(previous.get("conditions"), conditions, generation, now),
-    }
-    if plan is None:
-        return {**{k: v for k, v in previous.items() if k not in status}, **status}
+    merged = merge(previous.get("conditions"), conditions, generation, now)
+    if plan is None:  # the figures stay as they were; the conditions say why
+        return ServingPoolStatus.model_validate(
+            {
+                **kept(ServingPoolStatus, previous),
+                "observedGeneration": generation,
+                "conditions": merged,
+            }
+        )
     desired = plan.replicas_by_provider()
     current = dict(current_by_provider or {})
     names = sorted(set(desired) | {k for k, v in current.items() if v})
-    status.update(
-        {
-            "desiredReplicas": plan.desired_replicas,
-            "currentReplicas": plan.current_replicas,
-            "providers": [
-                {
-                    "provider": n,
-                    "desiredReplicas": desired.get(n, 0),
-                    "currentReplicas": current.get(n, 0),
-                }
-                for n in names
-            ],
-            "burstPercent": _burst_percent(plan, providers or {}),
-            "powerWatts": round(plan.planned_watts),
-        }
-    )
-    if plan.throttle is not None:
-        status["throttle"] = throttle_figures(plan.throttle)
-    if arrival:
-        # W / (requests/s) is joules per request; / 3.6 gives mWh.
-        status["energyPerRequestMilliwattHours"] = round(plan.planned_watts / arrival / 3.6)
-    if queue is not None:
-        status["queueDepth"] = max(0, round(queue))
-    elif "queueDepth" in previous:
-        status["queueDepth"] = previous["queueDepth"]
     # A decision, not a difference: the time moves when the plan's answer changes.
     changed = previous.get("desiredReplicas") != plan.desired_replicas
     last = timestamp(now) if changed else previous.get("lastScaleTime")
-    if last:
-        status["lastScaleTime"] = last
-    return status
+    if queue is not None:
+        queue_depth: int | None = max(0, round(queue))
+    else:
+        queue_depth = kept(ServingPoolStatus, previous).get("queueDepth")
+    return ServingPoolStatus(
+        observed_generation=generation,
+        desired_replicas=plan.desired_replicas,
+        current_replicas=plan.current_replicas,
+        queue_depth=queue_depth,
+        providers=[
+            ProviderReplicas(
+                provider=n,
+                desired_replicas=desired.get(n, 0),
+                current_replicas=current.get(n, 0),
+            )
+            for n in names
+        ],
+        burst_percent=_burst_percent(plan, providers or {}),
+        power_watts=round(plan.planned_watts),
+        last_scale_time=last,
+        throttle=throttle_status(plan.throttle) if plan.throttle is not None else None,
+        # W / (requests/s) is joules per request; / 3.6 gives mWh.
+        energy_per_request_milliwatt_hours=(
+            round(plan.planned_watts / arrival / 3.6) if arrival else None
+        ),
+        conditions=merged,
+    )
 
 
 def _burst_percent(plan: PoolPlan, providers: Mapping[str, CloudProviderSpec]) -> int:
@@ -259,15 +295,15 @@ def provider_status(
     now: float,
     errors: Sequence[SpecError] = (),
     credentials_error: str | None = None,
-) -> dict[str, Any]:
+) -> CloudProviderStatus:
     previous = previous or {}
     if errors:
         valid = Cond("SpecValid", False, "InvalidField", "; ".join(map(str, errors)))
         conds = [ready([valid], {"SpecValid": True}), valid]
-        return {
-            "observedGeneration": generation,
-            "conditions": merge(previous.get("conditions"), conds, generation, now),
-        }
+        return CloudProviderStatus(
+            observed_generation=generation,
+            conditions=merge(previous.get("conditions"), conds, generation, now),
+        )
     reachable = (
         Cond("DriverReachable", False, driver_problem.reason, driver_problem.message)
         if driver_problem
@@ -276,29 +312,28 @@ def provider_status(
     gpus = sum(
         p.desired_nodes * n.gpus_per_node for n in spec.node_pools if (p := node_plans.get(n.name))
     )
-    quota = _quota_condition(spec, gpus)
     credentials = _credentials_condition(spec, credentials_error)
     conds = [
         ready([reachable, credentials], {"DriverReachable": True, "CredentialsValid": True}),
         reachable,
         credentials,
-        quota,
+        _quota_condition(spec, gpus),
     ]
-    return {
-        "observedGeneration": generation,
-        "readyNodes": sum(ready_nodes.values()),
-        "gpusInUse": gpus,
-        "nodePools": [
-            {
-                "name": n.name,
-                "desiredNodes": node_plans[n.name].desired_nodes if n.name in node_plans else 0,
-                "readyNodes": ready_nodes.get(n.name, 0),
-                "gpusAllocated": node_plans[n.name].gpus_allocated if n.name in node_plans else 0,
-            }
+    return CloudProviderStatus(
+        observed_generation=generation,
+        ready_nodes=sum(ready_nodes.values()),
+        gpus_in_use=gpus,
+        node_pools=[
+            NodePoolStatus(
+                name=n.name,
+                desired_nodes=node_plans[n.name].desired_nodes if n.name in node_plans else 0,
+                ready_nodes=ready_nodes.get(n.name, 0),
+                gpus_allocated=node_plans[n.name].gpus_allocated if n.name in node_plans else 0,
+            )
             for n in spec.node_pools
         ],
-        "conditions": merge(previous.get("conditions"), conds, generation, now),
-    }
+        conditions=merge(previous.get("conditions"), conds, generation, now),
+    )
 
 
 def _quota_condition(spec: CloudProviderSpec, gpus: int) -> Cond:
@@ -326,47 +361,47 @@ def budget_status(
     now: float,
     errors: Sequence[SpecError] = (),
     measurement_problem: Problem | None = None,
-) -> dict[str, Any]:
+) -> PowerBudgetStatus:
     previous = previous or {}
     if errors or plan is None:
         valid = Cond("SpecValid", False, "InvalidField", "; ".join(map(str, errors)))
         conds = [ready([valid], {"SpecValid": True}), valid]
-        return {
-            "observedGeneration": generation,
-            "conditions": merge(previous.get("conditions"), conds, generation, now),
-        }
-    if not measured_expected:
-        measurement = Cond(
-            "MeasurementAvailable", True, "Estimated", "power estimated from node-pool watts"
+        return PowerBudgetStatus(
+            observed_generation=generation,
+            conditions=merge(previous.get("conditions"), conds, generation, now),
         )
-    elif plan.measured_watts is None:
-        problem = measurement_problem or Problem("NoSample", "no sample")
-        measurement = Cond(
-            "MeasurementAvailable",
-            False,
-            problem.reason,
-            f"{problem.message}; using the estimate",
-        )
-    else:
-        measurement = Cond("MeasurementAvailable", True, "Measured", "")
     reached = [n for n in plan.notes if n.reason == Reason.CAP_REACHED]
     cap = (
         Cond("CapReached", True, "CapReached", reached[0].message)
         if reached
         else Cond("CapReached", False, "BelowCap", "")
     )
+    measurement = _measurement_condition(plan, measured_expected, measurement_problem)
     conds = [Cond("Ready", True, "Ready", ""), measurement, cap]
     drawn = plan.measured_watts if plan.measured_watts is not None else plan.planned_watts
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "drawnWatts": round(drawn),
-        "plannedWatts": round(plan.planned_watts),
-        "allowedWatts": round(plan.allowed_watts),
-        "conditions": merge(previous.get("conditions"), conds, generation, now),
-    }
-    if plan.active_window:
-        status["activeWindow"] = plan.active_window
-    return status
+    return PowerBudgetStatus(
+        observed_generation=generation,
+        drawn_watts=round(drawn),
+        planned_watts=round(plan.planned_watts),
+        allowed_watts=round(plan.allowed_watts),
+        active_window=plan.active_window or None,
+        conditions=merge(previous.get("conditions"), conds, generation, now),
+    )
+
+
+def _measurement_condition(
+    plan: BudgetPlan, measured_expected: bool, problem: Problem | None
+) -> Cond:
+    if not measured_expected:
+        return Cond(
+            "MeasurementAvailable", True, "Estimated", "power estimated from node-pool watts"
+        )
+    if plan.measured_watts is None:
+        problem = problem or Problem("NoSample", "no sample")
+        return Cond(
+            "MeasurementAvailable", False, problem.reason, f"{problem.message}; using the estimate"
+        )
+    return Cond("MeasurementAvailable", True, "Measured", "")
 
 
 def same(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
@@ -381,17 +416,22 @@ def throttled_reason(throttle: Throttle | None) -> str:
     return "CapacityStarting" if throttle.starting else "DemandAboveCapacity"
 
 
-def throttle_figures(throttle: Throttle) -> dict[str, Any]:
-    """`status.throttle`, and the gateway ConfigMap's figures: requests per minute."""
-    return {
-        "sustainableRequestsPerMinute": round(throttle.sustainable * 60),
-        "demandRequestsPerMinute": round(throttle.demand * 60),
-        "tiers": [
-            {
-                "name": t.name,
-                "demandRequestsPerMinute": round(t.demand * 60),
-                "allowedRequestsPerMinute": round(t.allowed * 60),
-            }
+def throttle_status(throttle: Throttle) -> ThrottleStatus:
+    """`status.throttle`: requests per minute, rounded."""
+    return ThrottleStatus(
+        sustainable_requests_per_minute=round(throttle.sustainable * 60),
+        demand_requests_per_minute=round(throttle.demand * 60),
+        tiers=[
+            TierStatus(
+                name=t.name,
+                demand_requests_per_minute=round(t.demand * 60),
+                allowed_requests_per_minute=round(t.allowed * 60),
+            )
             for t in throttle.tiers
         ],
-    }
+    )
+
+
+def throttle_figures(throttle: Throttle) -> dict[str, Any]:
+    """The gateway ConfigMap's figures: those of `status.throttle`."""
+    return wire(throttle_status(throttle))
