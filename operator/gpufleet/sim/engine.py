@@ -76,19 +76,22 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
         rates[pool], watts[pool] = {}, {}
         d = p.demand.get(pool)
         total = float(d.counts.sum()) if d is not None else 0.0
-        mean_work[pool] = float(d.work.sum()) / total if d is not None and total else 1.0
+        work = float(d.work.sum()) if d is not None else 0.0
+        # No work at all (a trace of zeros): any mean serves it, and 0 would divide by zero
+        mean_work[pool] = work / total if total and work > 0 else 1.0
+        given = pool in p.scenario.service_rates  # the run's rate wins over a measured one
+        declared = {r.gpu_type: r.requests_per_minute for r in spec.service_rates}
         for key, n in cluster.nodes.items():
             if n.spec.gpu_type not in spec.gpu_types:
                 continue
             g = prof.gpus.get(n.spec.gpu_type) if prof else None
-            if g is not None:  # measured: one GPU's rate, replicas of k GPUs serve k times it
+            if g is not None and not given:  # measured: replicas of k GPUs serve k times it
                 rates[pool][key] = g.units_per_second * spec.gpus_per_replica
-                watts[pool][key] = g.loaded_watts
-                continue
-            declared = {r.gpu_type: r.requests_per_minute for r in spec.service_rates}
-            if n.spec.gpu_type in declared:  # not measured: the pool's declared rate
+            elif n.spec.gpu_type in declared:  # requests a minute, at the trace's mean work
                 rates[pool][key] = declared[n.spec.gpu_type] / 60.0 * mean_work[pool]
-                watts[pool][key] = float(n.spec.watts_per_gpu)
+            else:
+                continue
+            watts[pool][key] = g.loaded_watts if g is not None else float(n.spec.watts_per_gpu)
 
     return Context(
         fleet,

@@ -8,6 +8,23 @@ from pathlib import Path
 from gpufleet.sim.metrics import RunResult
 
 
+class PlotUnavailable(RuntimeError):
+    """matplotlib cannot be imported; `reason` is CamelCase."""
+
+    reason = "PlotUnavailable"
+
+
+def check_available() -> None:
+    """Import what `plot` needs, so a missing matplotlib fails before a long run, not after."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # the import is the check
+    except ImportError as e:
+        raise PlotUnavailable(f"matplotlib cannot be imported ({e}); pip install matplotlib") from e
+
+
 def plot(results: list[RunResult], path: Path, title: str = "") -> None:
     import matplotlib
 

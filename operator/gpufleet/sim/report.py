@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -26,13 +27,28 @@ COLUMNS = [
 ]
 
 
+# A pipe has no width: rich would wrap to 80 columns and cut cells to "gp…". This is wide
+# enough for any row, and a table that does not expand keeps its natural width.
+PIPE_WIDTH = 10_000
+
+
+def _oracle_gpu_hours(results: list[RunResult]) -> float | None:
+    return next((r.gpu_hours for r in results if r.policy == "oracle"), None)
+
+
+def _summary(r: RunResult, oracle: float | None) -> dict[str, Any]:
+    """The run's figures, and GPU-hours as a multiple of the oracle's where it ran."""
+    s = r.summary()
+    s["gpuHoursOverOracle"] = round(r.gpu_hours / oracle, 4) if oracle else None
+    return s
+
+
 def _rows(results: list[RunResult]) -> list[tuple[str, list[str]]]:
-    """Each policy's cells; GPU-hours also as a multiple of the oracle's, where it ran."""
-    oracle = next((r.gpu_hours for r in results if r.policy == "oracle"), None)
+    """Each policy's cells."""
+    oracle = _oracle_gpu_hours(results)
     rows = []
     for r in results:
-        s = r.summary()
-        s["gpuHoursOverOracle"] = r.gpu_hours / oracle if oracle else None
+        s = _summary(r, oracle)
         cells = [fmt.format(s[key]) if s[key] is not None else "-" for _, key, fmt in COLUMNS]
         rows.append((r.policy, cells))
     return rows
@@ -40,9 +56,9 @@ def _rows(results: list[RunResult]) -> list[tuple[str, list[str]]]:
 
 def table(scenario: str, results: list[RunResult]) -> Table:
     t = Table(title=f"gpufleet simulate: {scenario}")
-    t.add_column("policy")
+    t.add_column("policy", overflow="fold")  # a narrow terminal folds cells, never cuts them
     for head, _, _ in COLUMNS:
-        t.add_column(head, justify="right")
+        t.add_column(head, justify="right", overflow="fold")
     for policy, cells in _rows(results):
         t.add_row(policy, *cells)
     return t
@@ -115,21 +131,33 @@ def per_pool(results: list[RunResult]) -> bool:
 def pool_table(scenario: str, results: list[RunResult]) -> Table:
     t = Table(title=f"gpufleet simulate: {scenario}, per pool and tier")
     for i, head in enumerate(POOL_HEAD):
-        t.add_column(head, justify="left" if i < 3 else "right")
+        t.add_column(head, justify="left" if i < 3 else "right", overflow="fold")
     for row in pool_rows(results):
         t.add_row(*row)
     return t
 
 
+def stdout_console() -> Console:
+    """The terminal's width on a terminal; piped, wide enough that no cell is cut."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
+
 def print_table(scenario: str, results: list[RunResult], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or stdout_console()
     console.print(table(scenario, results))
     if per_pool(results):
         console.print(pool_table(scenario, results))
 
 
 def as_json(scenario: str, results: list[RunResult]) -> dict[str, Any]:
-    return {"scenario": scenario, "policies": [r.summary() for r in results]}
+    """What the table shows and more: each policy's summary with its GPU-hours over the
+    oracle's, and the oracle's GPU-hours (None where the oracle did not run)."""
+    oracle = _oracle_gpu_hours(results)
+    return {
+        "scenario": scenario,
+        "oracleGpuHours": round(oracle, 2) if oracle is not None else None,
+        "policies": [_summary(r, oracle) for r in results],
+    }
 
 
 def markdown(scenario: str, results: list[RunResult]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from gpufleet.api import ServiceRate
 from gpufleet.manifests import build_fleet, read_documents
-from gpufleet.planner.types import Fleet, NodePoolKey, PoolKey
+from gpufleet.planner.types import Fleet, NodePoolKey, PoolKey, frozen_map
+from gpufleet.sim.arrivals import listed
 from gpufleet.sim.trace import Modifiers, Surge, TraceSpec
 
 
@@ -47,6 +50,9 @@ class Scenario:
     start_epoch: float | None = None  # wall clock of t = 0, for power windows
     failures: list[Failure] = field(default_factory=list)
     base: Path = Path()
+    # Requests a minute per replica given for this run (`--service-rate`): the planner sizes
+    # with them and the simulated replicas serve at them, in place of any measured profile.
+    service_rates: dict[PoolKey, int] = field(default_factory=dict)
 
 
 class ScenarioError(ValueError):
@@ -59,6 +65,23 @@ def fleet_from(docs: list[dict[str, Any]]) -> Fleet:
     if rejected:
         raise ScenarioError("; ".join(map(str, rejected)))
     return fleet
+
+
+def set_service_rate(scenario: Scenario, pool: PoolKey, requests_per_minute: int) -> None:
+    """One rate for every GPU type of the pool, measured watts kept: the spec the planner
+    reads and the rate the engine serves at change together, so the run stays consistent."""
+    spec = scenario.fleet.pools[pool]
+    watts = {r.gpu_type: r.watts_per_gpu for r in spec.service_rates}
+    rates = [
+        ServiceRate(
+            gpu_type=gpu, requests_per_minute=requests_per_minute, watts_per_gpu=watts.get(gpu)
+        )
+        for gpu in spec.gpu_types
+    ]
+    pools = dict(scenario.fleet.pools)
+    pools[pool] = spec.model_copy(update={"service_rates": rates})
+    scenario.fleet = dataclasses.replace(scenario.fleet, pools=frozen_map(pools))
+    scenario.service_rates[pool] = requests_per_minute
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -120,7 +143,10 @@ def parse_scenario(raw: dict[str, Any], base: Path) -> Scenario:
     ]
     for w in workloads:
         if w.pool not in fleet.pools:
-            raise ScenarioError(f"workload pool {w.pool} is not in the fleet manifests")
+            raise ScenarioError(
+                f"workload pool {w.pool} is not in the fleet manifests; they have "
+                f"{listed(map(str, fleet.pools))}"
+            )
     failures = [
         Failure(
             NodePoolKey(f["provider"], f["nodePool"]),

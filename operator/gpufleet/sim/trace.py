@@ -7,23 +7,25 @@ Poisson process with the scenario's seed. Modifiers scale the demand in place.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gpufleet.sim import data
+from gpufleet.sim.arrivals import (
+    FieldNotFound,
+    NoArrivals,
+    TraceError,
+    TraceNotFound,
+    columns,
+    listed,
+    requests,
+    rows,
+)
 
 FloatArray = npt.NDArray[np.float64]
-
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0}
 
 
 @dataclass
@@ -76,36 +78,6 @@ class TraceSpec:
     duration: float = 600.0  # synthetic only
 
 
-def _parse_azure_time(text: str) -> float:
-    # 7 fractional digits: datetime.fromisoformat would truncate them (PITFALLS.md)
-    base, _, frac = text.strip().partition(".")
-    t = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
-    return t + (float("0." + frac) if frac else 0.0)
-
-
-def _parse_time(value: Any, unit: str) -> float:
-    if unit == "iso":
-        text = str(value).strip().replace("Z", "+00:00")
-        if "." in text and len(text.split(".")[-1]) > 6 and "+" not in text:
-            return _parse_azure_time(text.replace("T", " "))
-        stamp = datetime.fromisoformat(text)
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        return stamp.timestamp()
-    return float(value) * TIME_UNITS[unit]
-
-
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:
-        if ".jsonl" in path.name or ".ndjson" in path.name:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-        else:
-            yield from csv.DictReader(f)
-
-
 def _bin(times: FloatArray, work: FloatArray, step: float) -> Demand:
     order = np.argsort(times, kind="stable")
     times, work = times[order], work[order]
@@ -115,19 +87,6 @@ def _bin(times: FloatArray, work: FloatArray, step: float) -> Demand:
     counts = np.bincount(idx, minlength=n).astype(np.float64)
     works = np.bincount(idx, weights=work, minlength=n).astype(np.float64)
     return Demand(counts, works, step, start)
-
-
-def _requests(spec: TraceSpec, path: Path) -> tuple[FloatArray, FloatArray]:
-    times: list[float] = []
-    work: list[float] = []
-    for row in _rows(path):
-        raw = row.get(spec.time_field)
-        if raw in (None, ""):
-            continue
-        times.append(_parse_time(raw, spec.time_unit))
-        w = row.get(spec.work_field) if spec.work_field else None
-        work.append(float(w) * spec.work_scale if w not in (None, "") else spec.default_work)
-    return np.asarray(times, dtype=np.float64), np.asarray(work, dtype=np.float64)
 
 
 def _image_work(rng: np.random.Generator, n: int) -> FloatArray:
@@ -153,11 +112,19 @@ def _from_rate(
 
 def _alibaba_qps(spec: TraceSpec, path: Path, step: float, rng: np.random.Generator) -> Demand:
     totals: dict[float, float] = {}
-    for row in _rows(path):
+    for row in rows(path):
+        if not {"request_type", "timestamp_anon", "value"} <= row.keys():
+            raise FieldNotFound(
+                f"{path.name} is not Alibaba's qps.csv (request_type, timestamp_anon, value); "
+                f"it has {listed(columns(path))}",
+                setting="path",
+            )
         if row["request_type"] != "Generative Requests":
             continue
         t = float(row["timestamp_anon"])
         totals[t] = totals.get(t, 0.0) + float(row["value"])
+    if not totals:
+        raise NoArrivals(f"{path.name} has no Generative Requests rows", setting="path")
     ts = np.asarray(sorted(totals), dtype=np.float64)
     qps = np.asarray([totals[t] for t in sorted(totals)], dtype=np.float64)
     grid = np.arange(ts[0], ts[-1], step)
@@ -200,6 +167,7 @@ SHARED = {
     ),
     "alibaba-requests": ("alibaba_gentd26/lora_request_trace.csv", "gmt_create", "iso", None),
 }
+SOURCES = (*SHARED, "alibaba-qps", "csv", "jsonl", "synthetic")
 
 
 def load(spec: TraceSpec, traces_dir: Path | None, base: Path, step: float, seed: int) -> Demand:
@@ -210,14 +178,18 @@ def load(spec: TraceSpec, traces_dir: Path | None, base: Path, step: float, seed
     def resolve(default: str | None) -> Path:
         rel = spec.path or default
         if rel is None:
-            raise ValueError(f"trace {spec.source!r} needs a path")
+            raise TraceNotFound(f"a {spec.source} trace needs the path of its file", setting="path")
         p = Path(rel)
         for root in (traces_dir, base):
-            if root is not None and (root / p).exists():
+            if root is not None and (root / p).is_file():
                 return root / p
-        if p.exists():
+        if p.is_file():
             return p
-        raise FileNotFoundError(f"trace file {rel} not found (give --traces DIR)")
+        searched = dict.fromkeys(str(r.resolve()) for r in (traces_dir, base, Path()) if r)
+        where = "does not exist" if p.is_absolute() else f"is in none of {', '.join(searched)}"
+        if traces_dir is None and not spec.path:
+            where += " (--traces names the directory of the shared traces)"
+        raise TraceNotFound(f"trace file {rel} {where}", setting="path" if spec.path else "traces")
 
     if spec.source == "alibaba-qps":
         return _alibaba_qps(spec, resolve("alibaba_gentd26/qps.csv"), step, rng)
@@ -231,14 +203,17 @@ def load(spec: TraceSpec, traces_dir: Path | None, base: Path, step: float, seed
                 "work_field": spec.work_field or wfield,
             }
         )
-        times, work = _requests(spec, resolve(default))
+        times, work = requests(spec, resolve(default))
         if spec.source == "alibaba-requests":
             work = _image_work(rng, len(times))
         return _bin(times, work, step)
     if spec.source in ("csv", "jsonl"):
-        times, work = _requests(spec, resolve(None))
+        times, work = requests(spec, resolve(None))
         return _bin(times, work, step)
-    raise ValueError(f"unknown trace source {spec.source!r}")
+    raise TraceError(
+        f"unknown trace source {spec.source!r}; choose from {', '.join(SOURCES)}",
+        setting="source",
+    )
 
 
 def apply(demand: Demand, mods: Modifiers, duration: float | None) -> Demand:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from gpufleet.sim.policy import Policy
 
-NAMES = ("gpufleet", "keda-ca", "static", "oracle")
+
+class PolicyName(StrEnum):
+    """The policies a run can compare; the command line offers exactly these."""
+
+    GPUFLEET = "gpufleet"
+    KEDA_CA = "keda-ca"
+    STATIC = "static"
+    ORACLE = "oracle"
+
+
+NAMES = tuple(p.value for p in PolicyName)
 
 
 def make(name: str, reconcile_seconds: float = 10.0) -> Policy:
