@@ -91,3 +91,28 @@ def test_explain_says_what_a_throttled_pool_admits_and_what_would_lift_it() -> N
     assert "carries 300 of 1200 requests/min" in lines
     assert "free 60/960 per min" in lines
     assert "lifted by more quota" in lines
+
+
+def test_explain_says_which_service_rate_sized_the_pool_and_why() -> None:
+    pool = _pool("image-gen")
+    pool["status"]["serviceRate"] = {
+        "declaredRequestsPerMinute": 2500,
+        "observedRequestsPerMinute": 1560,
+        "usedRequestsPerMinute": 1560,
+        "source": "Observed",
+    }
+    pool["status"]["conditions"].append(
+        {
+            "type": "ServiceRateAccurate",
+            "status": "False",
+            "reason": "ObservedRateDiffers",
+            "message": "replicas serve 1,560 requests a minute, 0.62 times the declared 2,500",
+            "lastTransitionTime": "2026-12-06T00:00:00Z",
+            "observedGeneration": 1,
+        }
+    )
+
+    text = "\n".join(explain_lines(pool, [], []))
+
+    assert "sized at 1560 requests/min a replica (Observed; declared 2500, observed 1560)" in text
+    assert "ServiceRateAccurate=False (ObservedRateDiffers)" in text

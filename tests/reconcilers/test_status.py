@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
-from gpufleet.api.pool import ServingPoolStatus
+from gpufleet.api.pool import RateSource, ServingPoolStatus
 from gpufleet.api.power import PowerBudgetStatus
 from gpufleet.api.provider import CloudProviderStatus
-from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
+from gpufleet.planner.types import (
+    NodePoolKey,
+    Note,
+    PoolKey,
+    PoolPlan,
+    Reason,
+    ServiceRate,
+    frozen_map,
+)
 from gpufleet.reconcilers.reporting.conditions import Cond
 from gpufleet.reconcilers.reporting.status import (
     budget_status,
@@ -100,3 +110,25 @@ def test_budget_and_provider_statuses_are_their_models() -> None:
     assert wire(provider)["nodePools"] == [
         {"name": "h100", "desiredNodes": 0, "readyNodes": 2, "gpusAllocated": 0}
     ]
+
+
+def test_a_pool_served_slower_than_declared_says_so_and_what_sized_it() -> None:
+    rate = ServiceRate(declared=41.7, observed=26.0, used=26.0, source=RateSource.OBSERVED)
+    plan = replace(_plan(), service=rate)
+
+    conditions = {c.type: c for c in pool_conditions(minimal_pool(), plan, None, None)}
+    status = wire(pool_status(None, 1, list(conditions.values()), 0.0, plan))
+
+    accurate = conditions["ServiceRateAccurate"]
+    assert (accurate.status, accurate.reason) == (False, "ObservedRateDiffers")
+    assert "1,560 requests a minute, 0.62 times the declared 2,502" in accurate.message
+    assert conditions["Ready"].status is True  # a wrong claim is corrected, not a failure
+    assert status["serviceRate"] == {
+        "declaredRequestsPerMinute": 2502,
+        "observedRequestsPerMinute": 1560,
+        "usedRequestsPerMinute": 1560,
+        "source": "Observed",
+    }
+    close = replace(plan, service=replace(rate, observed=40.0, used=40.0))
+    same_rate = {c.type: c for c in pool_conditions(minimal_pool(), close, None, None)}
+    assert same_rate["ServiceRateAccurate"].reason == "AsDeclared"

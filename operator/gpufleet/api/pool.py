@@ -426,6 +426,28 @@ class Throttle(Model):
     )
 
 
+class RateSource(StrEnum):
+    """Which service rate sized the pool."""
+
+    DECLARED = "Declared"  # no busy stretch observed yet (or long ago)
+    OBSERVED = "Observed"  # the queue's measurement, believed in full
+    BLENDED = "Blended"  # part way from the declared rate to the observed one
+
+
+class ServiceRateStatus(Model):
+    """Requests a minute one replica serves on the pool's slowest GPU type."""
+
+    declared_requests_per_minute: int = Field(ge=0, description="From spec.serviceRates.")
+    observed_requests_per_minute: int | None = Field(
+        default=None,
+        ge=0,
+        description="Measured while requests waited: arrivals less the queue's growth, over "
+        "the serving replicas. Unset until a busy stretch was seen.",
+    )
+    used_requests_per_minute: int = Field(ge=0, description="What sized the pool.")
+    source: RateSource = Field(description="Declared, Observed, or Blended between them.")
+
+
 class ServingPoolStatus(Model):
     """What gpufleet observed and decided for the pool."""
 
@@ -458,6 +480,10 @@ class ServingPoolStatus(Model):
     )
     energy_per_request_milliwatt_hours: int | None = Field(
         default=None, ge=0, description="Estimated energy per served request, in mWh."
+    )
+    service_rate: ServiceRateStatus | None = Field(
+        default=None,
+        description="The service rate the pool was sized with, and what the queue showed.",
     )
     conditions: Conditions
 

@@ -172,6 +172,15 @@ def explain_lines(
             f"  pods: queue {queue} at {spec.queue.target_per_replica} per replica -> "
             f"{-(-int(queue) // spec.queue.target_per_replica)} replicas by queue; bounds {spec.min_replicas}..{spec.max_replicas}"
         )
+    rate = status.get("serviceRate")
+    if rate:
+        observed = rate.get("observedRequestsPerMinute")
+        lines.append(
+            f"  pods: sized at {rate['usedRequestsPerMinute']} requests/min a replica "
+            f"({rate['source']}; declared {rate['declaredRequestsPerMinute']}"
+            + (f", observed {observed}" if observed is not None else "")
+            + ")"
+        )
     throttle = status.get("throttle")
     if throttle:
         tiers = ", ".join(
@@ -192,6 +201,7 @@ def explain_lines(
         ("MetricsAvailable", "pods"),
         ("ScalingActive", "pods"),
         ("ScalingLimited", "pods"),
+        ("ServiceRateAccurate", "pods"),
         ("CapacityAvailable", "nodes"),
         ("PowerLimited", "power"),
         ("BurstActive", "burst"),

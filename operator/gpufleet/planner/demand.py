@@ -38,12 +38,13 @@ class Demand:
         return max(self.now_replicas, self.ahead_replicas)
 
 
-def service_rate_per_second(spec: ServingPoolSpec) -> float | None:
-    """The slowest known rate among the pool's GPU types: sizing must hold wherever it lands."""
+def service_rate_per_second(spec: ServingPoolSpec, factor: float = 1.0) -> float | None:
+    """The slowest declared rate among the pool's GPU types (sizing must hold wherever it
+    lands), times the work factor learnt from the queue (planner/service.py)."""
     rates = [
         r.requests_per_minute / 60.0 for r in spec.service_rates if r.gpu_type in spec.gpu_types
     ]
-    return min(rates) if rates else None
+    return min(rates) * factor if rates else None
 
 
 def erlang_tail(arrival: float, service: float, servers: int, wait_seconds: float) -> float:
@@ -103,8 +104,8 @@ class _Model:
         return max(self.steady, math.ceil(rate / self.service - 1e-9))
 
 
-def _model(spec: ServingPoolSpec, arrival: float) -> _Model | None:
-    service = service_rate_per_second(spec)
+def _model(spec: ServingPoolSpec, arrival: float, factor: float) -> _Model | None:
+    service = service_rate_per_second(spec, factor)
     if service is None or spec.slo is None:
         return None
     wait = float(spec.slo.queue_wait_seconds)
@@ -156,8 +157,12 @@ def demand(
     lead_seconds: float,
     now: float,
     settings: Settings,
+    factor: float = 1.0,
+    burst_queue: float | None = None,
 ) -> Demand | None:
-    """Replicas needed now and after the lead time; None when the queue signal is missing."""
+    """Replicas needed now and after the lead time; None when the queue signal is missing.
+    `factor`: observed / declared service rate (planner/service.py); `burst_queue`: the
+    backlog of a typical recurring burst (planner/bursts.py)."""
     queue = observation.queue_depth
     if queue is None or not math.isfinite(queue) or queue < 0:
         return None
@@ -166,7 +171,7 @@ def demand(
         arrival = None
     notes: list[Note] = []
     now_replicas = _from_queue(spec, queue)
-    model = _model(spec, arrival) if arrival is not None else None
+    model = _model(spec, arrival, factor) if arrival is not None else None
     modelled = model.draining(queue) if model is not None else None
     if modelled is not None:
         now_replicas = max(now_replicas, modelled)
@@ -193,7 +198,7 @@ def demand(
     ahead = 0
     if ahead_signal is not None:
         if modelled is not None:
-            ahead_model = _model(spec, ahead_signal)
+            ahead_model = _model(spec, ahead_signal, factor)
             ahead = ahead_model.steady if ahead_model is not None else 0
         else:
             ahead = math.ceil(ahead_signal - 1e-9)
@@ -208,4 +213,16 @@ def demand(
     lasting = None
     if model is not None:
         lasting = max(model.draining(queue, lead_seconds), ahead)
+        if burst_queue is not None:
+            # Recurring bursts are demand: serve a typical one within the SLO.
+            bursts = math.ceil(burst_queue / (model.service * model.wait) - 1e-9)
+            if bursts > max(now_replicas, lasting):
+                notes.append(
+                    Note(
+                        Reason.SIZED_FOR_BURSTS,
+                        f"queue bursts of {burst_queue:.0f} recur: {bursts} replicas serve "
+                        f"one within {model.wait:g}s",
+                    )
+                )
+            now_replicas, lasting = max(now_replicas, bursts), max(lasting, bursts)
     return Demand(now_replicas, ahead, forecast, tuple(notes), lasting)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.planner import behavior
+from gpufleet.planner.bursts import BurstMemory, recurring_queue
+from gpufleet.planner.bursts import observe as observe_bursts
 from gpufleet.planner.catalogs import catalog_of, signature_of
 from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
@@ -25,6 +28,7 @@ from gpufleet.planner.power import (
     measured_watts,
     node_watts,
 )
+from gpufleet.planner.rates import learn_service
 from gpufleet.planner.spares import add_spares
 from gpufleet.planner.throttle import plan_throttle
 from gpufleet.planner.types import (
@@ -199,7 +203,21 @@ def _plan_pool(
     current = observation.total_replicas
     rules = behavior.resolve(spec.behavior)
     lead = _lead_seconds(spec, options, ledger)
-    needed = demand(spec, observation, memory.forecast, lead, now, settings)
+    service_memory, rate = learn_service(spec, observation, memory.service, ledger, now)
+    factor = rate.used / rate.declared if rate is not None else 1.0
+    bursts = memory.bursts
+    if observation.queue_depth is not None and math.isfinite(observation.queue_depth):
+        bursts = observe_bursts(bursts or BurstMemory(), now, observation.queue_depth)
+    needed = demand(
+        spec,
+        observation,
+        memory.forecast,
+        lead,
+        now,
+        settings,
+        factor,
+        recurring_queue(bursts, now),
+    )
     notes: list[Note] = []
     history = memory.recommendations
     forecast = memory.forecast
@@ -283,6 +301,7 @@ def _plan_pool(
             observation.ready_replicas,
             observation.arrival_rate,
             observation.tier_rates,
+            factor,
         )
         if note is not None:
             notes.append(note)
@@ -303,8 +322,9 @@ def _plan_pool(
         notes=tuple(notes),
         throttle=throttled,
         preempted=frozen_map(placement.preempted) if placement.preempted and not dry_run else _NONE,
+        service=rate,
     )
-    return plan, PoolMemory(history, events, forecast, last_scale)
+    return plan, PoolMemory(history, events, forecast, last_scale, service_memory, bursts)
 
 
 def _budget_plans(

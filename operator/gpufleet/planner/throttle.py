@@ -17,9 +17,9 @@ from gpufleet.planner.demand import erlang_tail, service_rate_per_second
 from gpufleet.planner.types import Note, Reason, Throttle, TierAllowance
 
 
-def sustainable_rate(spec: ServingPoolSpec, replicas: int) -> float | None:
+def sustainable_rate(spec: ServingPoolSpec, replicas: int, factor: float = 1.0) -> float | None:
     """Largest arrival rate at which `replicas` keep the SLO (Erlang C), None if unknown."""
-    service = service_rate_per_second(spec)
+    service = service_rate_per_second(spec, factor)
     if service is None or spec.slo is None:
         return None
     if replicas <= 0:
@@ -58,12 +58,13 @@ def throttle(
     demand: float | None,
     tier_rates: Mapping[str, float],
     starting: bool = False,
+    factor: float = 1.0,
 ) -> Throttle | None:
     """What to publish for a pool whose `replicas` (planned, or ready while the rest start)
     carry less than its demand."""
     if demand is None or not math.isfinite(demand):
         return None
-    rate = sustainable_rate(spec, replicas)
+    rate = sustainable_rate(spec, replicas, factor)
     if rate is None or rate >= demand:
         return None
     return Throttle(rate, demand, split(spec, rate, demand, tier_rates), starting)
@@ -76,6 +77,7 @@ def plan_throttle(
     ready: int | None,
     demand: float | None,
     tier_rates: Mapping[str, float],
+    factor: float = 1.0,
 ) -> tuple[Throttle | None, Note | None]:
     """The throttle of a pool planned at `planned` replicas (`short` of its need), `ready` of
     them serving now, and the note saying why and what lifts it."""
@@ -83,7 +85,7 @@ def plan_throttle(
     if not short and not starting:
         return None, None
     serving = min(planned, ready) if ready is not None else planned
-    found = throttle(spec, serving, demand, tier_rates, starting)
+    found = throttle(spec, serving, demand, tier_rates, starting, factor)
     if found is None:
         return None, None
     cut = [t.name for t in found.tiers if t.allowed < t.demand]

@@ -9,9 +9,11 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-from gpufleet.api.pool import ServingPoolSpec
+from gpufleet.api.pool import RateSource, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.planner.bursts import BurstMemory
+from gpufleet.planner.service import ServiceMemory
 
 
 class PoolKey(NamedTuple):
@@ -51,6 +53,7 @@ class Reason(StrEnum):
     SCALED_DOWN = "ScaledDown"
     STEADY = "Steady"
     SCALED_AHEAD_OF_FORECAST = "ScaledAheadOfForecast"
+    SIZED_FOR_BURSTS = "SizedForRecurringBursts"
     BELOW_ACTIVATION = "BelowActivationThreshold"
     HELD_BY_STABILIZATION = "HeldByStabilization"
     BACKLOG_CLEARS_BEFORE_BOOT = "BacklogClearsBeforeBoot"
@@ -184,6 +187,8 @@ class PoolMemory:
     scale_events: tuple[tuple[float, int], ...] = ()
     forecast: Forecast | None = None
     last_scale_time: float | None = None
+    service: ServiceMemory | None = None  # the work factor learnt from the queue
+    bursts: BurstMemory | None = None  # recent queue bursts
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,17 @@ class PlannerState:
 
 
 # --- the plan ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceRate:
+    """Requests/s one replica serves on the pool's slowest GPU type: as declared, as the
+    queue showed (None before a busy stretch), and as used to size the pool."""
+
+    declared: float
+    observed: float | None
+    used: float
+    source: RateSource
 
 
 @dataclass(frozen=True)
@@ -245,6 +261,7 @@ class PoolPlan:
     # Replicas per node pool that are not kept because pools placed before this one (higher
     # priority) took the room on its existing nodes; the reconciler drains them (issue 10).
     preempted: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
+    service: ServiceRate | None = None  # None: the pool declares no rate, or no arrivals
 
     def replicas_by_provider(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -17,6 +17,7 @@ from gpufleet.api.parse import SpecError
 from gpufleet.api.pool import (
     Mode,
     ProviderReplicas,
+    ServiceRateStatus,
     ServingPoolSpec,
     ServingPoolStatus,
     TierStatus,
@@ -24,7 +25,15 @@ from gpufleet.api.pool import (
 from gpufleet.api.pool import Throttle as ThrottleStatus
 from gpufleet.api.power import PowerBudgetStatus
 from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus, NodePoolStatus, Role
-from gpufleet.planner.types import BudgetPlan, NodePoolPlan, PoolPlan, Reason, Throttle
+from gpufleet.planner.service import differs
+from gpufleet.planner.types import (
+    BudgetPlan,
+    NodePoolPlan,
+    PoolPlan,
+    Reason,
+    ServiceRate,
+    Throttle,
+)
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.conditions import Cond, merge, ready, timestamp
 
@@ -106,6 +115,7 @@ def pool_conditions(
             else Cond("ScalingActive", True, "Active", "")
         ),
         _limited_condition(plan),
+        service_rate_condition(plan),
         capacity,
         _noted(
             plan,
@@ -141,6 +151,25 @@ def _limited_condition(plan: PoolPlan) -> Cond:
     if note:
         return Cond("ScalingLimited", True, note[0].value, note[1])
     return Cond("ScalingLimited", False, "DesiredWithinRange", "")
+
+
+def service_rate_condition(plan: PoolPlan) -> Cond:
+    """`ServiceRateAccurate`: whether the replicas serve about what spec.serviceRates
+    declares (planner/service.py); where not, the plan sizes with what they really serve."""
+    rate = plan.service
+    if rate is None or rate.observed is None:
+        return Cond("ServiceRateAccurate", True, "NotObserved", "no busy stretch seen yet")
+    ratio = rate.observed / rate.declared
+    if not differs(ratio):
+        return Cond("ServiceRateAccurate", True, "AsDeclared", "")
+    return Cond(
+        "ServiceRateAccurate",
+        False,
+        "ObservedRateDiffers",
+        f"replicas serve {rate.observed * 60:,.0f} requests a minute, {ratio:.2f} times the "
+        f"declared {rate.declared * 60:,.0f}; sized with {rate.used * 60:,.0f} "
+        f"({rate.source.value}): check spec.serviceRates against the work the requests carry",
+    )
 
 
 def _capacity_condition(plan: PoolPlan) -> Cond:
@@ -270,7 +299,21 @@ def pool_status(
         energy_per_request_milliwatt_hours=(
             round(plan.planned_watts / arrival / 3.6) if arrival else None
         ),
+        service_rate=_service_rate_status(plan.service),
         conditions=merged,
+    )
+
+
+def _service_rate_status(rate: ServiceRate | None) -> ServiceRateStatus | None:
+    if rate is None:
+        return None
+    return ServiceRateStatus(
+        declared_requests_per_minute=round(rate.declared * 60),
+        observed_requests_per_minute=(
+            round(rate.observed * 60) if rate.observed is not None else None
+        ),
+        used_requests_per_minute=round(rate.used * 60),
+        source=rate.source,
     )
 
 

@@ -1,0 +1,135 @@
+"""What a replica really serves, learnt from the queue: a pool's declared rate is a claim.
+
+While more requests wait than there are serving replicas at every reading, every replica
+is busy, so the requests served over a stretch are the arrivals less the queue's growth. Over a busy stretch of `WINDOW_SECONDS` with the
+same serving replicas, that against what the declared rates promise for those replicas is
+one sample of the pool's *work factor* (observed / declared: about 0.6 when requests carry
+60 % more work than the declared rate assumes). Sizing uses the declared rate times it.
+
+Trust is asymmetric, because the costs are: a fleet slower than declared misses its SLO, so
+one busy window is believed at once (the queue grew while the model said capacity was
+enough: do not wait for it to agree); a fleet faster than declared only costs GPUs, so that
+is believed as busy time accumulates. Without new samples the factor drifts back to the
+declared rate over `MEMORY_SECONDS`, so a mix that got lighter is not paid for forever;
+samples are bounded so that a broken metric can neither buy the fleet nor starve it.
+Pure: the planner carries `ServiceMemory` from tick to tick.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+WINDOW_SECONDS = 30.0  # busy time that makes one sample
+TRUST_SECONDS = 300.0  # busy time after which a faster-than-declared factor is half believed
+MEMORY_SECONDS = 3600.0  # how fast the weight of old samples decays
+MAX_WEIGHT_SECONDS = 900.0  # so that a changed mix shows within minutes, not hours
+MIN_FACTOR, MAX_FACTOR = 0.1, 4.0
+# A window counts only if arrivals held within this spread: the arrival rate is a trailing
+# average (rate over a minute), so on a ramp it lags the queue and reads as a slow fleet.
+STEADY_ARRIVALS = 0.15
+# A window counts only if the queue grew or shrank by this share of its arrivals. A queue
+# that merely stays above zero between samples need not have kept every replica busy (a
+# burst between two scrapes does that), and served / promised is then only a lower bound.
+QUEUE_MOVED = 0.05
+# Observed and declared differing by more than this sets ServiceRateAccurate=False.
+DIFFER_FACTOR = 1.25
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One tick's inputs: queue depth, arrivals/s, the serving replicas, and the requests/s
+    they would serve at their declared rates."""
+
+    time: float
+    queue: float
+    arrival: float
+    declared_capacity: float
+    servers: int = 1
+
+
+@dataclass(frozen=True)
+class BusyWindow:
+    start: float
+    queue: float  # depth at the start
+    arrived: float = 0.0  # requests arrived since the start
+    promised: float = 0.0  # requests the declared rates promise since the start
+    low: float = math.inf  # lowest and highest arrival rate seen in it
+    high: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServiceMemory:
+    factor: float = 1.0
+    weight: float = 0.0  # busy seconds behind `factor`, as of `updated`
+    updated: float | None = None
+    last: Reading | None = None
+    window: BusyWindow | None = None
+
+
+def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
+    """`memory` with one more tick's reading; a sample at the end of each busy window."""
+    last = memory.last
+    if last is None or reading.time <= last.time:
+        return replace(memory, last=reading) if last is None else memory
+    # A queue shorter than the replicas may have emptied between two readings (a scrape
+    # every 15 to 30 s): then served / promised is only a lower bound.
+    waiting = max(1, reading.servers)
+    busy = (
+        last.queue >= waiting
+        and reading.queue >= waiting
+        and reading.declared_capacity > 0
+        and math.isclose(reading.declared_capacity, last.declared_capacity, rel_tol=1e-6)
+    )
+    if not busy:
+        return replace(memory, last=reading, window=None)
+    dt = reading.time - last.time
+    window = memory.window or BusyWindow(last.time, last.queue)
+    window = replace(
+        window,
+        arrived=window.arrived + (reading.arrival + last.arrival) / 2 * dt,
+        promised=window.promised + reading.declared_capacity * dt,
+        low=min(window.low, last.arrival, reading.arrival),
+        high=max(window.high, last.arrival, reading.arrival),
+    )
+    length = reading.time - window.start
+    if length < WINDOW_SECONDS:
+        return replace(memory, last=reading, window=window)
+    moved = reading.queue - window.queue
+    if window.high > window.low * (1.0 + STEADY_ARRIVALS) or abs(moved) < QUEUE_MOVED * max(
+        window.arrived, 1.0
+    ):  # a ramp, or a queue that tells nothing: start afresh
+        return replace(memory, last=reading, window=BusyWindow(reading.time, reading.queue))
+    served = window.arrived - moved
+    sample = min(max(served / window.promised, MIN_FACTOR), MAX_FACTOR)
+    kept = _weight(memory, reading.time)
+    factor = (memory.factor * kept + sample * length) / (kept + length)
+    return ServiceMemory(
+        factor,
+        min(kept + length, MAX_WEIGHT_SECONDS),
+        reading.time,
+        reading,
+        BusyWindow(reading.time, reading.queue),
+    )
+
+
+def _weight(memory: ServiceMemory, now: float) -> float:
+    if memory.updated is None:
+        return 0.0
+    return memory.weight * math.exp(-max(0.0, now - memory.updated) / MEMORY_SECONDS)
+
+
+def work_factor(memory: ServiceMemory | None, now: float) -> float:
+    """The factor to size with: observed where it is believed, 1 (declared) otherwise."""
+    if memory is None or memory.updated is None:
+        return 1.0
+    weight = _weight(memory, now)
+    if memory.factor < 1.0:
+        confidence = min(1.0, weight / WINDOW_SECONDS)
+    else:
+        confidence = weight / (weight + TRUST_SECONDS)
+    return 1.0 + (memory.factor - 1.0) * confidence
+
+
+def differs(factor: float) -> bool:
+    return factor > DIFFER_FACTOR or factor < 1.0 / DIFFER_FACTOR
