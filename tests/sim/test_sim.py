@@ -172,6 +172,15 @@ def test_trace_surge_multiplies_demand_over_the_ramp() -> None:
     assert out.counts[0] == 1 and out.counts[60] == 10 and 1 < out.counts[35] < 10
 
 
+def test_clumped_arrivals_keep_the_requests_and_gather_them_at_each_window_start() -> None:
+    from gpufleet.sim.trace import Demand, Modifiers, apply
+
+    d = Demand(np.ones(23), np.full(23, 2.0))
+    out = apply(d, Modifiers(clump_seconds=5, work=1.5), None)
+    assert out.counts.sum() == 23 and out.work.sum() == 23 * 2.0 * 1.5
+    assert list(out.counts[:6]) == [5, 0, 0, 0, 0, 5] and out.counts[20] == 3
+
+
 def test_least_service_meets_every_deadline_at_the_least_peak() -> None:
     rng = np.random.default_rng(3)
     work = rng.poisson(2.0, 3000) * rng.choice([1.0, 2.0, 8.0], 3000)

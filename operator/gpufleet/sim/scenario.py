@@ -122,6 +122,8 @@ def _modifiers(raw: dict[str, Any]) -> Modifiers:
         if surge
         else None,
         loop=bool(raw.get("loop", False)),
+        work=float(raw.get("workMultiply", 1.0)),
+        clump_seconds=float(raw.get("clumpSeconds", 0.0)),
     )
 
 

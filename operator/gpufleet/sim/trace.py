@@ -58,6 +58,10 @@ class Modifiers:
     multiply: float = 1.0
     surge: Surge | None = None
     loop: bool = False  # replay the trace from its start until the scenario's duration
+    work: float = 1.0  # 1.6: every request carries 60 % more work than the trace says
+    # Clumped arrivals: all requests of each window of this many seconds arrive at its
+    # start (a client that batches, a cron, a retry storm); 0 keeps the trace's times.
+    clump_seconds: float = 0.0
 
 
 @dataclass
@@ -230,6 +234,9 @@ def apply(demand: Demand, mods: Modifiers, duration: float | None) -> Demand:
             counts, work = np.tile(counts, reps), np.tile(work, reps)
         counts = np.pad(counts, (0, max(0, n - len(counts))))[:n]
         work = np.pad(work, (0, max(0, n - len(work))))[:n]
+    if mods.clump_seconds > step:
+        counts, work = _clump(counts, work, max(1, round(mods.clump_seconds / step)))
+    work = work * mods.work
     factor = np.full(len(counts), mods.multiply, dtype=np.float64)
     if mods.surge is not None:
         s = mods.surge
@@ -238,3 +245,14 @@ def apply(demand: Demand, mods: Modifiers, duration: float | None) -> Demand:
         active = t < s.start + s.ramp + s.hold
         factor *= np.where(active, 1.0 + (s.factor - 1.0) * ramp, 1.0)
     return Demand(counts * factor, work * factor, step, demand.start_epoch)
+
+
+def _clump(counts: FloatArray, work: FloatArray, every: int) -> tuple[FloatArray, FloatArray]:
+    """Move each window of `every` steps' arrivals to the window's first step."""
+    n = len(counts)
+    pad = -n % every
+    sums = [np.pad(a, (0, pad)).reshape(-1, every).sum(axis=1) for a in (counts, work)]
+    out = [np.zeros(n + pad, dtype=np.float64) for _ in sums]
+    for o, total in zip(out, sums, strict=True):
+        o[::every] = total
+    return out[0][:n], out[1][:n]
