@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -53,28 +55,45 @@ class Model(BaseModel):
     @model_validator(mode="after")
     def _unique_list_entries(self) -> Self:
         """What the API server enforces for `set` and `map` lists, so parsing agrees with it."""
-        for name, info in type(self).model_fields.items():
-            schema = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            kind = schema.get("x-kubernetes-list-type")
-            if kind not in ("set", "map"):
-                continue
+        for name, shown_name, fields in _checked_lists(type(self)):
             items = getattr(self, name) or []
+            if len(items) < 2:
+                continue
             keys: list[Any] = list(items)
-            if kind == "map":
-                declared = schema.get("x-kubernetes-list-map-keys")
-                fields = [str(k) for k in declared] if isinstance(declared, list) else []
-                keys = [tuple(getattr(item, _attribute(item, k)) for k in fields) for item in items]
+            if fields:
+                key_of = operator.attrgetter(*(_attribute(items[0].__class__, k) for k in fields))
+                keys = [key_of(item) for item in items]
+            if len(set(keys)) == len(keys):
+                continue
             seen: set[Any] = set()
             for key in keys:
                 if key in seen:
                     shown = key[0] if isinstance(key, tuple) and len(key) == 1 else key
-                    raise ValueError(f"`{info.alias or name}` must not repeat {shown}")
+                    raise ValueError(f"`{shown_name}` must not repeat {shown}")
                 seen.add(key)
         return self
 
 
-def _attribute(item: BaseModel, alias: str) -> str:
-    for name, info in type(item).model_fields.items():
+@functools.cache
+def _checked_lists(model: type[BaseModel]) -> tuple[tuple[str, str, tuple[str, ...] | None], ...]:
+    """The model's `set` lists (keys None) and `map` lists (their key fields), found once per
+    model: every status is built each tick, and most models have none."""
+    out: list[tuple[str, str, tuple[str, ...] | None]] = []
+    for name, info in model.model_fields.items():
+        schema = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        kind = schema.get("x-kubernetes-list-type")
+        if kind == "set":
+            out.append((name, info.alias or name, None))
+        elif kind == "map":
+            declared = schema.get("x-kubernetes-list-map-keys")
+            fields = tuple(str(k) for k in declared) if isinstance(declared, list) else ()
+            out.append((name, info.alias or name, fields))
+    return tuple(out)
+
+
+@functools.cache
+def _attribute(model: type[BaseModel], alias: str) -> str:
+    for name, info in model.model_fields.items():
         if (info.alias or name) == alias:
             return name
     return alias

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gpufleet.api.common import Condition, ConditionStatus
-
 
 @dataclass(frozen=True)
 class Cond:
@@ -35,8 +33,9 @@ def merge(
     current: Iterable[Cond],
     generation: int,
     now: float,
-) -> list[Condition]:
-    """The new conditions list; a transition time moves only when the status does."""
+) -> list[dict[str, Any]]:
+    """The new conditions list, as the `Condition` model reads it (a status model validates
+    the list, all in one call); a transition time moves only when the status does."""
     before = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
     out = []
     for cond in current:
@@ -44,14 +43,14 @@ def merge(
         changed = old is None or old.get("status") != cond.status_text
         since = timestamp(now) if changed or old is None else old.get("lastTransitionTime")
         out.append(
-            Condition(
-                type=cond.type,
-                status=ConditionStatus(cond.status_text),
-                observed_generation=generation,
-                last_transition_time=since or timestamp(now),
-                reason=cond.reason,
-                message=cond.message[:32768],
-            )
+            {
+                "type": cond.type,
+                "status": cond.status_text,
+                "observedGeneration": generation,
+                "lastTransitionTime": since or timestamp(now),
+                "reason": cond.reason,
+                "message": cond.message[:32768],
+            }
         )
     return out
 
