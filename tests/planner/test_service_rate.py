@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.api.pool import RateSource
+from gpufleet.api.pool import RateSource, ServingPoolSpec
 from gpufleet.planner import plan_fleet
 from gpufleet.planner.service import (
     MAX_FACTOR,
@@ -94,8 +94,11 @@ def test_samples_are_bounded_so_a_broken_metric_cannot_buy_the_fleet() -> None:
 def test_without_new_samples_the_rate_drifts_back_to_the_declared_one() -> None:
     memory = _replay(served=6.0)
 
-    assert work_factor(memory, 60.0) < work_factor(memory, 60.0 + 4 * 3600.0) < 1.0
-    assert work_factor(memory, 60.0 + 48 * 3600.0) == pytest.approx(1.0, abs=1e-3)
+    assert work_factor(memory, 60.0) < work_factor(memory, 60.0 + 3600.0) < 1.0
+    assert work_factor(memory, 60.0 + 8 * 3600.0) == 1.0
+    # In steps, so that the decay does not change a status every few seconds.
+    steps = {work_factor(memory, 60.0 + t) for t in range(0, 8 * 3600, 10)}
+    assert len(steps) <= 10
 
 
 def test_a_plan_sizes_with_the_observed_rate_and_says_so() -> None:
@@ -127,3 +130,56 @@ def test_a_pool_without_a_declared_rate_has_no_service_rate() -> None:
     plan = plan_fleet(f, Snapshot(frozen_map({key("model"): seen})), PlannerState(), 0.0)
 
     assert plan.pools[key("model")].service is None
+
+
+def test_a_gap_in_the_metrics_is_not_one_long_busy_window() -> None:
+    memory = _replay(served=10.0, arrival=10.0)  # as declared: nothing learnt
+    after_gap = observe(memory, Reading(660.0, 3050.0, 10.0, DECLARED))  # +3000 in 10 min
+
+    assert after_gap.updated is None and after_gap.window is None
+
+
+def test_a_spec_that_corrects_its_rate_starts_afresh() -> None:
+    spec = _slow_pool(600)
+    fixed = _slow_pool(360)
+    f, g = fleet({"model": spec}, {"p": provider()}), fleet({"model": fixed}, {"p": provider()})
+    state, queue = PlannerState(), 100.0
+    for t in range(0, 61, 5):
+        plan = plan_fleet(f, _seen(queue), state, float(t))
+        state, queue = plan.state, queue + (30.0 - 24.0) * 5
+    learnt = plan.pools[key("model")].service
+    assert learnt is not None and learnt.source == RateSource.OBSERVED
+
+    after = plan_fleet(g, _seen(queue), state, 65.0).pools[key("model")].service
+
+    assert after is not None and after.used == pytest.approx(6.0)  # not 6.0 x 0.6
+    assert after.source == RateSource.DECLARED
+
+
+def test_nan_or_infinite_readings_teach_nothing_and_break_nothing() -> None:
+    f = fleet({"model": _slow_pool(600)}, {"p": provider()})
+    state = PlannerState()
+    for t in range(0, 91, 5):
+        seen = PoolObservation(
+            float("inf") if t % 10 else 100.0 + t,
+            float("nan"),
+            frozen_map({NodePoolKey("p", "h100"): 4}),
+            ready_replicas=4,
+        )
+        plan = plan_fleet(f, Snapshot(frozen_map({key("model"): seen})), state, float(t))
+        state = plan.state
+    rate = plan.pools[key("model")].service
+    assert rate is not None and rate.source == RateSource.DECLARED
+
+
+def _slow_pool(requests_per_minute: int) -> ServingPoolSpec:
+    return pool(
+        queue={"query": "q", "targetPerReplica": 1000, "arrivalRateQuery": "a"},
+        serviceRates=[{"gpuType": "H100", "requestsPerMinute": requests_per_minute}],
+        slo={"queueWaitSeconds": 2, "targetPercent": 99},
+    )
+
+
+def _seen(queue: float) -> Snapshot:
+    seen = PoolObservation(queue, 30.0, frozen_map({NodePoolKey("p", "h100"): 4}), ready_replicas=4)
+    return Snapshot(frozen_map({key("model"): seen}))

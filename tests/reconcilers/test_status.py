@@ -132,3 +132,14 @@ def test_a_pool_served_slower_than_declared_says_so_and_what_sized_it() -> None:
     close = replace(plan, service=replace(rate, observed=40.0, used=40.0))
     same_rate = {c.type: c for c in pool_conditions(minimal_pool(), close, None, None)}
     assert same_rate["ServiceRateAccurate"].reason == "AsDeclared"
+
+
+def test_a_stored_field_the_model_rejects_is_dropped_alone() -> None:
+    stored = wire(
+        pool_status(None, 1, pool_conditions(minimal_pool(), _plan(), None, None), 0.0, _plan())
+    )
+    broken = Cond("TargetFound", False, "TargetNotFound", "gone")
+
+    status = wire(pool_status({**stored, "burstPercent": 150}, 2, [broken], 60.0))
+
+    assert "burstPercent" not in status and status["desiredReplicas"] == 4

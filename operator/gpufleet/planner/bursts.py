@@ -15,6 +15,7 @@ from dataclasses import dataclass
 RECUR_SECONDS = 900.0  # bursts count as recurring within this window
 RECUR_COUNT = 3  # ... when at least this many began in it
 IDLE_QUEUE = 1.0  # below this the queue counts as empty: a burst has ended
+MAX_PEAKS = 32  # a queue that flaps every tick keeps no more than this
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,14 @@ class BurstMemory:
 
 def observe(memory: BurstMemory, now: float, queue: float) -> BurstMemory:
     """`memory` with one more queue reading."""
-    recent = tuple((t, q) for t, q in memory.peaks if now - t < RECUR_SECONDS)
+    # Peaks from the future (the clock went back) are dropped with the old ones.
+    recent = tuple((t, q) for t, q in memory.peaks if 0 <= now - t < RECUR_SECONDS)
     if queue < IDLE_QUEUE:
         return BurstMemory(recent, False)
     if memory.in_burst and recent:
         began, peak = recent[-1]
         return BurstMemory((*recent[:-1], (began, max(peak, queue))), True)
-    return BurstMemory((*recent, (now, queue)), True)
+    return BurstMemory((*recent, (now, queue))[-MAX_PEAKS:], True)
 
 
 def recurring_queue(memory: BurstMemory | None, now: float) -> float | None:
@@ -40,7 +42,7 @@ def recurring_queue(memory: BurstMemory | None, now: float) -> float | None:
     does not size the pool), or None unless bursts recur."""
     if memory is None:
         return None
-    peaks = sorted(q for t, q in memory.peaks if now - t < RECUR_SECONDS)
+    peaks = sorted(q for t, q in memory.peaks if 0 <= now - t < RECUR_SECONDS)
     if len(peaks) < RECUR_COUNT:
         return None
     return peaks[-2]

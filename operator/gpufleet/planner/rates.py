@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from gpufleet.api.pool import RateSource, ServingPoolSpec
 from gpufleet.planner.demand import service_rate_per_second
 from gpufleet.planner.ledger import Ledger
-from gpufleet.planner.service import Reading, ServiceMemory, work_factor
+from gpufleet.planner.service import FACTOR_STEP, Reading, ServiceMemory, work_factor
 from gpufleet.planner.service import observe as observe_service
 from gpufleet.planner.types import PoolObservation, ServiceRate
 
@@ -24,10 +25,18 @@ def learn_service(
     (planner/service.py), and the service rate it sizes with; None for a pool without a
     declared rate or measured arrivals (queue depth alone sizes it)."""
     slowest = service_rate_per_second(spec)
-    arrival, queue = observation.arrival_rate, observation.queue_depth
-    if slowest is None or arrival is None or queue is None:
-        return previous, None
+    if slowest is None:
+        return None, None
     declared = {r.gpu_type: r.requests_per_minute / 60.0 for r in spec.service_rates}
+    rates = tuple(sorted(declared.items()))
+    if previous is not None and previous.rates != rates:
+        previous = None  # what was learnt was against the rates the spec no longer declares
+    arrival, queue = observation.arrival_rate, observation.queue_depth
+    if not _usable(arrival) or not _usable(queue):
+        # A gap in the metrics ends any window: what the queue did meanwhile is unknown.
+        kept = replace(previous, last=None, window=None) if previous is not None else None
+        return kept, _rate(slowest, kept, now)
+    assert arrival is not None and queue is not None
     running = {
         key: count
         for key, count in observation.replicas.items()
@@ -42,13 +51,20 @@ def learn_service(
     serving = observation.ready_replicas if observation.ready_replicas is not None else total
     servers = min(serving, total)
     reading = Reading(now, queue, arrival, servers * per_replica, servers)
-    memory = observe_service(previous or ServiceMemory(), reading)
+    memory = observe_service(previous or ServiceMemory(rates=rates), reading)
+    return memory, _rate(slowest, memory, now)
+
+
+def _usable(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0
+
+
+def _rate(slowest: float, memory: ServiceMemory | None, now: float) -> ServiceRate:
+    """What sizes the pool. The observed rate is reported only while it counts: once its
+    samples have aged out, the pool is back on its declared rate and says nothing else."""
     factor = work_factor(memory, now)
-    observed = slowest * memory.factor if memory.updated is not None else None
-    if memory.updated is None or factor == 1.0:
-        source = RateSource.DECLARED
-    elif math.isclose(factor, memory.factor, rel_tol=1e-3):
-        source = RateSource.OBSERVED
-    else:
-        source = RateSource.BLENDED
-    return memory, ServiceRate(slowest, observed, slowest * factor, source)
+    if memory is None or memory.updated is None or factor == 1.0:
+        return ServiceRate(slowest, None, slowest, RateSource.DECLARED)
+    believed = abs(factor - memory.factor) < FACTOR_STEP
+    source = RateSource.OBSERVED if believed else RateSource.BLENDED
+    return ServiceRate(slowest, slowest * memory.factor, slowest * factor, source)

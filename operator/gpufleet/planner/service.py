@@ -7,11 +7,13 @@ one sample of the pool's *work factor* (observed / declared: about 0.6 when requ
 60 % more work than the declared rate assumes). Sizing uses the declared rate times it.
 
 Trust is asymmetric, because the costs are: a fleet slower than declared misses its SLO, so
-one busy window is believed at once (the queue grew while the model said capacity was
-enough: do not wait for it to agree); a fleet faster than declared only costs GPUs, so that
-is believed as busy time accumulates. Without new samples the factor drifts back to the
-declared rate over `MEMORY_SECONDS`, so a mix that got lighter is not paid for forever;
-samples are bounded so that a broken metric can neither buy the fleet nor starve it.
+it is believed within a minute of busy time, half after one window (the queue grew while
+the model said capacity was enough: do not wait for it to agree); a fleet faster than
+declared only costs GPUs, so that is believed as busy time accumulates. Without new samples
+the weight decays (time constant `MEMORY_SECONDS`), so the factor drifts back to the
+declared rate and a mix that got lighter is not paid for forever; samples are bounded so
+that a broken metric can neither buy the fleet nor starve it, and the factor used moves in
+steps of `FACTOR_STEP`, so that its decay does not rewrite a status every few seconds.
 Pure: the planner carries `ServiceMemory` from tick to tick.
 """
 
@@ -25,6 +27,11 @@ TRUST_SECONDS = 300.0  # busy time after which a faster-than-declared factor is 
 MEMORY_SECONDS = 3600.0  # how fast the weight of old samples decays
 MAX_WEIGHT_SECONDS = 900.0  # so that a changed mix shows within minutes, not hours
 MIN_FACTOR, MAX_FACTOR = 0.1, 4.0
+FACTOR_STEP = 0.05
+BELIEVED_SLOWER_SECONDS = 60.0  # busy time after which a slower factor is believed in full
+# Readings further apart than this do not make one window: the metrics were missing, and
+# what the queue did meanwhile is not known.
+MAX_GAP_SECONDS = 60.0
 # A window counts only if arrivals held within this spread: the arrival rate is a trailing
 # average (rate over a minute), so on a ramp it lags the queue and reads as a slow fleet.
 STEADY_ARRIVALS = 0.15
@@ -65,13 +72,18 @@ class ServiceMemory:
     updated: float | None = None
     last: Reading | None = None
     window: BusyWindow | None = None
+    # The declared rates (GPU type, requests/s) the factor was learnt against: a spec that
+    # changes them starts afresh, or a corrected rate would be corrected twice.
+    rates: tuple[tuple[str, float], ...] = ()
 
 
 def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     """`memory` with one more tick's reading; a sample at the end of each busy window."""
     last = memory.last
-    if last is None or reading.time <= last.time:
-        return replace(memory, last=reading) if last is None else memory
+    if last is None or reading.time < last.time or reading.time - last.time > MAX_GAP_SECONDS:
+        return replace(memory, last=reading, window=None)  # start afresh
+    if reading.time == last.time:
+        return memory
     # A queue shorter than the replicas may have emptied between two readings (a scrape
     # every 15 to 30 s): then served / promised is only a lower bound.
     waiting = max(1, reading.servers)
@@ -110,6 +122,7 @@ def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
         reading.time,
         reading,
         BusyWindow(reading.time, reading.queue),
+        memory.rates,
     )
 
 
@@ -125,10 +138,11 @@ def work_factor(memory: ServiceMemory | None, now: float) -> float:
         return 1.0
     weight = _weight(memory, now)
     if memory.factor < 1.0:
-        confidence = min(1.0, weight / WINDOW_SECONDS)
+        confidence = min(1.0, weight / BELIEVED_SLOWER_SECONDS)
     else:
         confidence = weight / (weight + TRUST_SECONDS)
-    return 1.0 + (memory.factor - 1.0) * confidence
+    blended = 1.0 + (memory.factor - 1.0) * confidence
+    return max(MIN_FACTOR, round(blended / FACTOR_STEP) * FACTOR_STEP)
 
 
 def differs(factor: float) -> bool:

@@ -320,8 +320,8 @@ class FleetLoop:
         failed: set[PoolKey] = set()
         for pool_key, pool_plan in sorted(plan.pools.items()):
             self.last_placements[pool_key] = pool_plan.placements
-            workload = targets[pool_key]
             try:
+                workload = targets[pool_key]
                 drain = request_for(pool_key, plan, fleet, observed.snapshot)
                 await self.drainer.begin(self.kube, workload, pool_key, drain, now)
                 if drain is not None:

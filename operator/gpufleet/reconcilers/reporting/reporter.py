@@ -119,6 +119,9 @@ class Reporter:
             conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
+            # Metrics and the Event first: they do not depend on the status being writable.
+            self._pool_metrics(key, pool_plan, observed)
+            await self._scale_event(entry, pool_plan, self.drains.get(key))
             conds = st.pool_conditions(
                 spec, pool_plan, observed.metrics_errors.get(key), None, self.drains.get(key)
             )
@@ -133,8 +136,6 @@ class Reporter:
                 observed.current_by_provider.get(key),
                 observed.arrival.get(key),
             )
-            self._pool_metrics(key, pool_plan, observed)
-            await self._scale_event(entry, pool_plan, self.drains.get(key))
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
 
     async def _report_provider(

@@ -237,14 +237,19 @@ def wire(status: Model) -> dict[str, Any]:
 
 def kept(model: type[StatusModel], previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """The fields of a stored status that `model` still has and accepts, to keep while a new
-    status says only what went wrong (anything it no longer accepts is dropped)."""
+    status says only what went wrong; each field that it no longer has or accepts is dropped
+    on its own."""
     known = {info.alias or name for name, info in model.model_fields.items()}
-    fields = {k: v for k, v in (previous or {}).items() if k in known and k != "conditions"}
-    try:
-        model.model_validate({**fields, "conditions": []})
-    except ValidationError:
-        return {}
-    return fields
+    out = {}
+    for key, value in (previous or {}).items():
+        if key not in known or key == "conditions":
+            continue
+        try:
+            model.model_validate({key: value, "conditions": []})
+        except ValidationError:
+            continue
+        out[key] = value
+    return out
 
 
 def pool_status(
