@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpufleet.api.pool import RateSource, ServingPoolSpec
-from gpufleet.planner import plan_fleet
+from gpufleet.planner import Reason, plan_fleet
 from gpufleet.planner.service import (
     MAX_FACTOR,
     MIN_FACTOR,
@@ -183,3 +183,30 @@ def _slow_pool(requests_per_minute: int) -> ServingPoolSpec:
 def _seen(queue: float) -> Snapshot:
     seen = PoolObservation(queue, 30.0, frozen_map({NodePoolKey("p", "h100"): 4}), ready_replicas=4)
     return Snapshot(frozen_map({key("model"): seen}))
+
+
+def test_a_queue_growing_past_the_slo_sizes_for_the_arrivals_it_shows() -> None:
+    # A step: 4 replicas serve 40 req/s as declared; the minute's arrival rate still reads
+    # 30 while the queue grows by 60 every second.
+    f = fleet({"model": _slow_pool(600)}, {"p": provider()})
+    state, queue, plans = PlannerState(), 200.0, []
+    for t in range(0, 46, 15):
+        plan = plan_fleet(f, _seen(queue), state, float(t))
+        state, queue = plan.state, queue + 60.0 * 15
+        plans.append(plan.pools[key("model")])
+
+    assert Reason.QUEUE_GROWING in plans[-1].reasons
+    assert "sized for" in next(
+        n.message for n in plans[-1].notes if n.reason == Reason.QUEUE_GROWING
+    )
+    assert plans[-1].recommended_replicas >= 10  # 100 req/s arriving, and the backlog
+
+
+def test_a_short_rise_the_replicas_clear_within_the_slo_is_left_to_the_model() -> None:
+    f = fleet({"model": _slow_pool(600)}, {"p": provider()})
+    state = PlannerState()
+    for t, queue in enumerate([10.0, 20.0, 30.0, 40.0]):  # 4 x 10 req/s clear 80 in 2 s
+        plan = plan_fleet(f, _seen(queue), state, t * 15.0)
+        state = plan.state
+
+    assert Reason.QUEUE_GROWING not in plan.pools[key("model")].reasons

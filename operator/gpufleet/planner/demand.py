@@ -21,6 +21,9 @@ from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Sett
 # must not buy a fleet.
 FORECAST_MAX_GROWTH = 2.0
 _MAX_SERVERS = 1_000_000
+# A backlog that grows past what the serving replicas clear within the SLO is drained within
+# this once new capacity serves (every request behind it misses its SLO meanwhile).
+BACKLOG_DRAIN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,39 @@ def _model(spec: ServingPoolSpec, arrival: float, factor: float) -> _Model | Non
     return _Model(steady, arrival, service, wait)
 
 
+def _serving(observation: PoolObservation) -> int:
+    if observation.ready_replicas is not None:
+        return observation.ready_replicas
+    return observation.total_replicas
+
+
+def _growing(observation: PoolObservation, model: _Model, growth: float) -> bool:
+    """The queue grows while every replica is busy, and is already more than the serving
+    replicas clear within the SLO: a short-lived rise that they clear in time is what the
+    queueing model allows for."""
+    queue = observation.queue_depth
+    if growth <= 0 or queue is None:
+        return False
+    return queue > _serving(observation) * model.service * model.wait
+
+
+def _arrivals_behind_growth(
+    observation: PoolObservation, model: _Model, arrival: float, growth: float
+) -> tuple[float, Note | None]:
+    """A queue that grows while every replica is busy says how much arrives: what the
+    serving replicas serve plus the growth. The arrival rate is a minute's average and lags a
+    sudden step by that much; the growth does not."""
+    serving = _serving(observation)
+    seen = serving * model.service + growth
+    if seen <= arrival:
+        return arrival, None
+    return seen, Note(
+        Reason.QUEUE_GROWING,
+        f"the queue grows by {growth:.1f}/s with {serving} replicas busy: sized for "
+        f"{seen:.1f} requests/s arriving, above the {arrival:.1f} measured",
+    )
+
+
 def update_forecast(
     previous: Forecast | None, value: float, now: float, settings: Settings
 ) -> Forecast:
@@ -159,10 +195,12 @@ def demand(
     settings: Settings,
     factor: float = 1.0,
     burst_queue: float | None = None,
+    growth: float = 0.0,
 ) -> Demand | None:
     """Replicas needed now and after the lead time; None when the queue signal is missing.
     `factor`: observed / declared service rate (planner/service.py); `burst_queue`: the
-    backlog of a typical recurring burst (planner/bursts.py)."""
+    backlog of a typical recurring burst (planner/bursts.py); `growth`: requests/s the queue
+    grows by while every replica is busy."""
     queue = observation.queue_depth
     if queue is None or not math.isfinite(queue) or queue < 0:
         return None
@@ -172,6 +210,16 @@ def demand(
     notes: list[Note] = []
     now_replicas = _from_queue(spec, queue)
     model = _model(spec, arrival, factor) if arrival is not None else None
+    backlog, drain_seconds = queue, lead_seconds
+    if model is not None and arrival is not None and _growing(observation, model, growth):
+        # Until new capacity serves, the backlog goes on growing; once it serves, every
+        # request that arrives waits behind the backlog and misses, so it is drained fast.
+        backlog = queue + growth * lead_seconds
+        drain_seconds = min(lead_seconds, BACKLOG_DRAIN_SECONDS)
+        arrival, note = _arrivals_behind_growth(observation, model, arrival, growth)
+        if note is not None:
+            notes.append(note)
+            model = _model(spec, arrival, factor)
     modelled = model.draining(queue) if model is not None else None
     if modelled is not None:
         now_replicas = max(now_replicas, modelled)
@@ -212,7 +260,7 @@ def demand(
             )
     lasting = None
     if model is not None:
-        lasting = max(model.draining(queue, lead_seconds), ahead)
+        lasting = max(model.draining(backlog, drain_seconds), ahead)
         if burst_queue is not None:
             # Recurring bursts are demand: serve a typical one within the SLO.
             bursts = math.ceil(burst_queue / (model.service * model.wait) - 1e-9)

@@ -217,6 +217,7 @@ def _plan_pool(
         settings,
         factor,
         recurring_queue(bursts, now),
+        rate.growth if rate is not None else 0.0,
     )
     notes: list[Note] = []
     history = memory.recommendations

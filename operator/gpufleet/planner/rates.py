@@ -63,8 +63,9 @@ def _rate(slowest: float, memory: ServiceMemory | None, now: float) -> ServiceRa
     """What sizes the pool. The observed rate is reported only while it counts: once its
     samples have aged out, the pool is back on its declared rate and says nothing else."""
     factor = work_factor(memory, now)
+    growth = memory.growth if memory is not None else 0.0
     if memory is None or memory.updated is None or factor == 1.0:
-        return ServiceRate(slowest, None, slowest, RateSource.DECLARED)
+        return ServiceRate(slowest, None, slowest, RateSource.DECLARED, growth)
     believed = abs(factor - memory.factor) < FACTOR_STEP
     source = RateSource.OBSERVED if believed else RateSource.BLENDED
-    return ServiceRate(slowest, slowest * memory.factor, slowest * factor, source)
+    return ServiceRate(slowest, slowest * memory.factor, slowest * factor, source, growth)

@@ -32,6 +32,7 @@ BELIEVED_SLOWER_SECONDS = 60.0  # busy time after which a slower factor is belie
 # Readings further apart than this do not make one window: the metrics were missing, and
 # what the queue did meanwhile is not known.
 MAX_GAP_SECONDS = 60.0
+GROWTH_SECONDS = 20.0  # smoothing of the queue's growth: about one or two scrapes
 # A window counts only if arrivals held within this spread: the arrival rate is a trailing
 # average (rate over a minute), so on a ramp it lags the queue and reads as a slow fleet.
 STEADY_ARRIVALS = 0.15
@@ -75,10 +76,36 @@ class ServiceMemory:
     # The declared rates (GPU type, requests/s) the factor was learnt against: a spec that
     # changes them starts afresh, or a corrected rate would be corrected twice.
     rates: tuple[tuple[str, float], ...] = ()
+    # How fast the queue grows while every replica is busy (requests/s, smoothed over
+    # `GROWTH_SECONDS`; 0 otherwise), from the last distinct reading (`mark`: time, queue).
+    growth: float = 0.0
+    mark: tuple[float, float] | None = None
 
 
 def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     """`memory` with one more tick's reading; a sample at the end of each busy window."""
+    return _learn(_track_growth(memory, reading), reading)
+
+
+def _track_growth(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
+    """The queue's growth, from one distinct reading to the next (the metric changes once a
+    scrape, while the loop ticks every second)."""
+    mark = memory.mark
+    if mark is not None and reading.queue == mark[1] and reading.time >= mark[0]:
+        return memory
+    if mark is None or not 0 < reading.time - mark[0] <= MAX_GAP_SECONDS:
+        return replace(memory, growth=0.0, mark=(reading.time, reading.queue))
+    dt = reading.time - mark[0]
+    waiting = max(1, reading.servers)
+    if mark[1] < waiting or reading.queue < waiting:  # not every replica busy throughout
+        return replace(memory, growth=0.0, mark=(reading.time, reading.queue))
+    slope = (reading.queue - mark[1]) / dt
+    alpha = 1.0 - math.exp(-dt / GROWTH_SECONDS)
+    growth = alpha * slope + (1.0 - alpha) * memory.growth
+    return replace(memory, growth=growth, mark=(reading.time, reading.queue))
+
+
+def _learn(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     last = memory.last
     if last is None or reading.time < last.time or reading.time - last.time > MAX_GAP_SECONDS:
         return replace(memory, last=reading, window=None)  # start afresh
@@ -116,13 +143,13 @@ def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     sample = min(max(served / window.promised, MIN_FACTOR), MAX_FACTOR)
     kept = _weight(memory, reading.time)
     factor = (memory.factor * kept + sample * length) / (kept + length)
-    return ServiceMemory(
-        factor,
-        min(kept + length, MAX_WEIGHT_SECONDS),
-        reading.time,
-        reading,
-        BusyWindow(reading.time, reading.queue),
-        memory.rates,
+    return replace(
+        memory,
+        factor=factor,
+        weight=min(kept + length, MAX_WEIGHT_SECONDS),
+        updated=reading.time,
+        last=reading,
+        window=BusyWindow(reading.time, reading.queue),
     )
 
 

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     STEADY = "Steady"
     SCALED_AHEAD_OF_FORECAST = "ScaledAheadOfForecast"
     SIZED_FOR_BURSTS = "SizedForRecurringBursts"
+    QUEUE_GROWING = "QueueGrowing"
     BELOW_ACTIVATION = "BelowActivationThreshold"
     HELD_BY_STABILIZATION = "HeldByStabilization"
     BACKLOG_CLEARS_BEFORE_BOOT = "BacklogClearsBeforeBoot"
@@ -224,6 +225,7 @@ class ServiceRate:
     observed: float | None
     used: float
     source: RateSource
+    growth: float = 0.0  # requests/s the queue grows by while every replica is busy
 
 
 @dataclass(frozen=True)
