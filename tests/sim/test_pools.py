@@ -122,7 +122,11 @@ def test_throttle_cuts_the_lowest_tier_first() -> None:
     paid, free = res["tiers"]["paid"], res["tiers"]["free"]
     assert free["throttledShare"] > 0.3
     assert paid["throttledShare"] < 0.01
-    assert paid["sloAttainment"] >= 0.99
+    assert paid["admittedSloAttainment"] >= 0.99
+    # Throttled requests are misses
+    assert free["sloAttainment"] == pytest.approx(
+        free["admittedSloAttainment"] * (1 - free["throttledShare"]), abs=1e-4
+    )
     # Held to the published rate (the bucket starts full, so a little above it)
     assert 0.9 <= free["admittedOverPublished"] <= 1.1
 

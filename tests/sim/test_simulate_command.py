@@ -66,7 +66,11 @@ def _text(out: str) -> str:
         (["--pool", "chat"], "--pool", "not namespace/name"),
         (["--time-unit", "sec"], "--time-unit", "'s', 'ms', 'us', 'ns', 'min', 'iso'"),
         (["--time-unit", "iso"], "--time-unit", "not a time in iso"),
-        (["--policy", "keda"], "--policy", "'gpufleet', 'keda-ca', 'static', 'oracle'"),
+        (
+            ["--policy", "keda"],
+            "--policy",
+            "'gpufleet', 'keda-ca', 'keda-ca-defaults', 'static', 'reactive', 'oracle'",
+        ),
         (["--trace", "parquet"], "--trace", "choose from azure-llm-conv"),
         (["--service-rate", "inference/chat"], "--service-rate", "POOL=REQUESTS_PER_MINUTE"),
         (["--service-rate", "inference/chat=0"], "--service-rate", "from 1 to 1000000"),
@@ -149,9 +153,9 @@ def test_piped_table_prints_whole_names(tmp_path: Path) -> None:
     result = _simulate(_trace(tmp_path))  # CliRunner's stdout is no terminal
     assert result.exit_code == 0, result.output
     assert "…" not in result.stdout
-    for name in ("gpufleet", "keda-ca", "static", "oracle", "GPU-h / oracle", "scale actions"):
+    for name in ("gpufleet", "keda-ca-defaults", "reactive", "GPU-h / oracle", "scale actions"):
         assert name in result.stdout
-    table_rows = [line for line in result.stdout.splitlines() if "keda-ca" in line]
+    table_rows = [line for line in result.stdout.splitlines() if "keda-ca-defaults" in line]
     assert len(table_rows) == 1  # one line a policy, not wrapped to 80 columns
 
 

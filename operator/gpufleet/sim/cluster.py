@@ -130,6 +130,7 @@ class Cluster:
             drop -= 1
         n.ready -= drop
         self._evict(key)
+        self.next_event = min(self.next_event, now)  # evicted replicas may fit elsewhere
 
     def set_replicas(
         self, pool: PoolKey, key: NodePoolKey, target: int, now: float, warm: bool = False
@@ -150,6 +151,8 @@ class Cluster:
         take = min(drop, r.pending)  # remove what serves nothing yet first
         r.pending -= take
         drop -= take
+        if drop:  # GPUs come free: other pools' pending replicas schedule at once
+            self.next_event = min(self.next_event, now)
         while drop and r.loading:
             r.loading.pop()
             drop -= 1
@@ -163,7 +166,13 @@ class Cluster:
         In-flight requests are not modelled: a replica serves until it is evicted."""
         r = self.replicas[pool][key]
         shrink = max(0, r.total - target)
-        count = max(0, count - max(0, r.pending - shrink))
+        self.evict(pool, key, max(0, count - max(0, r.pending - shrink)), now)
+
+    def evict(self, pool: PoolKey, key: NodePoolKey, count: int, now: float) -> None:
+        """Move up to `count` of the pool's scheduled replicas on the node pool back to
+        pending, loading ones first (kube-scheduler's preemption of lower priorities: the
+        Deployment keeps its count, so they wait for GPUs again)."""
+        r = self.replicas[pool][key]
         while count and (r.loading or r.ready):
             if r.loading:
                 r.loading.pop()

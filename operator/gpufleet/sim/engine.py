@@ -11,6 +11,7 @@ attributed, and Wh per served request includes each pool's share of idle GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gpufleet.sim import data
 from gpufleet.sim.cluster import Cluster
 from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.metrics import PoolResult, RunResult
+from gpufleet.sim.policies.placement import nodes_for, start_state
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
 from gpufleet.sim.power import caps_by_step, in_scope, node_watts
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
@@ -93,7 +95,7 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
                 continue
             watts[pool][key] = g.loaded_watts if g is not None else float(n.spec.watts_per_gpu)
 
-    return Context(
+    ctx = Context(
         fleet,
         frozen_map(rates),
         frozen_map(mean_work),
@@ -106,18 +108,37 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
         cluster,
         queues,
     )
+    return dataclasses.replace(ctx, start=frozen_map(start_state(ctx, first_rates(p))))
+
+
+def first_rates(p: Prepared) -> dict[PoolKey, float]:
+    """Each pool's arrivals/s over the run's first minute (as rate()[1m] reads it then)."""
+    window = max(1, min(round(RATE_WINDOW / p.scenario.step), p.steps))
+    return {
+        pool: float(d.counts[:window].sum()) / (window * p.scenario.step)
+        for pool, d in p.demand.items()
+    }
 
 
 def _apply(cluster: Cluster, d: Decision, t: float, warm: bool = False) -> None:
-    # Nodes first so that replicas of the same decision can schedule on warm nodes
+    # Node scale-ups first, so that replicas of the same decision can schedule on warm
+    # nodes; scale-downs last, so that the replicas the decision removes go before a
+    # shrinking node pool evicts any it keeps
     for key, target in d.nodes.items():
-        cluster.set_nodes(key, max(0, target), t, warm)
+        if target >= cluster.nodes[key].total:
+            cluster.set_nodes(key, max(0, target), t, warm)
     for pool, drains in d.preempt.items():
         for key, count in drains.items():
             cluster.preempt(pool, key, count, d.replicas.get(pool, {}).get(key, 0), t)
+    for pool, victims in d.evict.items():
+        for key, count in victims.items():
+            cluster.evict(pool, key, count, t)
     for pool, targets in d.replicas.items():
         for key, target in targets.items():
             cluster.set_replicas(pool, key, max(0, target), t, warm)
+    for key, target in d.nodes.items():
+        if target < cluster.nodes[key].total:
+            cluster.set_nodes(key, max(0, target), t, warm)
 
 
 def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = None) -> RunResult:
@@ -129,7 +150,7 @@ def run(p: Prepared, policy: Policy, progress: Callable[[float], None] | None = 
         replay.cluster.advance(i * replay.step)
         if i % replay.scrape_every == 0:
             replay.scrape(i)
-        if i % replay.period == 0 and i > 0:
+        if i % replay.period == 0:
             replay.reconcile(i)
         served = replay.serve(i)
         replay.draw_power(i, served)
@@ -210,6 +231,7 @@ class _Replay:
         self.watts_now = dict.fromkeys(self.budgets, 0.0)
         self.last_scrape = Scrape(0.0, {}, {}, {})
         self.first: dict[PoolKey, float] = {}
+        self.throttled: dict[PoolKey, dict[int, float]] = {}  # requests by hour of arrival
         self.gpu_s = self.cost = self.energy = self.peak = 0.0
         self.t0 = time.perf_counter()
 
@@ -236,11 +258,13 @@ class _Replay:
         )
 
     def start_warm(self) -> None:
-        """The fleet ran before the trace began: the first decision, from the first minute's
-        arrival rate, is in place at t=0, and its actions are not counted."""
+        """Every policy starts from the same state: the fleet ran before the trace began,
+        with the replicas that serve the first minute's arrivals at each pool's declared
+        rate (`placement.start_state`) ready on the nodes they fill, and Prometheus showing
+        that minute's rate. Each policy acts from t=0; setting this up is not counted."""
         p, pools = self.p, self.pools
-        window = min(self.rate_steps, p.steps)
-        self.first = {k: float(self.cum[k][window]) / (window * self.step) for k in pools}
+        first = first_rates(p)
+        self.first = {k: first.get(k, 0.0) for k in pools}
         self.last_scrape = Scrape(
             0.0,
             dict.fromkeys(pools, 0.0),
@@ -248,9 +272,9 @@ class _Replay:
             {},
             {k: self.gateway.tier_rates(k, self.first[k]) for k in pools},
         )
-        decision = self.policy.decide(self.view(0))
-        self.gateway.publish(decision.throttles)
-        _apply(self.cluster, decision, 0.0, warm=True)
+        replicas = {pool: dict(by_key) for pool, by_key in self.ctx.start.items()}
+        start = Decision(replicas=replicas, nodes=nodes_for(self.ctx, replicas))
+        _apply(self.cluster, start, 0.0, warm=True)
         self.cluster.node_actions = self.cluster.replica_actions = 0
 
     def scrape(self, i: int) -> None:
@@ -284,7 +308,12 @@ class _Replay:
         served = _Served({}, {}, {})
         for k in self.pools:
             q = self.queues[k]
-            q.push(i, *self.gateway.admit(k, float(self.counts[k][i]), float(self.works[k][i])))
+            count = float(self.counts[k][i])
+            admitted, work, shares = self.gateway.admit(k, count, float(self.works[k][i]))
+            q.push(i, admitted, work, shares)
+            if count - admitted > 1e-12:  # throttled: a miss in the hour it arrived in
+                late = self.throttled.setdefault(k, {})
+                late[i // q.window] = late.get(i // q.window, 0.0) + count - admitted
             cap = 0.0
             for key, rate, _, _ in self.serving[k]:
                 c = self.cluster.replicas[k][key].ready * rate * self.step
@@ -356,6 +385,8 @@ class _Replay:
             q, pr = self.queues[k], result.pools[str(k)]
             q.drain_unserved(self.p.steps)
             pr.waits, pr.served_requests, pr.windows = q.waits, q.served, q.windows
+            for hour, n in self.throttled.get(k, {}).items():
+                pr.windows.setdefault(hour, [0.0, 0.0])[1] += n
             for name, hist in zip(gateway.tiers.get(k, []), q.tier_waits, strict=True):
                 gateway.results[k][name].waits = hist
             pr.tiers = gateway.results.get(k, {})

@@ -24,10 +24,15 @@ class TierResult:
     cut_published: float = 0.0
 
     def summary(self, slo_seconds: float) -> dict[str, float | None]:
+        admitted = self.waits.share_within(slo_seconds)
         return {
             "requests": round(self.offered, 1),
             "throttledShare": round(1.0 - self.admitted / self.offered, 5) if self.offered else 0.0,
-            "sloAttainment": round(self.waits.share_within(slo_seconds), 5),
+            # Throttled requests are misses: they were refused, not served within the SLO
+            "sloAttainment": round(admitted * self.admitted / self.offered, 5)
+            if self.offered
+            else 1.0,
+            "admittedSloAttainment": round(admitted, 5),
             "p99WaitSeconds": self.waits.quantile(0.99),
             "admittedOverPublished": round(self.cut_admitted / self.cut_published, 4)
             if self.cut_published
@@ -37,8 +42,10 @@ class TierResult:
 
 @dataclass
 class PoolResult:
-    """One pool. Waits and SLO attainment are of admitted requests (throttled ones never
-    queue); `energy_joules` is the pool's share of the fleet's energy (see engine)."""
+    """One pool. Waits are of admitted requests (throttled ones never queue). SLO
+    attainment counts throttled requests as misses (`sloAttainment`); that of admitted
+    requests alone is given beside it. `energy_joules` is the pool's share of the fleet's
+    energy (see engine); `windows` count throttled requests in the hour they arrived."""
 
     slo_seconds: float
     waits: WaitHistogram
@@ -65,12 +72,33 @@ class PoolResult:
     def throttled(self) -> float:
         return sum(t.offered - t.admitted for t in self.tiers.values())
 
+    @property
+    def requests(self) -> float:
+        """Every request that arrived: admitted and throttled."""
+        return self.waits.total + self.throttled
+
+    @property
+    def within(self) -> float:
+        """Requests that started within the SLO."""
+        return self.waits.share_within(self.slo_seconds) * self.waits.total
+
+    @property
+    def slo_attainment(self) -> float:
+        return min(1.0, self.within / self.requests) if self.requests > 0 else 1.0
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled / self.requests if self.requests > 0 else 0.0
+
     def summary(self) -> dict[str, Any]:
         wh = self.wh_per_request
         out: dict[str, Any] = {
-            "requests": round(self.waits.total, 1),
+            "requests": round(self.requests, 1),
+            "admittedRequests": round(self.waits.total, 1),
             "sloSeconds": self.slo_seconds,
-            "sloAttainment": self.waits.share_within(self.slo_seconds),
+            "sloAttainment": self.slo_attainment,
+            "admittedSloAttainment": self.waits.share_within(self.slo_seconds),
+            "throttledShare": round(self.throttled_share, 5),
             "worstHourSloAttainment": round(self.worst_window_attainment, 5),
             "p50WaitSeconds": self.waits.quantile(0.50),
             "p99WaitSeconds": self.waits.quantile(0.99),
@@ -80,8 +108,6 @@ class PoolResult:
             "whPerRequest": round(wh, 4) if wh is not None else None,
         }
         if self.tiers:
-            offered = sum(t.offered for t in self.tiers.values())
-            out["throttledShare"] = round(self.throttled / offered, 5) if offered else 0.0
             out["tiers"] = {n: t.summary(self.slo_seconds) for n, t in self.tiers.items()}
         return out
 
@@ -114,14 +140,26 @@ class RunResult:
     series: Series = field(default_factory=Series)
 
     @property
+    def requests(self) -> float:
+        return sum(p.requests for p in self.pools.values())
+
+    @property
     def slo_attainment(self) -> float:
+        """Requests started within their pool's SLO over all requests, throttled ones
+        counted as misses."""
+        total = self.requests
+        return min(1.0, sum(p.within for p in self.pools.values()) / total) if total > 0 else 1.0
+
+    @property
+    def admitted_slo_attainment(self) -> float:
+        """The same over admitted requests only (what the queue saw)."""
         total = sum(p.waits.total for p in self.pools.values())
-        if total <= 0:
-            return 1.0
-        return (
-            sum(p.waits.share_within(p.slo_seconds) * p.waits.total for p in self.pools.values())
-            / total
-        )
+        return min(1.0, sum(p.within for p in self.pools.values()) / total) if total > 0 else 1.0
+
+    @property
+    def throttled_share(self) -> float:
+        total = self.requests
+        return sum(p.throttled for p in self.pools.values()) / total if total > 0 else 0.0
 
     @property
     def gpu_hours(self) -> float:
@@ -141,6 +179,8 @@ class RunResult:
         return {
             "policy": self.policy,
             "sloAttainment": round(self.slo_attainment, 5),
+            "admittedSloAttainment": round(self.admitted_slo_attainment, 5),
+            "throttledShare": round(self.throttled_share, 5),
             "p50WaitSeconds": merged.quantile(0.5),
             "p99WaitSeconds": merged.quantile(0.99),
             "gpuHours": round(self.gpu_hours, 2),

@@ -54,6 +54,9 @@ class Decision:
     throttles: dict[PoolKey, dict[str, tuple[float, float]]] = field(default_factory=dict)
     # Replicas to drain off each node pool's existing nodes before the resize (preemption).
     preempt: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
+    # Scheduled replicas the scheduler sends back to pending (kube-scheduler preemption by
+    # PriorityClass): exactly this many, whatever the pool's targets.
+    evict: dict[PoolKey, dict[NodePoolKey, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ class Context:
     """Static facts handed to a policy before the run.
 
     `rates` are the true units/s of one replica per pool and node pool; `demand` is the
-    future and `queues` the live queues: only the reference policies (static, oracle) may
-    read them.
+    future and `queues` the live queues: only the reference policies (static, reactive,
+    oracle) may read them (reactive only the present). `start` is the replicas per pool
+    and node pool every policy starts with (`placement.start_state`).
     """
 
     fleet: Fleet
@@ -76,6 +80,7 @@ class Context:
     start_epoch: float
     cluster: Cluster
     queues: Mapping[PoolKey, FluidQueue]
+    start: Mapping[PoolKey, Mapping[NodePoolKey, int]] = field(default_factory=dict)
 
 
 class Policy(ABC):

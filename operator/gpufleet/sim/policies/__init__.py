@@ -1,4 +1,5 @@
-"""The policies compared in one run: the planner and three references."""
+"""The policies compared in one run: the planner, KEDA + Cluster Autoscaler (tuned and at
+their defaults), and three references: static capacity, the reactive bound, the oracle."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ class PolicyName(StrEnum):
 
     GPUFLEET = "gpufleet"
     KEDA_CA = "keda-ca"
+    KEDA_CA_DEFAULTS = "keda-ca-defaults"
     STATIC = "static"
+    REACTIVE = "reactive"
     ORACLE = "oracle"
 
 
@@ -25,13 +28,21 @@ def make(name: str, reconcile_seconds: float = 10.0) -> Policy:
 
         return GpufleetPolicy(reconcile_seconds)
     if name == "keda-ca":
-        from gpufleet.sim.policies.keda_ca import KedaCaPolicy
+        from gpufleet.sim.policies.keda_ca import TUNED, KedaCaPolicy
 
-        return KedaCaPolicy()
+        return KedaCaPolicy(TUNED, name)
+    if name == "keda-ca-defaults":
+        from gpufleet.sim.policies.keda_ca import DEFAULTS, KedaCaPolicy
+
+        return KedaCaPolicy(DEFAULTS, name)
     if name == "static":
         from gpufleet.sim.policies.static import StaticPolicy
 
         return StaticPolicy()
+    if name == "reactive":
+        from gpufleet.sim.policies.reactive import ReactivePolicy
+
+        return ReactivePolicy()
     if name == "oracle":
         from gpufleet.sim.policies.oracle import OraclePolicy
 

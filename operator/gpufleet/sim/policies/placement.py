@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from gpufleet.api import Role
 from gpufleet.planner.placement import Catalog, candidates
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policy import Context
 
+Placement = dict[PoolKey, dict[NodePoolKey, int]]
 
-def order(
-    ctx: Context, pool: PoolKey, primary_only: bool = False, fewest_gpus: bool = False
-) -> list[NodePoolKey]:
+
+def order(ctx: Context, pool: PoolKey, primary_only: bool = False) -> list[NodePoolKey]:
     """Node pools the pool can run on, in the planner's preference order: primaries, the
-    user's provider order, Spot where allowed, price per GPU.
-
-    With `fewest_gpus` (the oracle, a bound on GPU-hours) the node pools that serve the
-    most work per GPU come first, the planner's order breaking ties.
-    """
+    user's provider order, Spot where allowed, price per GPU. Every policy compared grows
+    in this order, so all of them buy the same GPU types."""
     spec = ctx.fleet.pools[pool]
     rates = ctx.rates[pool]
     keys = [k for k in candidates(spec, Catalog(ctx.fleet.providers)).grow if k in rates]
     if primary_only:
         keys = [k for k in keys if ctx.fleet.providers[k.provider].role == Role.PRIMARY]
-    if fewest_gpus:
-        keys.sort(key=lambda k: -rates[k])  # stable: ties keep the planner's order
     return keys
 
 
@@ -57,3 +53,41 @@ class Room:
 
     def take(self, key: NodePoolKey, replicas: int, gpus: int) -> None:
         self.gpus[key] += replicas * gpus
+
+
+def start_state(ctx: Context, first_rates: Mapping[PoolKey, float]) -> Placement:
+    """The replicas every policy starts with: each pool's first minute of arrivals (req/s)
+    at the per-replica rate it declares (`serviceRates`; the true rate where it declares
+    none), at least minReplicas, placed highest priority first in the planner's order
+    within maxNodes and quotas. The nodes are those the replicas fill."""
+    room = Room(ctx)
+    out: Placement = {}
+    for pool in sorted(ctx.fleet.pools, key=lambda p: (-ctx.fleet.pools[p].priority, p)):
+        spec = ctx.fleet.pools[pool]
+        declared = {r.gpu_type: r.requests_per_minute / 60.0 for r in spec.service_rates}
+        need, count = first_rates.get(pool, 0.0), 0
+        placed: dict[NodePoolKey, int] = {}
+        for key in order(ctx, pool):
+            gpu = ctx.cluster.nodes[key].spec.gpu_type
+            per_replica = declared.get(gpu) or ctx.rates[pool][key] / ctx.mean_work[pool]
+            want = max(math.ceil(need / per_replica - 1e-9), spec.min_replicas - count)
+            if want <= 0:
+                break
+            got = min(want, room.fits(key, spec.gpus_per_replica), spec.max_replicas - count)
+            if got <= 0:
+                continue
+            room.take(key, got, spec.gpus_per_replica)
+            placed[key] = got
+            count += got
+            need -= got * per_replica
+        out[pool] = placed
+    return out
+
+
+def nodes_for(ctx: Context, placement: Placement) -> dict[NodePoolKey, int]:
+    """The nodes each node pool needs for `placement`, counted whole."""
+    gpus = dict.fromkeys(ctx.cluster.nodes, 0)
+    for pool, by_key in placement.items():
+        for key, n in by_key.items():
+            gpus[key] += n * ctx.fleet.pools[pool].gpus_per_replica
+    return {k: math.ceil(g / ctx.cluster.nodes[k].spec.gpus_per_node) for k, g in gpus.items()}

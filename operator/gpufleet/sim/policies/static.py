@@ -10,8 +10,8 @@ import numpy as np
 
 from gpufleet.planner.types import NodePoolKey
 from gpufleet.sim.policies.envelope import least_service
-from gpufleet.sim.policies.oracle import deadline_steps
 from gpufleet.sim.policies.placement import Room, order
+from gpufleet.sim.policies.sizing import deadline_steps
 from gpufleet.sim.policy import Context, Decision, Policy, View
 
 
