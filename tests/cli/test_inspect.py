@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from gpufleet.cli.inspect import explain_lines, fleet_tables
+from gpufleet.cli.inspect import explain_lines, fleet_tables, status_console
 from gpufleet.manifests import read_documents
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -116,3 +116,15 @@ def test_explain_says_which_service_rate_sized_the_pool_and_why() -> None:
 
     assert "sized at 1560 requests/min a replica (Observed; declared 2500, observed 1560)" in text
     assert "ServiceRateAccurate=False (ObservedRateDiffers)" in text
+
+
+def test_piped_status_tables_keep_every_name_whole() -> None:
+    console = status_console(terminal=False)
+    with console.capture() as captured:
+        for table in fleet_tables(
+            [_pool("image-gen")], _objects("CloudProvider"), _objects("PowerBudget")
+        ):
+            console.print(table)
+    text = captured.get()
+
+    assert "CloudProvider" in text and "…" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -131,10 +132,18 @@ def fleet_tables(
     return [pool_table, provider_table, budget_table]
 
 
+# Piped (to grep, a file, a CI log) there is no terminal width to fit: cells stay whole.
+PIPE_WIDTH = 10_000
+
+
+def status_console(terminal: bool) -> Console:
+    return Console() if terminal else Console(width=PIPE_WIDTH)
+
+
 def status() -> None:
     """A table of the fleet: pools, providers and power budgets, from their status."""
     api = _client()
-    console = Console()
+    console = status_console(sys.stdout.isatty())
     for table in fleet_tables(
         _list(api, "servingpools"), _list(api, "cloudproviders"), _list(api, "powerbudgets")
     ):
