@@ -240,16 +240,18 @@ def kept(model: type[StatusModel], previous: Mapping[str, Any] | None) -> dict[s
     status says only what went wrong; each field that it no longer has or accepts is dropped
     on its own."""
     known = {info.alias or name for name, info in model.model_fields.items()}
-    out = {}
-    for key, value in (previous or {}).items():
-        if key not in known or key == "conditions":
-            continue
-        try:
-            model.model_validate({key: value, "conditions": []})
-        except ValidationError:
-            continue
-        out[key] = value
-    return out
+    fields = {k: v for k, v in (previous or {}).items() if k in known and k != "conditions"}
+    if _accepts(model, fields):  # the usual case: one validation, not one a field
+        return fields
+    return {k: v for k, v in fields.items() if _accepts(model, {k: v})}
+
+
+def _accepts(model: type[StatusModel], fields: Mapping[str, Any]) -> bool:
+    try:
+        model.model_validate({**fields, "conditions": []})
+    except ValidationError:
+        return False
+    return True
 
 
 def pool_status(
@@ -282,7 +284,8 @@ def pool_status(
     if queue is not None:
         queue_depth: int | None = max(0, round(queue))
     else:
-        queue_depth = kept(ServingPoolStatus, previous).get("queueDepth")
+        stored = {"queueDepth": previous["queueDepth"]} if "queueDepth" in previous else {}
+        queue_depth = kept(ServingPoolStatus, stored).get("queueDepth")
     return ServingPoolStatus(
         observed_generation=generation,
         desired_replicas=plan.desired_replicas,
