@@ -43,7 +43,7 @@ from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policies.allowance import Allowance, Curves
 from gpufleet.sim.policies.envelope import least_service, window_max
 from gpufleet.sim.policies.placement import Placement
-from gpufleet.sim.policies.sizing import Sizer
+from gpufleet.sim.policies.sizing import Sizer, padded_demand, run_steps
 from gpufleet.sim.policy import Context, Decision, Policy, View
 
 
@@ -53,16 +53,12 @@ class OraclePolicy(Policy):
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
         self.period = ctx.step
-        steps = max((len(d.work) for d in ctx.demand.values()), default=1)
+        steps = run_steps(ctx)
         self.steps = steps
         sizer = self.sizer = Sizer(ctx, steps)
         counts, work, need = {}, {}, {}
         for pool in sizer.pools:
-            d = ctx.demand.get(pool)
-            counts[pool] = (
-                np.zeros(steps) if d is None else np.pad(d.counts, (0, steps - len(d.counts)))
-            )
-            work[pool] = np.zeros(steps) if d is None else np.pad(d.work, (0, steps - len(d.work)))
+            counts[pool], work[pool] = padded_demand(ctx, pool, steps)
             deadline, _ = sizer.slo(pool)
             need[pool] = least_service(work[pool], deadline)[:steps] / ctx.step
         ready = self._ready(need)

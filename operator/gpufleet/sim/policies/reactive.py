@@ -27,7 +27,7 @@ import numpy as np
 
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policies.placement import Placement
-from gpufleet.sim.policies.sizing import Sizer
+from gpufleet.sim.policies.sizing import Sizer, padded_demand, run_steps
 from gpufleet.sim.policy import Context, Decision, Policy, View
 
 
@@ -53,7 +53,7 @@ class ReactivePolicy(Policy):
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
         self.period = ctx.step
-        steps = max((len(d.work) for d in ctx.demand.values()), default=1)
+        steps = run_steps(ctx)
         self.steps = steps
         sizer = self.sizer = Sizer(ctx, steps)
         self.window: dict[PoolKey, int] = {}
@@ -62,8 +62,7 @@ class ReactivePolicy(Policy):
         for pool in sizer.pools:
             deadline, _ = sizer.slo(pool)
             self.window[pool] = max(1, deadline)
-            d = ctx.demand.get(pool)
-            work = np.zeros(steps) if d is None else np.pad(d.work, (0, steps - len(d.work)))
+            _, work = padded_demand(ctx, pool, steps)
             self.arrived[pool] = np.concatenate(([0.0], np.cumsum(work)))
             lead = max((sizer.lead[k] for k in sizer.order[pool]), default=0)
             self.catch_up[pool] = lead + deadline

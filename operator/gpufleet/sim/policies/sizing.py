@@ -16,6 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+import numpy.typing as npt
+
 from gpufleet.api import Role
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policies.placement import Placement, nodes_for, order
@@ -64,6 +67,21 @@ class Usage:
     def add(self, key: NodePoolKey, replicas: int, gpr: int, busy_per_gpu: float) -> None:
         self.gpus[key] += replicas * gpr
         self.busy[key] += replicas * gpr * busy_per_gpu
+
+
+def run_steps(ctx: Context) -> int:
+    """The run's length in steps: the longest pool's demand."""
+    return max((len(d.work) for d in ctx.demand.values()), default=1)
+
+
+def padded_demand(
+    ctx: Context, pool: PoolKey, steps: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The pool's requests and work per step over `steps` steps (zeros where it has none)."""
+    d = ctx.demand.get(pool)
+    if d is None:
+        return np.zeros(steps), np.zeros(steps)
+    return np.pad(d.counts, (0, steps - len(d.counts))), np.pad(d.work, (0, steps - len(d.work)))
 
 
 class Sizer:
