@@ -23,6 +23,8 @@ from gpufleet.sim.policy import Context, Decision, View
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
 from gpufleet.sim.scenario import Scenario, parse_scenario
 
+from .builders import h100_node_pool, provider_doc
+
 POOL = PoolKey("inference", "chat")
 H100 = NodePoolKey("c", "h100")
 
@@ -47,33 +49,7 @@ def _scenario(
         "durationSeconds": duration,
         "fleet": {
             "inline": [
-                {
-                    "apiVersion": "gpufleet.io/v1alpha1",
-                    "kind": "CloudProvider",
-                    "metadata": {"name": "c"},
-                    "spec": {
-                        "subprocessor": {
-                            "legalEntity": "E",
-                            "jurisdiction": "DE",
-                            "approved": True,
-                            "dataClasses": ["Internal"],
-                        },
-                        "driver": {"type": "Simulated"},
-                        "nodePools": [
-                            {
-                                "name": "h100",
-                                "gpuType": "H100",
-                                "gpusPerNode": 1,
-                                "wattsPerGpu": 700,
-                                "idleWattsPerGpu": 90,
-                                "hourlyPriceCents": 100,
-                                "maxNodes": 32,
-                                "bootSeconds": 120,
-                                "site": "s1",
-                            }
-                        ],
-                    },
-                },
+                provider_doc([h100_node_pool(hourlyPriceCents=100, maxNodes=32, bootSeconds=120)]),
                 {
                     "apiVersion": "gpufleet.io/v1alpha1",
                     "kind": "ServingPool",

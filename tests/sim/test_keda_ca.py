@@ -13,6 +13,8 @@ from gpufleet.sim.policies.keda_ca import KedaCaPolicy
 from gpufleet.sim.policy import Decision, Scrape, View
 from gpufleet.sim.scenario import parse_scenario
 
+from .builders import h100_node_pool, provider_doc
+
 CHAT = PoolKey("inference", "chat")
 IMAGE = PoolKey("inference", "image")
 H100 = NodePoolKey("c", "h100")
@@ -43,32 +45,7 @@ def _policy(name: str) -> KedaCaPolicy:
         "durationSeconds": 60,
         "fleet": {
             "inline": [
-                {
-                    "apiVersion": "gpufleet.io/v1alpha1",
-                    "kind": "CloudProvider",
-                    "metadata": {"name": "c"},
-                    "spec": {
-                        "subprocessor": {
-                            "legalEntity": "E",
-                            "jurisdiction": "DE",
-                            "approved": True,
-                            "dataClasses": ["Internal"],
-                        },
-                        "driver": {"type": "Simulated"},
-                        "nodePools": [
-                            {
-                                "name": "h100",
-                                "gpuType": "H100",
-                                "gpusPerNode": 1,
-                                "wattsPerGpu": 700,
-                                "idleWattsPerGpu": 90,
-                                "maxNodes": 64,
-                                "bootSeconds": 60,
-                                "site": "s1",
-                            }
-                        ],
-                    },
-                },
+                provider_doc([h100_node_pool(maxNodes=64, bootSeconds=60)]),
                 _pool("chat", 1000),
                 _pool("image", 100),
             ]

@@ -16,6 +16,8 @@ from gpufleet.sim.policies.envelope import least_service
 from gpufleet.sim.queue import FluidQueue, RequestQueue
 from gpufleet.sim.scenario import Scenario, ScenarioError, parse_scenario
 
+from .builders import h100_node_pool, provider_doc
+
 POOL = PoolKey("inference", "chat")
 
 
@@ -23,38 +25,14 @@ def _fleet(
     cap_kw: int = 1000, boot: int = 120, max_nodes: int = 8, b200_cents: int = 0
 ) -> list[dict[str, object]]:
     """One H100 node pool at 100 cents an hour; with `b200_cents`, a B200 one beside it."""
-    h100 = {
-        "name": "h100",
-        "gpuType": "H100",
-        "gpusPerNode": 1,
-        "wattsPerGpu": 700,
-        "idleWattsPerGpu": 90,
-        "hourlyPriceCents": 100,
-        "maxNodes": max_nodes,
-        "bootSeconds": boot,
-        "site": "s1",
-    }
+    h100 = h100_node_pool(hourlyPriceCents=100, maxNodes=max_nodes, bootSeconds=boot)
     node_pools = [h100]
     if b200_cents:
         node_pools.append(
             {**h100, "name": "z-b200", "gpuType": "B200", "hourlyPriceCents": b200_cents}
         )
     return [
-        {
-            "apiVersion": "gpufleet.io/v1alpha1",
-            "kind": "CloudProvider",
-            "metadata": {"name": "c"},
-            "spec": {
-                "subprocessor": {
-                    "legalEntity": "E",
-                    "jurisdiction": "DE",
-                    "approved": True,
-                    "dataClasses": ["Internal"],
-                },
-                "driver": {"type": "Simulated"},
-                "nodePools": node_pools,
-            },
-        },
+        provider_doc(node_pools),
         {
             "apiVersion": "gpufleet.io/v1alpha1",
             "kind": "ServingPool",
