@@ -1,4 +1,6 @@
-"""Fixtures for the e2e suite: one test bed per session, torn down even on failure.
+"""pytest fixtures for the e2e suites (tests/e2e, tests/security): one test bed per session,
+torn down even on failure. Loaded by tests/conftest.py as a plugin, so any test folder can
+use them.
 
 By default the session starts its own test beds, named `pytest-<pid>` and
 `pytest-<pid>-secondary` (state under ${GPUFLEET_TESTBED_DIR:-<repo>/.e2e}/),
