@@ -81,18 +81,22 @@ def build(pools: int, providers: int, node_pools: int, seed: int = 7) -> tuple[F
         assert parsed.value is not None, parsed.errors
         provider_specs[name] = parsed.value
     pool_specs = {}
+    priorities: dict[PoolKey, int] = {}
     observations = {}
     for i in range(pools):
         key = PoolKey(f"team-{i % 50}", f"model-{i:05d}")
+        gpu_types = rng.sample(GPU_TYPES, 2)
+        gpus_per_replica = rng.choice((1, 1, 2, 4))
+        target = rng.randint(2, 20)
+        priorities[key] = rng.randint(0, 10)  # the platform's, from PriorityClasses
         parsed_pool = parse_pool(
             {
                 "scaleTargetRef": {"name": key.name},
-                "gpuTypes": rng.sample(GPU_TYPES, 2),
-                "gpusPerReplica": rng.choice((1, 1, 2, 4)),
-                "queue": {"query": "q", "targetPerReplica": rng.randint(2, 20)},
+                "gpuTypes": gpu_types,
+                "gpusPerReplica": gpus_per_replica,
+                "queue": {"query": "q", "targetPerReplica": target},
                 "minReplicas": 0,
                 "maxReplicas": 200,
-                "priority": rng.randint(0, 10),
                 "slo": {"queueWaitSeconds": 10},
                 "serviceRates": []
                 if i % 3
@@ -129,6 +133,7 @@ def build(pools: int, providers: int, node_pools: int, seed: int = 7) -> tuple[F
         frozen_map(pool_specs),
         frozen_map(provider_specs),
         frozen_map({k: v for k, v in budgets.items() if v is not None}),
+        priorities=frozen_map(priorities),
     )
     snapshot = Snapshot(pools=frozen_map(observations), node_pools=frozen_map(node_observations))
     return fleet, snapshot

@@ -119,8 +119,8 @@ def demo(
         base=0.5, factor=12, start=20, ramp=0.3 * total, hold=0.25 * total, fall=0.05 * total
     )
     plays = [
-        PoolPlay("demo", "chat", "chat", Surge(base=1.0), per_replica=0.5),
-        PoolPlay("demo", "image-gen", "image-gen", surge, per_replica=0.25),
+        PoolPlay("demo-chat", "chat", "chat", Surge(base=1.0), per_replica=0.5),
+        PoolPlay("demo-image", "image-gen", "image-gen", surge, per_replica=0.25),
     ]
     bed = testbed.up(name, gpu_nodes=0)
     kubectl = bed.kubectl()

@@ -5,7 +5,7 @@ Prometheus scrapes it like the real ones; tests set values over HTTP:
     GET    /metrics
     GET    /control/state
     PUT    /control/queue?namespace=N&pool=P&value=V     (DELETE: drop the series)
-    PUT    /control/power?node=X&watts=W[&gpu=I][&gpus=K][&model=M]
+    PUT    /control/power?node=X&watts=W[&gpu=I][&gpus=K][&model=M][&namespace=N&pod=P]
     DELETE /control/power?node=X
     PUT    /control/scenario   body: scenario (JSON/YAML), replaces all values
     POST   /control/reset
@@ -13,6 +13,9 @@ Prometheus scrapes it like the real ones; tests set values over HTTP:
 Scenario (file via --scenario or PUT body):
     queue: [{namespace: default, pool: llama, value: 12}]
     power: [{node: gpu-0, gpus: 8, watts: 350, modelName: NVIDIA H100 80GB HBM3}]
+
+A GPU set with a namespace and pod carries them as labels, as the DCGM exporter's Kubernetes
+mapping labels the GPUs a pod holds; setting it without them clears them.
 
 Run: python -m gpufleet_testbed.exporter --port 9400 [--scenario FILE]
 """
@@ -51,6 +54,8 @@ class BadRequestError(ValueError):
 class Gpu:
     watts: float
     model: str
+    namespace: str = ""  # of the pod holding it; empty: none
+    pod: str = ""
 
 
 @dataclass
@@ -68,7 +73,14 @@ class State:
             self.queue.pop((namespace, pool), None)
 
     def set_power(
-        self, node: str, watts: float, *, gpu: int | None, gpus: int | None, model: str | None
+        self,
+        node: str,
+        watts: float,
+        *,
+        gpu: int | None,
+        gpus: int | None,
+        model: str | None,
+        pod: tuple[str, str] | None = None,
     ) -> None:
         with self.lock:
             current = self.power.get(node, [])
@@ -82,6 +94,7 @@ class State:
                     device.model = model
                 if gpu is None or i == gpu:
                     device.watts = watts
+                    device.namespace, device.pod = pod or ("", "")
             self.power[node] = resized
 
     def drop_power(self, node: str) -> None:
@@ -113,7 +126,14 @@ class State:
                     for (ns, pool), v in sorted(self.queue.items())
                 ],
                 "power": [
-                    {"node": node, "gpus": [{"watts": g.watts, "modelName": g.model} for g in gpus]}
+                    {
+                        "node": node,
+                        "gpus": [
+                            {"watts": g.watts, "modelName": g.model}
+                            | ({"namespace": g.namespace, "pod": g.pod} if g.pod else {})
+                            for g in gpus
+                        ],
+                    }
                     for node, gpus in sorted(self.power.items())
                 ],
             }
@@ -132,7 +152,16 @@ class StateCollector(Collector):
         power = GaugeMetricFamily(
             POWER_METRIC,
             "Power draw (in W).",
-            labels=["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id"],
+            labels=[
+                "gpu",
+                "UUID",
+                "device",
+                "modelName",
+                "Hostname",
+                "pci_bus_id",
+                "namespace",
+                "pod",
+            ],
         )
         with self.state.lock:
             for (namespace, pool), value in self.state.queue.items():
@@ -141,9 +170,9 @@ class StateCollector(Collector):
                 for i, device in enumerate(gpus):
                     gpu_uuid = f"GPU-{uuid.uuid5(_UUID_NAMESPACE, f'{node}/{i}')}"
                     bus = f"00000000:{0x18 + i:02X}:00.0"
-                    power.add_metric(
-                        [str(i), gpu_uuid, f"nvidia{i}", device.model, node, bus], device.watts
-                    )
+                    # An empty label is no label to Prometheus: an idle GPU names no pod.
+                    labels = [str(i), gpu_uuid, f"nvidia{i}", device.model, node, bus]
+                    power.add_metric([*labels, device.namespace, device.pod], device.watts)
         yield queue
         yield power
 
@@ -198,12 +227,17 @@ def make_handler(state: State, registry: CollectorRegistry) -> type[BaseHTTPRequ
                 elif url.path == "/control/power" and method == "PUT":
                     gpu = _one(query, "gpu", required=False)
                     gpus = _one(query, "gpus", required=False)
+                    pod_namespace = _one(query, "namespace", required=False)
+                    pod_name = _one(query, "pod", required=False)
+                    if (pod_namespace is None) != (pod_name is None):
+                        raise BadRequestError("namespace and pod go together")
                     state.set_power(
                         str(_one(query, "node")),
                         _number(_one(query, "watts"), "watts"),
                         gpu=int(_number(gpu, "gpu")) if gpu is not None else None,
                         gpus=int(_number(gpus, "gpus")) if gpus is not None else None,
                         model=_one(query, "model", required=False),
+                        pod=(pod_namespace, pod_name) if pod_namespace and pod_name else None,
                     )
                 elif url.path == "/control/power" and method == "DELETE":
                     state.drop_power(str(_one(query, "node")))

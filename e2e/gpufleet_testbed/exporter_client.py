@@ -55,12 +55,23 @@ class ExporterClient:
         gpu: int | None = None,
         gpus: int | None = None,
         model: str | None = None,
+        pod: tuple[str, str] | None = None,
     ) -> None:
-        """Sets every GPU of `node` (or only `gpu`) to `watts`; `gpus` sizes the node."""
+        """Sets every GPU of `node` (or only `gpu`) to `watts`; `gpus` sizes the node.
+        `pod` (namespace, name): the pod holding them, as the DCGM exporter labels them."""
+        namespace, name = pod or (None, None)
         self._call(
             "PUT",
             "/control/power",
-            {"node": node, "watts": watts, "gpu": gpu, "gpus": gpus, "model": model},
+            {
+                "node": node,
+                "watts": watts,
+                "gpu": gpu,
+                "gpus": gpus,
+                "model": model,
+                "namespace": namespace,
+                "pod": name,
+            },
         )
 
     def drop_power(self, node: str) -> None:

@@ -154,7 +154,6 @@ def serving_pool(
     arrival_rate_query: str | None = None,
     jurisdictions: Sequence[str] = ("DE",),
     model_load_seconds: int = 1,
-    priority: int | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
     """A pool scaled on its queue depth (`queue_query`); its target is the Deployment (or
@@ -177,7 +176,6 @@ def serving_pool(
             "queue": queue,
             "minReplicas": min_replicas,
             "maxReplicas": max_replicas,
-            **({} if priority is None else {"priority": priority}),
             "modelLoadSeconds": model_load_seconds,
             "dataPolicy": {"allowedJurisdictions": list(jurisdictions)},
             "behavior": dict(behavior),
@@ -223,11 +221,15 @@ def deployment(
     affinity: Mapping[str, Any] | None = None,
     container: str = "server",
     image: str = SERVER_IMAGE,
+    priority_class: str | None = None,
 ) -> dict[str, Any]:
-    """A Deployment of `gpu_pod_spec` pods, labelled `app: <name>`."""
+    """A Deployment of `gpu_pod_spec` pods, labelled `app: <name>`, running with
+    `priority_class` if given (which sets its pool's priority)."""
     pod = gpu_pod_spec(
         node_selector=node_selector, affinity=affinity, container=container, image=image
     )
+    if priority_class is not None:
+        pod["priorityClassName"] = priority_class
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -268,3 +270,44 @@ def delete(kubectl: Kubectl, items: Sequence[Mapping[str, Any]]) -> None:
         if "namespace" not in metadata:
             kind = str(item["kind"]).lower()
             kubectl.run("delete", kind, metadata["name"], "--wait=false", check=False)
+
+
+def priority_class(name: str, value: int) -> dict[str, Any]:
+    """A PriorityClass that never preempts in the scheduler: gpufleet's drain does that, with
+    the pool's drain timeout and the PodDisruptionBudgets (docs/preemption.md)."""
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name},
+        "value": value,
+        "preemptionPolicy": "Never",
+    }
+
+
+def tenant_policy(
+    name: str, namespaces: Sequence[str], priority_classes: Sequence[str] = (), **spec: Any
+) -> dict[str, Any]:
+    """A TenantPolicy granting `namespaces` the classes; `spec` adds fields as they are."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TenantPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaces": list(namespaces),
+            "priorityClasses": list(priority_classes),
+            **spec,
+        },
+    }
+
+
+def priority_ladder(namespace: str, values: Mapping[str, int]) -> list[dict[str, Any]]:
+    """A class per pool (`<namespace>-<pool>`, cluster-wide names) and the TenantPolicy that
+    lets `namespace` use them: pass `priority_class=ladder_class(namespace, pool)` to the
+    pools' Deployments."""
+    classes = [priority_class(ladder_class(namespace, pool), v) for pool, v in values.items()]
+    names = [c["metadata"]["name"] for c in classes]
+    return [*classes, tenant_policy(namespace, [namespace], names)]
+
+
+def ladder_class(namespace: str, pool: str) -> str:
+    return f"{namespace}-{pool}"

@@ -25,7 +25,15 @@ class OperatorProcess:
     log: Path
     period: float = 1.0
     extra_args: tuple[str, ...] = ()
+    # Pools' queries read only their namespace's series, as a shared cluster should run it.
+    confine_queries: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    # Its id on what it makes in remote clusters (`--installation`): two operators sharing a
+    # remote test bed need two.
+    installation: str = "e2e-testbed"
+    # `--metrics-auth`: the test bed's scrapes carry no token, so /metrics is open unless a
+    # test asks for "kubernetes" (and passes a token to `metrics`).
+    metrics_auth: str = "none"
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     health_port: int = 0
@@ -41,16 +49,22 @@ class OperatorProcess:
             str(self.period),
             "--metrics-port",
             str(self.metrics_port),
+            "--metrics-auth",
+            self.metrics_auth,
             "--health-port",
             str(self.health_port),
             "--bind-address",
             "127.0.0.1",
             "--log-format",
             "json",
+            "--installation",
+            self.installation,
             *self.extra_args,
         ]
         if self.bed.prometheus_url:
             argv += ["--prometheus-url", self.bed.prometheus_url]
+        if self.confine_queries:
+            argv.append("--confine-queries")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.bed.env(), **self.env}
         with self.log.open("ab") as out:
@@ -71,10 +85,13 @@ class OperatorProcess:
         except OSError:
             return False
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as reply:
+    def metrics(self, token: str | None = None) -> str:
+        """The /metrics text; `token` goes as a bearer token (urllib.error.HTTPError when
+        the operator refuses the scrape)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=5) as reply:
             return str(reply.read().decode())
 
     def tail(self, lines: int = 40) -> str:

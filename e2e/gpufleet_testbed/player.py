@@ -64,6 +64,24 @@ class NodePower:
     busy_watts: float = 650.0
 
 
+def _gpu_pods(pods: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[str, str, int]]]:
+    """Running pods holding GPUs, per node: (namespace, name, GPUs)."""
+    out: dict[str, list[tuple[str, str, int]]] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        spec = pod.get("spec") or {}
+        used = sum(
+            int(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0))
+            for c in spec.get("containers") or ()
+        )
+        if spec.get("nodeName") and used:
+            meta = pod["metadata"]
+            out.setdefault(spec["nodeName"], []).append((meta["namespace"], meta["name"], used))
+    return out
+
+
 def _running(pods: Sequence[Mapping[str, Any]], app: str) -> tuple[int, dict[str, int]]:
     """Running replicas of `app`, and GPUs in use per node (all apps)."""
     count = 0
@@ -106,14 +124,11 @@ class Player:
 
     def step(self, t: float, dt: float) -> None:
         pods = self.kubectl.json("get", "pods", "-A").get("items", [])
-        gpus_by_node: dict[str, int] = {}
         for play in self.pools:
             key = (play.namespace, play.pool)
-            replicas, gpus = _running(
+            replicas, _ = _running(
                 [p for p in pods if p["metadata"]["namespace"] == play.namespace], play.app_label
             )
-            for node, used in gpus.items():
-                gpus_by_node[node] = max(gpus_by_node.get(node, 0), used)
             arrivals = play.demand.rate(t) * dt
             capacity = replicas * play.per_replica * dt
             backlog = self.queues[key] + arrivals
@@ -123,17 +138,24 @@ class Player:
             self.arrived[key] += arrivals
             self.served[key] += served
             self.exporter.set_queue(play.namespace, play.pool, round(self.queues[key], 3))
-        self._power(gpus_by_node)
+        self._power(_gpu_pods(pods))
 
-    def _power(self, gpus_by_node: Mapping[str, int]) -> None:
+    def _power(self, pods_by_node: Mapping[str, Sequence[tuple[str, str, int]]]) -> None:
         nodes = self.kubectl.json("get", "nodes", "-l", "gpufleet.io/node-pool").get("items", [])
         for node in nodes:
             name = node["metadata"]["name"]
             total = int((node.get("status") or {}).get("capacity", {}).get(GPU, 0) or 0)
             if total <= 0:
                 continue
-            busy = min(total, gpus_by_node.get(name, 0))
-            # One series per GPU, as the DCGM exporter publishes: all idle, then the busy ones.
+            # One series per GPU, as the DCGM exporter publishes: all idle, then the busy
+            # ones, labelled with the pod that holds them (its Kubernetes mapping).
             self.exporter.set_power(name, self.power.idle_watts, gpus=total)
-            for index in range(busy):
-                self.exporter.set_power(name, self.power.busy_watts, gpu=index, gpus=total)
+            index = 0
+            for namespace, pod, used in pods_by_node.get(name, ()):
+                for _ in range(used):
+                    if index >= total:
+                        break
+                    self.exporter.set_power(
+                        name, self.power.busy_watts, gpu=index, gpus=total, pod=(namespace, pod)
+                    )
+                    index += 1

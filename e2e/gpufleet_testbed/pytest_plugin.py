@@ -15,6 +15,7 @@ running after the session, for debugging.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -89,11 +90,17 @@ def _existing() -> testbeds.Testbed:
 
 
 def _owner_alive(directory: Path) -> bool:
-    try:
-        pid = int((directory / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return Path(f"/proc/{pid}").exists()
+    """Whether the session that started the test bed still runs. The name holds its pid
+    (`pytest-<pid>[-secondary]`), which is there from the first moment; the owner file is
+    written only once start-up is done, so by itself it would let a session that starts at
+    the same time take a half-started test bed for an orphan and remove it."""
+    pids = []
+    named = directory.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
+    if named.isdigit():
+        pids.append(int(named))
+    with contextlib.suppress(OSError, ValueError):
+        pids.append(int((directory / OWNER_FILE).read_text()))
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def _reap_orphans() -> None:

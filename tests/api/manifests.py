@@ -15,6 +15,7 @@ from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from gpufleet.api import Parsed, parse_budget, parse_pool, parse_provider
 from gpufleet.api.crd import KINDS, crd
+from gpufleet.api.parse import parse_tenant_policy
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -24,7 +25,20 @@ PARSERS: dict[str, Callable[[Any], Parsed[Any]]] = {
     "ServingPool": parse_pool,
     "CloudProvider": parse_provider,
     "PowerBudget": parse_budget,
+    "TenantPolicy": parse_tenant_policy,
 }
+
+
+def parse_object(obj: dict[str, Any]) -> Parsed[Any]:
+    """Parse a whole object as the operator's index does: the spec, and the name where it
+    becomes a label value (api/names.py)."""
+    meta = obj.get("metadata") or {}
+    if obj["kind"] == "ServingPool":
+        return parse_pool(obj["spec"], meta.get("name"), meta.get("namespace"))
+    if obj["kind"] == "CloudProvider":
+        return parse_provider(obj["spec"], meta.get("name"))
+    return PARSERS[obj["kind"]](obj["spec"])
+
 
 _HEADER = re.compile(r"\A# expect-error: (?P<expect>.+)\n# rule: (?P<rule>cel|schema|list-type)\n")
 

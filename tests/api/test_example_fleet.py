@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gpufleet.api import CloudProviderSpec, PowerBudgetSpec, Role, ServingPoolSpec
+from gpufleet.api.tenancy import TenantPolicySpec
 
 from .manifests import EXAMPLES, PARSERS, load_documents, valid_files
 
@@ -24,6 +25,11 @@ POOLS: dict[str, ServingPoolSpec] = _specs("ServingPool")
 PROVIDERS: dict[str, CloudProviderSpec] = _specs("CloudProvider")
 BUDGETS: dict[str, PowerBudgetSpec] = _specs("PowerBudget")
 DEPLOYMENTS = {d["metadata"]["name"]: d for d in DOCS if d["kind"] == "Deployment"}
+POLICIES: dict[str, TenantPolicySpec] = _specs("TenantPolicy")
+CLASSES = {d["metadata"]["name"]: d["value"] for d in DOCS if d["kind"] == "PriorityClass"}
+POOL_NAMESPACES = {
+    d["metadata"]["name"]: d["metadata"]["namespace"] for d in DOCS if d["kind"] == "ServingPool"
+}
 EU = {"AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE"}
 EU |= {"IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"}
 
@@ -53,15 +59,44 @@ def _sites(budget: PowerBudgetSpec) -> set[str]:
 def test_examples_hold_each_kind_the_readme_describes() -> None:
     kinds = sorted({d["kind"] for d in DOCS})
 
-    assert kinds == ["CloudProvider", "Deployment", "Namespace", "PowerBudget", "ServingPool"]
+    assert kinds == [
+        "CloudProvider",
+        "Deployment",
+        "Namespace",
+        "PowerBudget",
+        "PriorityClass",
+        "ResourceQuota",
+        "ServingPool",
+        "TenantPolicy",
+    ]
     assert (EXAMPLES / "README.md").is_file()
 
 
-def test_namespaced_examples_live_in_the_example_namespace() -> None:
-    (namespace,) = [d["metadata"]["name"] for d in DOCS if d["kind"] == "Namespace"]
-    namespaced = [d for d in DOCS if d["kind"] in ("ServingPool", "Deployment")]
+def test_each_tenant_has_its_own_namespace_policy_and_gpu_quota() -> None:
+    namespaces = {d["metadata"]["name"] for d in DOCS if d["kind"] == "Namespace"}
+    namespaced = [d for d in DOCS if d["kind"] in ("ServingPool", "Deployment", "ResourceQuota")]
+    governed = {ns for name, policy in POLICIES.items() for ns in policy.namespaces}
+    quotas = {d["metadata"]["namespace"] for d in DOCS if d["kind"] == "ResourceQuota"}
 
-    assert {d["metadata"]["namespace"] for d in namespaced} == {namespace}
+    assert {d["metadata"]["namespace"] for d in namespaced} == namespaces == {"chat", "image-gen"}
+    assert governed == quotas == namespaces
+
+
+def _class_of(pool: ServingPoolSpec) -> str:
+    return str(
+        DEPLOYMENTS[pool.scale_target_ref.name]["spec"]["template"]["spec"]["priorityClassName"]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_pool_runs_with_a_class_its_namespace_may_use(name: str) -> None:
+    namespace = POOL_NAMESPACES[name]
+    allowed = {
+        c for p in POLICIES.values() if namespace in p.namespaces for c in p.priority_classes
+    }
+
+    assert _class_of(POOLS[name]) in allowed
+    assert _class_of(POOLS[name]) in CLASSES
 
 
 @pytest.mark.parametrize("name", sorted(POOLS))
@@ -104,7 +139,7 @@ def test_pool_bursts_only_to_secondaries_its_data_policy_allows(name: str) -> No
 def test_image_generation_may_burst_and_chat_may_not() -> None:
     assert POOLS["image-gen"].burst.enabled
     assert not POOLS["chat"].burst.enabled
-    assert POOLS["chat"].priority > POOLS["image-gen"].priority
+    assert CLASSES[_class_of(POOLS["chat"])] > CLASSES[_class_of(POOLS["image-gen"])]
 
 
 def test_unapproved_provider_is_allowed_for_no_pool() -> None:

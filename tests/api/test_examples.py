@@ -12,6 +12,7 @@ from .manifests import (
     InvalidCase,
     cel_messages,
     invalid_cases,
+    parse_object,
     schema_errors,
     valid_objects,
 )
@@ -28,7 +29,7 @@ def _ids(cases: list[InvalidCase]) -> list[str]:
 
 @pytest.mark.parametrize(("name", "obj"), VALID, ids=[n for n, _ in VALID])
 def test_valid_example_parses(name: str, obj: dict[str, Any]) -> None:
-    parsed = PARSERS[obj["kind"]](obj["spec"])
+    parsed = parse_object(obj)
 
     assert parsed.errors == ()
 
@@ -50,7 +51,7 @@ def test_parsed_example_round_trips_through_crd_schema(name: str, obj: dict[str,
 
 @pytest.mark.parametrize("case", INVALID, ids=_ids(INVALID))
 def test_invalid_example_fails_to_parse_with_expected_error(case: InvalidCase) -> None:
-    parsed = PARSERS[case.obj["kind"]](case.obj["spec"])
+    parsed = parse_object(case.obj)
 
     assert parsed.value is None
     assert any(case.expect in str(e) for e in parsed.errors), parsed.errors

@@ -184,7 +184,8 @@ def test_dashboard_has_the_panels_and_queries_only_exported_metrics() -> None:
 
 
 def test_network_policy_is_optional_and_limits_ingress_to_the_two_ports() -> None:
-    assert of_kind(render(), "NetworkPolicy") == []
+    # On by default is the ingress-only one (tests/security/test_metrics_exposure.py).
+    assert of_kind(render({"networkPolicy.ingressOnly": False}), "NetworkPolicy") == []
     (policy,) = of_kind(
         render({"networkPolicy.enabled": True, "networkPolicy.apiServerCidrs": ["10.0.0.1/32"]}),
         "NetworkPolicy",
@@ -211,15 +212,14 @@ def test_dashboard_file_is_valid_json() -> None:
     json.loads(Path(CHART / "dashboards" / "gpufleet.json").read_text())
 
 
-def test_leader_election_passes_the_flag_the_pod_name_and_installs_the_peering_crd() -> None:
+def test_leader_election_passes_the_flag_and_the_pod_name_and_installs_no_crd() -> None:
     container = _deployment({})["spec"]["template"]["spec"]["containers"][0]
     assert "--leader-election" in container["args"]
-    assert "--peering-lifetime=10" in container["args"]
+    assert "--lease-duration=10" in container["args"]
     assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
         container["env"]
     )
-    crds = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
-    assert [c["metadata"]["name"] for c in crds] == ["clusterkopfpeerings.kopf.dev"]
+    assert not [d for d in render() if d["kind"] == "CustomResourceDefinition"]
     single = render({"leaderElection.enabled": False, "replicaCount": 1})
     assert not [d for d in single if d["kind"] == "CustomResourceDefinition"]
     args = next(d for d in single if d["kind"] == "Deployment")["spec"]["template"]["spec"][

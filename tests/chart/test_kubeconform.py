@@ -36,6 +36,9 @@ def schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 kinds.add((group, version, doc["kind"]))
     kinds.add(("apiextensions.k8s.io", "v1", "CustomResourceDefinition"))
     kinds.add(("", "v1", "Namespace"))  # examples/namespace.yaml
+    # examples/tenancy.yaml: the platform's side of the two tenants.
+    kinds.add(("scheduling.k8s.io", "v1", "PriorityClass"))
+    kinds.add(("", "v1", "ResourceQuota"))
     write_kubernetes_schemas(directory, kinds)
     write_crd_schemas(directory)
     return directory

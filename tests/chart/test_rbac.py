@@ -1,15 +1,17 @@
 """The chart's RBAC grants exactly the calls the code lists, no wildcards, and Secrets only
 where configured. The lists: reconcilers/kube.py CALLS (writes), reconcilers/handlers.py
-WATCHED and KOPF_CALLS (kopf's list/watch and finalizer), drivers/simulated.py CALLS."""
+WATCHED and KOPF_CALLS (kopf's list/watch and finalizer), drivers/simulated.py CALLS,
+metrics/auth.py CALLS (the reviews behind /metrics)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gpufleet.drivers import clusterapi, eks, karpenter, simulated
+from gpufleet.metrics import auth
 from gpufleet.reconcilers import handlers, kube
 
-from .helm import render
+from .helm import helm, render, template_args
 
 Triple = tuple[str, str, str]
 # Cluster-scoped kinds; a grant on them only works from a ClusterRole.
@@ -19,8 +21,12 @@ CLUSTER_SCOPED = {
     "customresourcedefinitions",
     "nodepools",
     "nodeclaims",
-    "clusterkopfpeerings",
-} | {f"{p}{s}" for p in ("cloudproviders", "powerbudgets") for s in ("", "/status")}
+    "priorityclasses",
+    "tokenreviews",
+    "subjectaccessreviews",
+} | {
+    f"{p}{s}" for p in ("cloudproviders", "powerbudgets", "tenantpolicies") for s in ("", "/status")
+}
 
 
 def required(
@@ -30,6 +36,7 @@ def required(
     cluster_api: bool = False,
     karpenter_driver: bool = False,
     leader_election: bool = True,
+    metrics_auth: bool = True,
 ) -> set[Triple]:
     calls: set[Triple] = set(kube.CALLS) | set(handlers.KOPF_CALLS)
     calls |= {(g, r, v) for g, r in handlers.WATCHED for v in ("list", "watch")}
@@ -44,7 +51,9 @@ def required(
     if namespaced:
         calls |= set(handlers.KOPF_NAMESPACED_CALLS)
     if leader_election:
-        calls |= set(handlers.KOPF_PEERING_CALLS) | set(kube.PEERING_CALLS)
+        calls |= set(kube.LEASE_CALLS)
+    if metrics_auth:
+        calls |= set(auth.CALLS)
     return calls
 
 
@@ -55,6 +64,8 @@ def grants(docs: list[dict[str, Any]]) -> dict[Triple, set[tuple[str, str | None
         if doc["kind"] not in ("Role", "ClusterRole"):
             continue
         for rule in doc.get("rules") or []:
+            if "nonResourceURLs" in rule:
+                continue  # the scrapers' metrics-reader role (test_metrics_auth_grants_*)
             assert "resourceNames" not in rule or rule["resourceNames"]
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -126,6 +137,8 @@ def test_rbac_create_false_renders_no_roles() -> None:
 def test_every_role_is_bound_to_the_chart_service_account() -> None:
     docs = render({"rbac.secretNamespaces": ["clouds"], "operator.watchNamespaces": ["a"]})
     roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    # The metrics reader is for scrapers to bind; the operator never holds it.
+    roles.discard(("ClusterRole", READER))
     bound = set()
     for doc in docs:
         if doc["kind"].endswith("Binding"):
@@ -150,11 +163,37 @@ def test_rbac_with_the_cluster_api_and_karpenter_drivers_grants_their_calls() ->
     assert ("cluster.x-k8s.io", "machinedeployments", "update") not in found
 
 
-def test_rbac_without_leader_election_drops_the_peering_grants() -> None:
+def test_rbac_without_leader_election_drops_the_lease_grants() -> None:
     values = {"leaderElection.enabled": False, "replicaCount": 1}
     found = set(grants(render(values)))
     assert found == required(leader_election=False)
-    assert not any(group == "kopf.dev" for group, _, _ in found)
+    assert not any(group in ("kopf.dev", "coordination.k8s.io") for group, _, _ in found)
+
+
+def test_the_lease_is_granted_in_the_release_namespace_and_read_or_renewed_by_name_only() -> None:
+    docs = render()
+    found = grants(docs)
+    for verb in ("get", "create", "update"):
+        assert found[("coordination.k8s.io", "leases", verb)] == {("Role", "gpufleet-system")}
+    rules = [
+        rule
+        for doc in docs
+        if doc["kind"] == "Role"
+        for rule in doc["rules"]
+        if "leases" in rule["resources"]
+    ]
+    named = [r for r in rules if {"get", "update"} & set(r["verbs"])]
+    assert named and all(r.get("resourceNames") == ["gpufleet"] for r in named)
+    args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--lease-name=gpufleet" in args
+
+
+def test_configmaps_are_neither_listed_nor_watched_anywhere() -> None:
+    found = grants(render({"operator.watchNamespaces": ["team-a"]}))
+    assert ("", "configmaps", "list") not in found
+    assert ("", "configmaps", "watch") not in found
 
 
 EVICT: Triple = ("", "pods/eviction", "create")
@@ -186,3 +225,117 @@ def test_pod_evictions_are_granted_cluster_wide_without_watch_namespaces() -> No
     docs = render()
     assert roles_granting(docs, EVICT) == {("ClusterRole", "gpufleet-namespaced")}
     assert bound_scopes(docs, EVICT) == {None}
+
+
+READER = "gpufleet-metrics-reader"
+PODS_LIST: Triple = ("", "pods", "list")
+PODS_WATCH: Triple = ("", "pods", "watch")
+EVENTS: Triple = ("", "events", "create")
+SECRET_GET: Triple = ("", "secrets", "get")
+WATCHED = {"gpufleet-system", "team-a", "team-b"}  # the two watched and the release namespace
+
+
+def cluster_wide_namespaced_grants(docs: list[dict[str, Any]]) -> set[Triple]:
+    """Calls on namespaced kinds that a ClusterRoleBinding lets the operator make anywhere."""
+    return {
+        triple
+        for triple in grants(docs)
+        if triple[1] not in CLUSTER_SCOPED and None in bound_scopes(docs, triple)
+    }
+
+
+def test_pods_and_events_are_granted_only_in_the_watched_namespaces_when_set() -> None:
+    docs = render(
+        {"operator.watchNamespaces": ["team-a", "team-b"], "drivers.simulated.enabled": False}
+    )
+    for triple in (PODS_LIST, PODS_WATCH):
+        assert bound_scopes(docs, triple) == WATCHED, triple
+    # Events about cluster-scoped kinds: the API server takes them only in `default`.
+    assert bound_scopes(docs, EVENTS) == WATCHED | {"default"}
+
+
+def test_with_watch_namespaces_no_namespaced_kind_is_granted_cluster_wide() -> None:
+    docs = render(
+        {"operator.watchNamespaces": ["team-a", "team-b"], "drivers.simulated.enabled": False}
+    )
+    assert cluster_wide_namespaced_grants(docs) == set()
+
+
+def test_the_simulated_driver_alone_keeps_a_cluster_wide_pod_list() -> None:
+    docs = render({"operator.watchNamespaces": ["team-a", "team-b"]})
+    assert cluster_wide_namespaced_grants(docs) == set(simulated.CLUSTER_WIDE_CALLS)
+    assert bound_scopes(docs, PODS_WATCH) == WATCHED
+    assert bound_scopes(docs, EVENTS) == WATCHED | {"default"}
+
+
+def test_pods_and_events_are_granted_cluster_wide_without_watch_namespaces() -> None:
+    docs = render()
+    for triple in (PODS_LIST, PODS_WATCH, EVENTS):
+        assert bound_scopes(docs, triple) == {None}, triple
+
+
+def secret_rules(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    return {
+        d["metadata"]["namespace"]: d["rules"]
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"] == "gpufleet-secrets"
+    }
+
+
+def test_named_secrets_are_readable_by_name_and_no_other_secret_is() -> None:
+    docs = render(
+        {
+            "rbac.secrets": [
+                {"namespace": "clouds", "name": "eu-kubeconfig"},
+                {"namespace": "clouds", "name": "aws-keys"},
+                {"namespace": "burst", "name": "us-kubeconfig"},
+            ]
+        }
+    )
+    get = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    assert secret_rules(docs) == {
+        "clouds": [{**get, "resourceNames": ["aws-keys", "eu-kubeconfig"]}],
+        "burst": [{**get, "resourceNames": ["us-kubeconfig"]}],
+    }
+    assert bound_scopes(docs, SECRET_GET) == {"clouds", "burst"}
+
+
+def test_a_secret_namespace_grants_every_secret_there_even_beside_named_ones() -> None:
+    docs = render(
+        {
+            "rbac.secrets": [{"namespace": "clouds", "name": "eu-kubeconfig"}],
+            "rbac.secretNamespaces": ["clouds", "legacy"],
+        }
+    )
+    get = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    assert secret_rules(docs) == {"clouds": [get], "legacy": [get]}
+
+
+def test_a_named_secret_needs_its_namespace_and_name() -> None:
+    result = helm(*template_args({"rbac.secrets": [{"namespace": "clouds"}]}), check=False)
+    assert result.returncode != 0
+    assert "name" in result.stderr
+
+
+def test_metrics_auth_grants_the_two_reviews_and_a_reader_role_for_scrapers() -> None:
+    docs = render()
+    for triple in auth.CALLS:
+        assert bound_scopes(docs, triple) == {None}, triple
+    (reader,) = [d for d in docs if d["metadata"]["name"] == READER]
+    assert reader["kind"] == "ClusterRole"
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert not [d for d in docs if d["kind"].endswith("Binding") and READER in str(d["roleRef"])]
+
+    readers = [{"namespace": "monitoring", "name": "prometheus"}]
+    docs = render({"metrics.readers": readers})
+    (binding,) = [d for d in docs if d["kind"].endswith("Binding") and READER in str(d["roleRef"])]
+    assert binding["kind"] == "ClusterRoleBinding"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+    ]
+
+
+def test_open_metrics_need_no_reviews_and_render_no_reader_role() -> None:
+    docs = render({"metrics.auth": "none", "metrics.readers": [{"namespace": "m", "name": "p"}]})
+    assert set(grants(docs)) == required(metrics_auth=False)
+    assert not [d for d in docs if READER in d["metadata"]["name"]]

@@ -57,6 +57,19 @@ def test_explain_names_the_limiting_layers_and_the_data_policy() -> None:
     assert "gpu-nl (Secondary) allowed" in lines
 
 
+def test_explain_names_the_platform_rule_that_keeps_a_provider_from_the_pool() -> None:
+    chat = _pool("chat")
+    # The tenant opens burst and widens its own data policy; its TenantPolicy does not.
+    chat["spec"]["burst"] = {"enabled": True}
+    chat["spec"]["dataPolicy"] = {"dataClass": "Internal", "allowedJurisdictions": ["DE", "NL"]}
+    lines = "\n".join(
+        explain_lines(
+            chat, _objects("CloudProvider"), _objects("PowerBudget"), _objects("TenantPolicy")
+        )
+    )
+    assert "gpu-nl (Secondary) refused by the platform: TenantPolicy chat: burst.allowed" in lines
+
+
 def test_explain_reports_an_invalid_spec_instead_of_failing() -> None:
     pool = _pool("image-gen")
     pool["spec"]["minReplicas"] = 500
@@ -72,7 +85,7 @@ def test_status_tables_show_every_object() -> None:
     ):
         console.print(table)
     text = console.export_text()
-    for name in ("inference/image-gen", "gpu-de", "gpu-nl", "gpu-us", "site-fra1", "region-de"):
+    for name in ("image-gen/image-gen", "gpu-de", "gpu-nl", "gpu-us", "site-fra1", "region-de"):
         assert name in text
     assert "gpu-de: 8/8" in text
 

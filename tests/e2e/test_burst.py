@@ -67,7 +67,13 @@ def _pool(namespace: str, **target: Any) -> dict[str, Any]:
 
 
 def _objects() -> list[dict[str, Any]]:
-    remote = {"cluster": {"kubeconfigSecretRef": {"name": SECRET, "key": "kubeconfig"}}}
+    remote = {
+        "cluster": {
+            "kubeconfigSecretRef": {"name": SECRET, "key": "kubeconfig"},
+            # NS exists in the secondary cluster before the burst: listed, so copies go there.
+            "existingNamespaces": [NS],
+        }
+    }
     return [
         fleets.namespace(NS),
         _provider(PRIMARY, "DE", True, "burst-de", gpu_quota=QUOTA_GPUS),
@@ -132,7 +138,12 @@ def fleet(
     fleets.apply(kubectl, [secret, *_objects()])
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 2)  # 1 replica
-    process = OperatorProcess(testbed, testbed.directory / "logs" / "operator-burst.log").start()
+    # The secondary test bed listens on loopback: a server the operator refuses by default.
+    process = OperatorProcess(
+        testbed,
+        testbed.directory / "logs" / "operator-burst.log",
+        extra_args=("--allow-private-remote-servers",),
+    ).start()
     try:
         yield process
     finally:
@@ -183,6 +194,7 @@ def _assert_nl_copy_of(copy: dict[str, Any], namespace: str, kind: str) -> None:
         "app.kubernetes.io/managed-by": "gpufleet",
         "gpufleet.io/pool": f"{namespace}.chat",
         "gpufleet.io/provider": NL,
+        "gpufleet.io/installation": "e2e-testbed",  # OperatorProcess.installation
     }
     assert copy["metadata"]["annotations"]["gpufleet.io/source"] == f"{namespace}/{kind}/chat"
 

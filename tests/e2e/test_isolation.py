@@ -27,13 +27,12 @@ GATEWAY = "e2e-isolation-throttle"  # the gateway ConfigMap (--gateway-config-ma
 
 
 def _objects() -> list[dict[str, Any]]:
-    def pool(name: str, priority: int, **extra: Any) -> dict[str, Any]:
+    def pool(name: str, **extra: Any) -> dict[str, Any]:
         return fleets.serving_pool(
             NS,
             name,
             gpu_types=[GPU],
             max_replicas=64,
-            priority=priority,
             behavior=fleets.behavior(scale_down_window_seconds=5),
             **extra,
         )
@@ -45,6 +44,7 @@ def _objects() -> list[dict[str, Any]]:
             node_selector={fleets.PROVIDER_LABEL: PROVIDER},
             container="s",
             image="example.com/s:1",
+            priority_class=fleets.ladder_class(NS, name),
         )
 
     h100 = fleets.node_pool(
@@ -52,13 +52,13 @@ def _objects() -> list[dict[str, Any]]:
     )
     return [
         fleets.namespace(NS),
+        *fleets.priority_ladder(NS, {"chat": 1000, "image": 1}),
         fleets.cloud_provider(PROVIDER, legal_entity="Iso GmbH", gpu_quota=16, node_pools=[h100]),
         deployment("chat"),
         deployment("image"),
-        pool("chat", 1000),
+        pool("chat"),
         pool(
             "image",
-            1,
             arrival_rate_query="vector(20)",
             slo={"queueWaitSeconds": 10},
             serviceRates=[{"gpuType": GPU, "requestsPerMinute": 60}],

@@ -35,14 +35,13 @@ MOVE_BOOT_SECONDS = 120
 def _chat_and_batch(namespace: str, provider: str, gpu: str) -> list[dict[str, Any]]:
     """chat (priority 1000) and batch (priority 1), each a pool with its Deployment."""
 
-    def pool(name: str, priority: int, minimum: int) -> dict[str, Any]:
+    def pool(name: str, minimum: int) -> dict[str, Any]:
         return fleets.serving_pool(
             namespace,
             name,
             gpu_types=[gpu],
             min_replicas=minimum,
             max_replicas=16,
-            priority=priority,
             preemption={"drainTimeoutSeconds": 5},
             behavior=fleets.behavior(scale_down_window_seconds=0),
         )
@@ -55,14 +54,16 @@ def _chat_and_batch(namespace: str, provider: str, gpu: str) -> list[dict[str, A
             node_selector={fleets.PROVIDER_LABEL: provider},
             container="s",
             image="example.com/s:1",
+            priority_class=fleets.ladder_class(namespace, name),
         )
 
     return [
         fleets.namespace(namespace),
+        *fleets.priority_ladder(namespace, {"chat": 1000, "batch": 1}),
         deployment("chat"),
         deployment("batch"),
-        pool("chat", 1000, 0),
-        pool("batch", 1, 1),
+        pool("chat", 0),
+        pool("batch", 1),
     ]
 
 

@@ -100,11 +100,14 @@ def fleet(
     pools: dict[str, ServingPoolSpec],
     providers: dict[str, CloudProviderSpec],
     budgets: dict[str, PowerBudgetSpec] | None = None,
+    priorities: dict[str, int] | None = None,
 ) -> Fleet:
+    """`priorities`: by pool name, as the platform's PriorityClasses give them (absent: 0)."""
     return Fleet(
         pools=frozen_map({key(n): p for n, p in pools.items()}),
         providers=frozen_map(providers),
         budgets=frozen_map(budgets or {}),
+        priorities=frozen_map({key(n): v for n, v in (priorities or {}).items()}),
     )
 
 
@@ -115,9 +118,12 @@ def observe(
     arrivals: dict[str, float] | None = None,
     budget_watts: dict[str, float | None] | None = None,
     unreachable: frozenset[str] = frozenset(),
+    watts: dict[str, dict[str, float]] | None = None,
 ) -> Snapshot:
+    """`watts`: per pool, the measured draw of one busy GPU by GPU type."""
     replicas = replicas or {}
     arrivals = arrivals or {}
+    watts = watts or {}
     return Snapshot(
         pools=frozen_map(
             {
@@ -127,6 +133,7 @@ def observe(
                     replicas=frozen_map(
                         {NodePoolKey(*k): v for k, v in replicas.get(name, {}).items()}
                     ),
+                    watts_per_gpu=frozen_map(watts.get(name, {})),
                 )
                 for name, queue in queues.items()
             }

@@ -29,6 +29,8 @@ SIZED = {
     "serviceRates": [{"gpuType": "H100", "requestsPerMinute": 60}],
     "queue": {"query": "q", "targetPerReplica": 1000, "arrivalRateQuery": "r"},
 }
+# From the platform's PriorityClasses (the pools' pods name them), never from the specs.
+PRIORITIES = {"chat": 1000, "image": 1}
 TIERS = {"tiers": [{"name": "paid", "sharePercent": 30}, {"name": "free", "sharePercent": 70}]}
 
 
@@ -103,8 +105,13 @@ def test_the_throttle_lifts_once_the_replicas_serve() -> None:
 
 
 def test_a_surge_in_a_low_priority_pool_leaves_the_high_priority_pool_whole() -> None:
-    pools = {"chat": pool(priority=1000, **FAST), "image": pool(priority=1, **FAST)}
-    f = fleet(pools, {"a": provider(node_pools=[node_pool(maxNodes=4)])}, {"site": budget(15)})
+    pools = {"chat": pool(**FAST), "image": pool(**FAST)}
+    f = fleet(
+        pools,
+        {"a": provider(node_pools=[node_pool(maxNodes=4)])},
+        {"site": budget(15)},
+        PRIORITIES,
+    )
     calm = plan_fleet(f, observe({"chat": 100, "image": 10}), EMPTY, 0.0)
     surge = plan_fleet(f, observe({"chat": 100, "image": 10_000}), EMPTY, 0.0)
     assert surge.pools[key("chat")].placements == calm.pools[key("chat")].placements
@@ -123,13 +130,12 @@ def test_sustainable_rate_is_never_above_what_the_plan_serves_at_the_slo(
     nodes: int, low_queue: int, high_queue: int, tiers: int, shares: list[int]
 ) -> None:
     spec = pool(
-        priority=1,
         **FAST,
         **SIZED,
         tiers=[{"name": f"t{i}", "sharePercent": s} for i, s in enumerate(shares[:tiers])],
     )
-    pools = {"chat": pool(priority=1000, **FAST), "image": spec}
-    f = fleet(pools, {"a": provider(node_pools=[node_pool(maxNodes=nodes)])})
+    pools = {"chat": pool(**FAST), "image": spec}
+    f = fleet(pools, {"a": provider(node_pools=[node_pool(maxNodes=nodes)])}, None, PRIORITIES)
     arrival = high_queue / 10.0
     plan = plan_fleet(
         f,
@@ -160,11 +166,12 @@ def test_sustainable_rate_is_never_above_what_the_plan_serves_at_the_slo(
 def test_no_pool_loses_capacity_to_a_lower_priority_pools_demand(
     high_queue: int, low_queue: int, extra: int, cap_kw: int
 ) -> None:
-    pools = {"chat": pool(priority=1000, **FAST), "image": pool(priority=1, **FAST)}
+    pools = {"chat": pool(**FAST), "image": pool(**FAST)}
     f = fleet(
         pools,
         {"a": provider(node_pools=[node_pool(maxNodes=6)], gpuQuota=40)},
         {"site": budget(cap_kw)},
+        PRIORITIES,
     )
     before = plan_fleet(f, observe({"chat": high_queue, "image": low_queue}), PlannerState(), 0.0)
     after = plan_fleet(

@@ -46,9 +46,10 @@ def test_nested_budgets_each_hold() -> None:
 
 def test_low_priority_pool_is_shed_first_when_the_cap_binds() -> None:
     f = fleet(
-        {"chat": pool(priority=1000, **FAST), "image": pool(priority=10, **FAST)},
+        {"chat": pool(**FAST), "image": pool(**FAST)},
         {"a": provider()},
         {"site": budget(12)},
+        {"chat": 1000, "image": 10},
     )
     running = {"image": {("a", "h100"): 8}}
     nodes = {("a", "h100"): NodePoolObservation(1, 1)}
@@ -97,15 +98,21 @@ def test_headroom_is_kept_below_the_cap() -> None:
 def test_a_pool_measured_below_the_nameplate_fits_more_under_the_cap() -> None:
     # 10 kW: one node (1,800 W) plus 13 GPUs at the nameplate 600 W above idle; at the
     # measured 400 W (300 W above idle) the same cap holds two nodes and 16 busy GPUs.
-    cap = {"site": budget(10)}
-    nameplate = fleet({"chat": pool(**FAST)}, {"a": provider()}, cap)
-    measured_pool = pool(
-        serviceRates=[{"gpuType": "H100", "requestsPerMinute": 60, "wattsPerGpu": 400}], **FAST
-    )
-    measured = fleet({"chat": measured_pool}, {"a": provider()}, cap)
-    by_nameplate = plan_fleet(nameplate, observe({"chat": 1000}), EMPTY, 0.0)
-    by_measure = plan_fleet(measured, observe({"chat": 1000}), EMPTY, 0.0)
+    f = fleet({"chat": pool(**FAST)}, {"a": provider()}, {"site": budget(10)})
+    by_nameplate = plan_fleet(f, observe({"chat": 1000}), EMPTY, 0.0)
+    by_measure = plan_fleet(f, observe({"chat": 1000}, watts={"chat": {"H100": 400.0}}), EMPTY, 0.0)
     assert by_nameplate.pools[key()].desired_replicas == 8 + 2
     assert by_measure.pools[key()].desired_replicas == 16
     assert by_measure.pools[key()].planned_watts == 16 * 400
     assert by_measure.budgets["site"].planned_watts <= 10_000
+
+
+def test_a_declared_figure_below_the_nameplate_fits_no_more_under_the_cap() -> None:
+    # The spec is the tenant's: its 400 W counts only where it is above the estimate.
+    declared = pool(
+        serviceRates=[{"gpuType": "H100", "requestsPerMinute": 60, "wattsPerGpu": 400}], **FAST
+    )
+    f = fleet({"chat": declared}, {"a": provider()}, {"site": budget(10)})
+    plan = plan_fleet(f, observe({"chat": 1000}), EMPTY, 0.0)
+    assert plan.pools[key()].desired_replicas == 8 + 2
+    assert plan.pools[key()].planned_watts == 10 * 700

@@ -21,15 +21,16 @@ FAST = {
 }
 A = NodePoolKey("a", "h100")
 B = NodePoolKey("a", "l40")
+PRIORITIES = {"high": 1000, "low": 1}  # the platform's PriorityClasses, not the specs
 TWO_NODES = {("a", "h100"): NodePoolObservation(ready_nodes=2, target_nodes=2)}
 
 
 def _fleet(max_nodes: int = 2, **extra_node_pools: Any) -> Any:
-    pools = {"high": pool(priority=1000, **FAST), "low": pool(priority=1, **FAST)}
+    pools = {"high": pool(**FAST), "low": pool(**FAST)}
     node_pools = [node_pool(maxNodes=max_nodes)]
     if extra_node_pools:
         node_pools.append(node_pool("l40", **extra_node_pools))
-    return fleet(pools, {"a": provider(node_pools=node_pools)})
+    return fleet(pools, {"a": provider(node_pools=node_pools)}, None, PRIORITIES)
 
 
 def test_a_high_priority_surge_onto_a_full_node_pool_preempts_exactly_what_it_takes() -> None:
@@ -95,17 +96,17 @@ def test_preempted_replicas_that_move_to_another_node_pool_still_leave_the_full_
 
 
 def test_a_pool_alone_is_never_preempted() -> None:
-    f = fleet({"low": pool(priority=1, **FAST)}, {"a": provider()})
+    f = fleet({"low": pool(**FAST)}, {"a": provider()}, None, {"low": 1})
     snapshot = observe({"low": 500}, replicas={"low": {("a", "h100"): 16}}, nodes=TWO_NODES)
     assert not plan_fleet(f, snapshot, EMPTY, 0.0).pools[key("low")].preempted
 
 
 def test_a_dry_run_pool_reports_no_preemption_to_act_on() -> None:
     pools = {
-        "high": pool(priority=1000, **FAST),
-        "low": pool(priority=1, mode="DryRun", **FAST),
+        "high": pool(**FAST),
+        "low": pool(mode="DryRun", **FAST),
     }
-    f = fleet(pools, {"a": provider(node_pools=[node_pool(maxNodes=2)])})
+    f = fleet(pools, {"a": provider(node_pools=[node_pool(maxNodes=2)])}, None, PRIORITIES)
     snapshot = observe(
         {"high": 40, "low": 160}, replicas={"low": {("a", "h100"): 16}}, nodes=TWO_NODES
     )
@@ -136,11 +137,9 @@ def _fleets(draw: st.DrawFn) -> tuple[Any, Any, list[str], dict[str, int]]:
             if placed:
                 replicas.setdefault(name, {})[np_key] = placed
     queues = {n: float(draw(st.integers(0, 400))) for n in names}
-    pools = {
-        n: pool(priority=p, gpusPerReplica=gpus[n], maxReplicas=200, **FAST)
-        for n, p in zip(names, priorities, strict=True)
-    }
-    f = fleet(pools, {"a": provider(node_pools=node_pools)})
+    pools = {n: pool(gpusPerReplica=gpus[n], maxReplicas=200, **FAST) for n in names}
+    ranks = dict(zip(names, priorities, strict=True))
+    f = fleet(pools, {"a": provider(node_pools=node_pools)}, None, ranks)
     nodes = {
         np_key: NodePoolObservation(ready_nodes=n, target_nodes=n) for np_key, n in existing.items()
     }
@@ -154,7 +153,7 @@ def test_no_pool_loses_more_than_the_higher_priority_pools_newly_placed(
 ) -> None:
     f, snapshot, names, gpus = case
     plan = plan_fleet(f, snapshot, EMPTY, 0.0)
-    order = sorted(names, key=lambda n: -f.pools[key(n)].priority)
+    order = sorted(names, key=lambda n: -f.priority(key(n)))
 
     def share(name: str) -> float:
         return 1.0 / (8 // gpus[name])

@@ -55,6 +55,7 @@ def fleets(draw: st.DrawFn) -> Fleet:
             gpuQuota=draw(st.one_of(st.none(), st.integers(0, 40))),
         )
     pools = {}
+    priorities = {}
     for i in range(draw(st.integers(1, 4))):
         max_replicas = draw(st.integers(1, 40))
         overrides: dict[str, Any] = {
@@ -64,7 +65,6 @@ def fleets(draw: st.DrawFn) -> Fleet:
             "gpusPerReplica": draw(st.sampled_from([1, 2, 4])),
             "minReplicas": draw(st.integers(0, max_replicas)),
             "maxReplicas": max_replicas,
-            "priority": draw(st.integers(0, 3)),
             "allowSpot": draw(st.booleans()),
             "burst": {"enabled": draw(st.booleans())},
             "dataPolicy": {
@@ -75,13 +75,19 @@ def fleets(draw: st.DrawFn) -> Fleet:
             },
         }
         pools[PoolKey(NS, f"pool{i}")] = pool(**overrides)
+        priorities[PoolKey(NS, f"pool{i}")] = draw(st.integers(0, 3))
     budgets = {}
     for i in range(draw(st.integers(0, 2))):
         scope = draw(st.sampled_from([{}, {"sites": ["fra1"]}, {"providers": ["p0"]}]))
         budgets[f"b{i}"] = budget(
             draw(st.integers(0, 60)), scope=scope, headroomPercent=draw(st.integers(0, 20))
         )
-    return Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
+    return Fleet(
+        frozen_map(pools),
+        frozen_map(providers),
+        frozen_map(budgets),
+        priorities=frozen_map(priorities),
+    )
 
 
 def queues(fleet: Fleet) -> st.SearchStrategy[dict[PoolKey, float | None]]:

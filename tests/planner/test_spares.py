@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +22,7 @@ def with_spares(f: Fleet) -> Fleet:
         k: p.model_copy(update={"warm_spares": WarmSpares(enabled=True)})
         for k, p in f.pools.items()
     }
-    return Fleet(frozen_map(pools), f.providers, f.budgets)
+    return dataclasses.replace(f, pools=frozen_map(pools))
 
 
 NODE = {("p", "h100"): NodePoolObservation(ready_nodes=1, target_nodes=1)}
@@ -72,8 +74,8 @@ def test_idle_dry_run_blind_and_unasked_pools_get_no_spares() -> None:
 
 
 def test_the_higher_priority_pool_gets_the_spare_room_first() -> None:
-    pools = {"chat": pool(priority=1000, **ON), "image": pool(priority=1, **ON)}
-    f = fleet(pools, {"p": provider()})
+    pools = {"chat": pool(**ON), "image": pool(**ON)}
+    f = fleet(pools, {"p": provider()}, None, {"chat": 1000, "image": 1})
     snapshot = observe(
         {"chat": 20, "image": 20},
         {"chat": {("p", "h100"): 2}, "image": {("p", "h100"): 2}},

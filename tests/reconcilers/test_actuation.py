@@ -326,7 +326,7 @@ def test_a_stale_copy_is_reapplied_at_its_size_last() -> None:
     assert isinstance(changes[-1], ApplyCopy) and changes[-1].size == changes[-1].current == 2
     assert log[-1] == "copy chat@remote -> 2"
     assert done is not None and not any("remote" in d for d in done)  # not a recorded resize
-    fresh = {"remote": {CHAT: Copy("ns", "chat", 2, source_hash(chat))}}
+    fresh = {"remote": {CHAT: Copy("ns", "chat", 2, source_hash(chat, _remote_provider().cluster))}}
     unchanged, _ = plan_changes(_inputs(copies=Copies(fresh, {CHAT, BATCH}, lambda ns: True)))
     assert not [c for c in unchanged if isinstance(c, ApplyCopy)]
 
@@ -344,8 +344,10 @@ class MemoryAnchor:
         self.data = {"intent": record.dump()}
         self.version, self.conflict = 1, conflict
 
-    async def read_config_map(self, namespace: str, name: str) -> tuple[dict[str, str], str]:
-        return dict(self.data), str(self.version)
+    async def read_config_map_meta(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], dict[str, str], str]:
+        return dict(self.data), {}, str(self.version)
 
     async def patch_config_map_data(
         self, namespace: str, name: str, data: Mapping[str, str], version: str

@@ -39,14 +39,13 @@ A = NodePoolKey("a", "h100")
 FAST = {"scaleUp": {"policies": [{"type": "Pods", "value": 100, "periodSeconds": 1}]}}
 
 
-def _pool(priority: int, **extra: Any) -> ServingPoolSpec:
+def _pool(**extra: Any) -> ServingPoolSpec:
     parsed = parse_pool(
         {
             "scaleTargetRef": {"name": "model"},
             "gpuTypes": ["H100"],
             "queue": {"query": "q", "targetPerReplica": 10},
             "maxReplicas": 100,
-            "priority": priority,
             "behavior": FAST,
             **extra,
         }
@@ -96,10 +95,9 @@ def _plan(preempted: dict[NodePoolKey, int] | None = None) -> PoolPlan:
 def test_a_preempted_pool_asks_to_drain_its_local_replicas_naming_who_took_them() -> None:
     chat, batch = PoolKey("ns", "chat"), PoolKey("ns", "batch")
     f = Fleet(
-        pools=frozen_map(
-            {chat: _pool(1000), batch: _pool(1, preemption={"drainTimeoutSeconds": 0})}
-        ),
+        pools=frozen_map({chat: _pool(), batch: _pool(preemption={"drainTimeoutSeconds": 0})}),
         providers=frozen_map({"a": _provider()}),
+        priorities=frozen_map({chat: 1000, batch: 1}),  # from their PriorityClasses
     )
     snapshot = Snapshot(
         pools=frozen_map(

@@ -128,7 +128,9 @@ async def test_a_failed_write_is_counted_and_never_stops_the_tick() -> None:
     config = Configuration(host="http://127.0.0.1:9")  # nothing listens: every call fails
     config.retries = 0
     metrics = OperatorMetrics()
-    writer = GatewayConfigMap(Kube(ApiClient(config)), metrics, "gpufleet-system", "gw")
+    writer = GatewayConfigMap(
+        Kube(ApiClient(config), "gpufleet-system"), metrics, "gpufleet-system", "gw"
+    )
     plan = FleetPlan({SHORT: _plan(SHORT, _throttle())}, {}, {}, PlannerState())
     await writer.publish(View([], [], [], [], {}, {}), plan, T0)
     await writer.publish(View([], [], [], [], {}, {}), plan, T0 + 1)

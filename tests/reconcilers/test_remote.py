@@ -1,6 +1,7 @@
 """The pure parts of the burst into remote clusters: the copy (of a Deployment or a
-StatefulSet), the attribution of its replicas to node pools, which kubeconfigs are refused,
-and when a namespace gpufleet created in a remote cluster may be deleted."""
+StatefulSet), the attribution of its replicas to node pools, that a malformed kubeconfig is
+an error (which ones are refused: tests/security/test_kubeconfig.py), and when a namespace
+gpufleet created in a remote cluster may be deleted."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.planner.types import NodePoolKey, PoolKey
+from gpufleet.reconcilers.burst.contents import quota_manifest
 from gpufleet.reconcilers.burst.copies import (
     CONTENT,
     Copy,
@@ -24,7 +26,7 @@ from gpufleet.reconcilers.burst.copies import (
     source_hash,
     stale,
 )
-from gpufleet.reconcilers.burst.kubeconfig import CredentialsError, check_kubeconfig, client_from
+from gpufleet.reconcilers.burst.kubeconfig import CredentialsError, client_from
 from gpufleet.reconcilers.burst.remote import REMOTE_CALLS
 from gpufleet.reconcilers.cache import workload_entry
 
@@ -106,10 +108,12 @@ def test_copy_carries_the_template_our_labels_and_the_planned_replicas() -> None
         "gpufleet.io/provider": "nl",
     }
     assert copy["metadata"]["annotations"]["gpufleet.io/source"] == "team/Deployment/chat"
+    # As the remote namespace's default ServiceAccount, no token: no provider allows one here.
+    confined = {**TEMPLATE, "spec": {**TEMPLATE["spec"], "automountServiceAccountToken": False}}
     assert copy["spec"] == {
         "replicas": 5,
         "selector": {"matchLabels": {"app": "chat"}},
-        "template": TEMPLATE,
+        "template": confined,
     }
 
 
@@ -131,7 +135,11 @@ def test_statefulset_copy_keeps_service_and_policy_and_turns_claims_into_empty_d
         "selector": {"matchLabels": {"app": "chat"}},
         "template": {
             **STATEFUL_TEMPLATE,
-            "spec": {**STATEFUL_TEMPLATE["spec"], "volumes": volumes},
+            "spec": {
+                **STATEFUL_TEMPLATE["spec"],
+                "volumes": volumes,
+                "automountServiceAccountToken": False,
+            },
         },
     }
 
@@ -207,32 +215,6 @@ def test_copy_replicas_go_where_the_last_plan_put_them_the_rest_to_a_wanted_gpu(
 
 
 @pytest.mark.parametrize(
-    "user",
-    [
-        {"exec": {"command": "sh"}},
-        {"auth-provider": {"name": "gcp"}},
-        {"tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"},
-        {"token-file": "/var/run/secrets/kubernetes.io/serviceaccount/token"},
-        {"client-certificate": "/tmp/c", "client-key": "/tmp/k"},
-    ],
-)
-def test_kubeconfigs_that_run_commands_or_read_files_are_refused(user: dict[str, Any]) -> None:
-    with pytest.raises(CredentialsError):
-        check_kubeconfig({"users": [{"name": "u", "user": user}]})
-
-
-def test_embedded_kubeconfigs_are_accepted() -> None:
-    check_kubeconfig(
-        {
-            "clusters": [{"name": "c", "cluster": {"certificate-authority-data": "eA=="}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-        }
-    )
-    with pytest.raises(CredentialsError):
-        check_kubeconfig({"clusters": [{"name": "c", "cluster": {"certificate-authority": "/ca"}}]})
-
-
-@pytest.mark.parametrize(
     "text",
     [
         "- a list",
@@ -250,17 +232,10 @@ def test_malformed_kubeconfigs_are_a_credentials_error_not_a_crash(text: str) ->
 
 
 CREATED = {"name": "team", "uid": "u", "labels": {"gpufleet.io/created-by": "gpufleet"}}
-DEFAULTS = {
-    "ConfigMap": [{"name": "kube-root-ca.crt"}],
-    "ServiceAccount": [{"name": "default"}],
-    # A legacy token of the default ServiceAccount (clusters before 1.24 made one).
-    "Secret": [
-        {
-            "name": "default-token-x",
-            "annotations": {"kubernetes.io/service-account.name": "default"},
-        }
-    ],
-}
+DEFAULTS = {"ServiceAccount": [{"name": "default"}]}
+# Its quota once counted: kube-root-ca.crt, no Secret (tests/security/test_remote_identity.py).
+COUNTED = {"count/configmaps": "1", "count/secrets": "0"}
+QUOTA = {**quota_manifest("team"), "status": {"hard": dict.fromkeys(COUNTED, "9"), "used": COUNTED}}
 COPY = {"app.kubernetes.io/managed-by": "gpufleet", "gpufleet.io/provider": "nl"}
 
 
@@ -272,12 +247,12 @@ def _content(**extra: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_a_namespace_gpufleet_created_that_holds_only_the_clusters_defaults_goes() -> None:
-    assert namespace_fate(CREATED, _content())[0] == Fate.DELETE
-    assert namespace_manifest("team")["metadata"]["labels"] == CREATED["labels"]
+    assert namespace_fate(CREATED, _content(), quota=QUOTA)[0] == Fate.DELETE
+    assert CREATED["labels"].items() <= namespace_manifest("team")["metadata"]["labels"].items()
 
 
 def test_a_namespace_that_existed_before_is_kept_even_when_empty() -> None:
-    fate, why = namespace_fate({"name": "team", "labels": {"team": "a"}}, _content())
+    fate, why = namespace_fate({"name": "team", "labels": {"team": "a"}}, _content(), quota=QUOTA)
     assert fate == Fate.KEEP
     assert "not created by gpufleet" in why
 
@@ -285,8 +260,6 @@ def test_a_namespace_that_existed_before_is_kept_even_when_empty() -> None:
 @pytest.mark.parametrize(
     ("kind", "meta"),
     [
-        ("Secret", {"name": "pull-secret"}),
-        ("ConfigMap", {"name": "settings"}),
         ("ServiceAccount", {"name": "chat"}),
         ("Service", {"name": "chat"}),
         ("PersistentVolumeClaim", {"name": "models"}),
@@ -299,7 +272,7 @@ def test_a_namespace_that_existed_before_is_kept_even_when_empty() -> None:
 def test_a_namespace_gpufleet_created_that_holds_anything_else_is_kept(
     kind: str, meta: dict[str, Any]
 ) -> None:
-    fate, why = namespace_fate(CREATED, _content(**{kind: [meta]}))
+    fate, why = namespace_fate(CREATED, _content(**{kind: [meta]}), quota=QUOTA)
     assert fate == Fate.KEEP
     assert f"{kind} {meta['name']}" in why
 
@@ -307,13 +280,13 @@ def test_a_namespace_gpufleet_created_that_holds_anything_else_is_kept(
 def test_a_namespace_waits_while_a_copy_in_it_is_being_deleted() -> None:
     deleting = {"name": "chat", "labels": COPY, "deletionTimestamp": "2025-01-01T00:00:00Z"}
     pod = {"name": "chat-0", "ownerReferences": [{"kind": "StatefulSet", "name": "chat"}]}
-    content = _content(StatefulSet=[deleting], Pod=[pod], Secret=[{"name": "pull-secret"}])
-    assert namespace_fate(CREATED, content)[0] == Fate.WAIT
+    content = _content(StatefulSet=[deleting], Pod=[pod], Service=[{"name": "chat"}])
+    assert namespace_fate(CREATED, content, quota=QUOTA)[0] == Fate.WAIT
 
 
 def test_a_namespace_already_being_deleted_is_left_alone() -> None:
     meta = {**CREATED, "deletionTimestamp": "2025-01-01T00:00:00Z"}
-    assert namespace_fate(meta, _content()) == (Fate.KEEP, "already being deleted")
+    assert namespace_fate(meta, _content(), quota=QUOTA) == (Fate.KEEP, "already being deleted")
 
 
 def test_the_remote_identity_needs_the_statefulset_and_namespace_calls() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from gpufleet_testbed import fleets
 
 
 def h100_node_pool(**fields: Any) -> dict[str, Any]:
@@ -35,3 +38,16 @@ def provider_doc(node_pools: list[dict[str, Any]]) -> dict[str, Any]:
             "nodePools": node_pools,
         },
     }
+
+
+def priorities(namespace: str, values: Mapping[str, int]) -> list[dict[str, Any]]:
+    """What gives the pools named in `values` their priorities, as on a cluster: a
+    PriorityClass each, a TenantPolicy letting `namespace` use them, and each pool's
+    Deployment (its scaleTargetRef, the pool's name) running its pods with its class."""
+    return [
+        *fleets.priority_ladder(namespace, values),
+        *(
+            fleets.deployment(namespace, pool, priority_class=fleets.ladder_class(namespace, pool))
+            for pool in values
+        ),
+    ]

@@ -13,14 +13,14 @@ from gpufleet.sim.policies.keda_ca import KedaCaPolicy
 from gpufleet.sim.policy import Decision, Scrape, View
 from gpufleet.sim.scenario import parse_scenario
 
-from .builders import h100_node_pool, provider_doc
+from .builders import h100_node_pool, priorities, provider_doc
 
 CHAT = PoolKey("inference", "chat")
 IMAGE = PoolKey("inference", "image")
 H100 = NodePoolKey("c", "h100")
 
 
-def _pool(name: str, priority: int) -> dict[str, Any]:
+def _pool(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "gpufleet.io/v1alpha1",
         "kind": "ServingPool",
@@ -32,7 +32,6 @@ def _pool(name: str, priority: int) -> dict[str, Any]:
             "serviceRates": [{"gpuType": "H100", "requestsPerMinute": 60}],  # 1 request/s
             "minReplicas": 1,
             "maxReplicas": 32,
-            "priority": priority,
             "slo": {"queueWaitSeconds": 10},
         },
     }
@@ -46,8 +45,9 @@ def _policy(name: str) -> KedaCaPolicy:
         "fleet": {
             "inline": [
                 provider_doc([h100_node_pool(maxNodes=64, bootSeconds=60)]),
-                _pool("chat", 1000),
-                _pool("image", 100),
+                _pool("chat"),
+                _pool("image"),
+                *priorities("inference", {"chat": 1000, "image": 100}),
             ]
         },
         "workloads": [

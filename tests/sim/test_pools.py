@@ -19,11 +19,13 @@ from gpufleet.sim.queue import FluidQueue
 from gpufleet.sim.scenario import Scenario, parse_scenario
 from gpufleet_testbed import fleets
 
+from .builders import priorities
+
 CHAT = "inference/chat"
 IMAGE = "inference/image"
 
 
-def _pool(name: str, priority: int, tiers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _pool(name: str, tiers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": name},
         "gpuTypes": ["H100"],
@@ -31,7 +33,6 @@ def _pool(name: str, priority: int, tiers: list[dict[str, Any]] | None = None) -
         "serviceRates": [{"gpuType": "H100", "requestsPerMinute": 60}],
         "minReplicas": 1,
         "maxReplicas": 16,
-        "priority": priority,
         "slo": {"queueWaitSeconds": 10, "targetPercent": 99},
         "modelLoadSeconds": 10,
     }
@@ -74,8 +75,9 @@ def _scenario(
                 )
             ],
         ),
-        _pool("chat", 1000),
-        _pool("image", 100, TIERS),
+        _pool("chat"),
+        _pool("image", TIERS),
+        *priorities("inference", {"chat": 1000, "image": 100}),
         {
             "apiVersion": "gpufleet.io/v1alpha1",
             "kind": "PowerBudget",

@@ -15,9 +15,11 @@ import yaml
 from pydantic import BaseModel
 
 from gpufleet.api.common import GROUP, VERSION
+from gpufleet.api.names import POOL_RULES, PROVIDER_RULES
 from gpufleet.api.pool import ServingPoolSpec, ServingPoolStatus
 from gpufleet.api.power import PowerBudgetSpec, PowerBudgetStatus
 from gpufleet.api.provider import CloudProviderSpec, CloudProviderStatus
+from gpufleet.api.tenancy import TenantPolicySpec, TenantPolicyStatus
 
 CATEGORY = "gpufleet"
 _DROP = {"title", "additionalProperties", "$defs"}
@@ -43,6 +45,8 @@ class Kind:
     spec: type[BaseModel]
     status: type[BaseModel]
     columns: tuple[PrinterColumn, ...]
+    # CEL on the whole object, for what the spec's rules cannot see (`metadata.name`).
+    rules: tuple[dict[str, str], ...] = ()
 
     @property
     def crd_name(self) -> str:
@@ -88,6 +92,7 @@ KINDS: tuple[Kind, ...] = (
             _ready("pool"),
             _AGE,
         ),
+        rules=POOL_RULES,
     ),
     Kind(
         kind="CloudProvider",
@@ -112,6 +117,24 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("GPUs", "integer", ".status.gpusInUse", "GPUs the plan keeps."),
             PrinterColumn("Quota", "integer", ".spec.gpuQuota", "GPU quota.", priority=1),
             _ready("provider"),
+            _AGE,
+        ),
+        rules=PROVIDER_RULES,
+    ),
+    Kind(
+        kind="TenantPolicy",
+        plural="tenantpolicies",
+        singular="tenantpolicy",
+        short_names=("gftenant", "gftenants"),
+        namespaced=False,
+        description="What the platform grants the ServingPools of some namespaces: the "
+        "PriorityClasses their workloads may run with, the floor under their data policies and "
+        "where they may burst. Cluster-scoped, so no tenant can write it.",
+        spec=TenantPolicySpec,
+        status=TenantPolicyStatus,
+        columns=(
+            PrinterColumn("Pools", "integer", ".status.pools", "ServingPools it governs."),
+            _ready("policy"),
             _AGE,
         ),
     ),
@@ -246,6 +269,9 @@ def crd(kind: Kind) -> dict[str, Any]:
                                 "spec": spec,
                                 "status": status,
                             },
+                            **(
+                                {"x-kubernetes-validations": list(kind.rules)} if kind.rules else {}
+                            ),
                         }
                     },
                 }

@@ -17,6 +17,13 @@ SOURCE_ANNOTATION = f"{GROUP}/source"
 SOURCE_HASH_ANNOTATION = f"{GROUP}/source-hash"
 # On a namespace of a remote cluster that gpufleet created (and so may delete).
 CREATED_BY_LABEL = f"{GROUP}/created-by"
+# On everything gpufleet makes in a remote cluster (copies, their Services, namespaces): the
+# installation (`--installation`) that made it, the only one that changes or deletes it.
+INSTALLATION_LABEL = f"{GROUP}/installation"
+# On a CloudProvider with a remote cluster: its copies there go before it does. Not kopf's
+# own finalizer (`gpufleet.io/finalizer`): kopf removes that one from kinds it has no
+# deletion handlers for.
+REMOTE_COPIES_FINALIZER = f"{GROUP}/remote-copies"
 # The id of the action that last resized a backend object (intent record, drivers).
 ACTION_ANNOTATION = f"{GROUP}/action-id"
 # A simulated node's ordinal in its node pool.

@@ -7,9 +7,11 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from gpufleet.api.names import pool_name_errors, provider_name_errors
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.tenancy import TenantPolicySpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,13 +59,30 @@ def parse(model: type[M], data: Any, prefix: str = "spec") -> Parsed[M]:
         return Parsed(None, errors)
 
 
-def parse_pool(spec: Any) -> Parsed[ServingPoolSpec]:
-    return parse(ServingPoolSpec, spec)
+def _with_name_errors(parsed: Parsed[M], messages: tuple[str, ...]) -> Parsed[M]:
+    if not messages:
+        return parsed
+    named = tuple(SpecError("metadata.name", m) for m in messages)
+    return Parsed(None, named + parsed.errors)
 
 
-def parse_provider(spec: Any) -> Parsed[CloudProviderSpec]:
-    return parse(CloudProviderSpec, spec)
+def parse_pool(
+    spec: Any, name: str | None = None, namespace: str | None = None
+) -> Parsed[ServingPoolSpec]:
+    """The pool's spec; with its `name` (and `namespace`), also whether the name fits the
+    label values it becomes (api/names.py)."""
+    parsed = parse(ServingPoolSpec, spec)
+    return _with_name_errors(parsed, () if name is None else pool_name_errors(namespace, name))
+
+
+def parse_provider(spec: Any, name: str | None = None) -> Parsed[CloudProviderSpec]:
+    parsed = parse(CloudProviderSpec, spec)
+    return _with_name_errors(parsed, () if name is None else provider_name_errors(name))
 
 
 def parse_budget(spec: Any) -> Parsed[PowerBudgetSpec]:
     return parse(PowerBudgetSpec, spec)
+
+
+def parse_tenant_policy(spec: Any) -> Parsed[TenantPolicySpec]:
+    return parse(TenantPolicySpec, spec)

@@ -20,8 +20,14 @@ from gpufleet.api.common import (
     extra,
 )
 
+# The value of label gpufleet.io/gpu-type on nodes: shaped like a label value.
 GpuType = Annotated[
-    str, Field(min_length=1, max_length=SHORT_MAX, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    str,
+    Field(
+        min_length=1,
+        max_length=SHORT_MAX,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+    ),
 ]
 Jurisdiction = Annotated[
     str,
@@ -46,19 +52,55 @@ class DataClass(StrEnum):
     RESTRICTED = "Restricted"
 
 
+class TargetKind(StrEnum):
+    """The kinds the operator watches and scales (reconcilers/handlers.py indexes them)."""
+
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+
+
+# The one API version each kind is watched at; another would name a workload never seen.
+TARGET_API_VERSIONS = {TargetKind.DEPLOYMENT: "apps/v1", TargetKind.STATEFUL_SET: "apps/v1"}
+
+
+def _api_version_message(kind: TargetKind) -> str:
+    return f"`scaleTargetRef.apiVersion` must be {TARGET_API_VERSIONS[kind]} for kind {kind}"
+
+
 class ScaleTargetRef(Model):
     """The workload whose replicas gpufleet sets, through its scale subresource (as the HPA)."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": extra(
+            **{
+                "x-kubernetes-validations": [
+                    cel(
+                        f"self.kind != '{kind}' || self.apiVersion == '{version}'",
+                        _api_version_message(kind),
+                        ".apiVersion",
+                    )
+                    for kind, version in TARGET_API_VERSIONS.items()
+                ]
+            }
+        )
+    }
 
     api_version: str = Field(
         default="apps/v1",
         min_length=1,
         max_length=NAME_MAX,
-        description="API version of the target.",
+        description="API version of the target: apps/v1.",
     )
-    kind: str = Field(
-        default="Deployment", min_length=1, max_length=SHORT_MAX, description="Kind of the target."
+    kind: TargetKind = Field(
+        default=TargetKind.DEPLOYMENT, description="Kind of the target: Deployment or StatefulSet."
     )
     name: Name = Field(description="Name of the target, in the pool's namespace.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.api_version != TARGET_API_VERSIONS[self.kind]:
+            raise ValueError(_api_version_message(self.kind))
+        return self
 
 
 class QueueSignal(Model):
@@ -101,10 +143,11 @@ class ServiceRate(Model):
         default=None,
         ge=1,
         le=5000,
-        description="Power one GPU draws while this model keeps it busy, as measured (DCGM "
-        "DCGM_FI_DEV_POWER_USAGE under load). PowerBudgets count this pool's busy GPUs at it; "
-        "unset, at the node pool's wattsPerGpu. Models often draw well below the nameplate "
-        "figure, and a cap then holds more of them.",
+        description="A floor on the power one GPU draws while this model keeps it busy. "
+        "PowerBudgets count this pool's busy GPUs at the node pool's wattsPerGpu until the "
+        "operator measures the pool's own draw (DCGM_FI_DEV_POWER_USAGE of its pods), then "
+        "at the measurement; this figure may raise that estimate, never lower it. "
+        "status.power says which figure counted.",
     )
 
 
@@ -337,13 +380,6 @@ class ServingPoolSpec(Model):
         le=3600,
         description="Time for a new replica to load its model once its node is ready.",
     )
-    priority: int = Field(
-        default=100,
-        ge=0,
-        le=1_000_000,
-        description="Higher is more important. When GPUs or power are short, lower priorities "
-        "are shed first.",
-    )
     allow_spot: bool = Field(
         default=False,
         description="Allow Spot node pools; they are then preferred over OnDemand ones.",
@@ -403,6 +439,22 @@ class ProviderReplicas(Model):
     current_replicas: int = Field(ge=0, description="Replicas observed there.")
 
 
+class ReferenceKind(StrEnum):
+    SECRET = "Secret"
+    CONFIG_MAP = "ConfigMap"
+    PERSISTENT_VOLUME_CLAIM = "PersistentVolumeClaim"
+    SERVICE_ACCOUNT = "ServiceAccount"
+
+
+class BurstReference(Model):
+    """An object a burst copy names but does not carry: the remote cluster must provide it."""
+
+    kind: ReferenceKind = Field(
+        description="Secret, ConfigMap, PersistentVolumeClaim or ServiceAccount."
+    )
+    name: Name = Field(description="Its name, in the copy's namespace.")
+
+
 class TierStatus(Model):
     """What one tier may send while the pool is throttled."""
 
@@ -448,6 +500,37 @@ class ServiceRateStatus(Model):
     source: RateSource = Field(description="Declared, Observed, or Blended between them.")
 
 
+class PowerSource(StrEnum):
+    """Which figure PowerBudgets counted a pool's busy GPUs at."""
+
+    NAMEPLATE = "Nameplate"  # the node pool's wattsPerGpu: the pool's draw is not measured
+    MEASURED = "Measured"  # the pool's pods' peak draw, within the node pool's idle..nameplate
+    DECLARED = "Declared"  # the pool's serviceRates[].wattsPerGpu, above the other figure
+
+
+class PowerStatus(Model):
+    """The watts PowerBudgets counted one busy GPU of the pool at, on one GPU type."""
+
+    gpu_type: GpuType = Field(description="GPU type, as in a node pool's gpuType.")
+    watts_per_gpu: int = Field(ge=0, description="Watts counted per busy GPU.")
+    source: PowerSource = Field(
+        description="Nameplate (the node pool's wattsPerGpu), Measured (the pods' peak draw) "
+        "or Declared (serviceRates[].wattsPerGpu, which may only raise the others)."
+    )
+
+
+class PriorityStatus(Model):
+    """The priority the pool is planned at: its pods' PriorityClass, where the namespace's
+    TenantPolicy allows it, else the cluster's default."""
+
+    value: int = Field(ge=-2_147_483_648, le=1_000_000_000, description="Priority value.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=NAME_MAX,
+        description="The class whose value it is; unset: no class (0).",
+    )
+
+
 class ServingPoolStatus(Model):
     """What gpufleet observed and decided for the pool."""
 
@@ -471,6 +554,14 @@ class ServingPoolStatus(Model):
     power_watts: int = Field(
         default=0, ge=0, description="Estimated power drawn by the pool's GPUs."
     )
+    power: list[PowerStatus] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="Per GPU type, the watts PowerBudgets counted a busy GPU at, and why.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuType"]}
+        ),
+    )
     last_scale_time: datetime | None = Field(
         default=None, description="When the plan's answer last changed."
     )
@@ -484,6 +575,19 @@ class ServingPoolStatus(Model):
     service_rate: ServiceRateStatus | None = Field(
         default=None,
         description="The service rate the pool was sized with, and what the queue showed.",
+    )
+    priority: PriorityStatus | None = Field(
+        default=None,
+        description="The priority the plan gives the pool, from the platform's PriorityClasses.",
+    )
+    burst_references: list[BurstReference] | None = Field(
+        default=None,
+        max_length=LIST_MAX,
+        description="What the pool's burst copies name but do not carry (Secrets, ConfigMaps, "
+        "claims, an allowed ServiceAccount): create them in each remote cluster it bursts to.",
+        json_schema_extra=extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["kind", "name"]}
+        ),
     )
     conditions: Conditions
 

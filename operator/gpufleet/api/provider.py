@@ -21,7 +21,9 @@ from gpufleet.api.common import (
     cel,
     extra,
 )
+from gpufleet.api.names import LabelValueName
 from gpufleet.api.pool import DataClass, GpuType, Jurisdiction
+from gpufleet.api.tenancy import SYSTEM_PREFIX
 
 
 class Role(StrEnum):
@@ -41,14 +43,78 @@ class DriverType(StrEnum):
     EKS = "EKS"
 
 
+class PodSecurityLevel(StrEnum):
+    """A Pod Security Standards level a burst copy must meet (reconcilers/burst/podsecurity.py)."""
+
+    BASELINE = "Baseline"
+    RESTRICTED = "Restricted"
+
+
 class ClusterAccess(Model):
     """Where the provider's nodes and burst workloads live."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": extra(
+            **{
+                "x-kubernetes-validations": [
+                    cel(
+                        "!has(self.allowedPriorityClasses) || "
+                        "self.allowedPriorityClasses.all(c, !c.startsWith('system-'))",
+                        "`allowedPriorityClasses` must not name system-* classes: they are the "
+                        "remote cluster's own",
+                        ".allowedPriorityClasses",
+                    ),
+                ]
+            }
+        )
+    }
 
     kubeconfig_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding a kubeconfig for a remote cluster. Absent: the cluster "
         "the operator runs in.",
     )
+    # The remote cluster is the admin's, not the tenants': what a pool's template may carry
+    # there, and as whom it runs, is decided here, never by the template.
+    pod_security_level: PodSecurityLevel = Field(
+        default=PodSecurityLevel.BASELINE,
+        description="Pod Security Standards level burst copies in the remote cluster must meet "
+        "(Baseline or Restricted); a pool whose template does not gets no copy (BurstActive="
+        "False, BurstRefused). Namespaces gpufleet creates there enforce it.",
+    )
+    allowed_service_accounts: list[Name] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="ServiceAccount names a copy may run under, with its token mounted as the "
+        "template says. Others run as the namespace's default ServiceAccount, without a token.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+    # The remote cluster's PriorityClasses are its admin's ladder: a tenant's class name
+    # there may mean a preempting, near-system priority, so a copy keeps one only if listed.
+    allowed_priority_classes: list[Name] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="PriorityClasses a copy may keep from its template (never system-*). "
+        "Others run at the remote cluster's default priority.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+    existing_namespaces: list[Name] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="Namespaces of the remote cluster, not created by gpufleet, that copies may "
+        "go into. A copy for any other existing namespace is refused (BurstRefused).",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
+    )
+
+    @model_validator(mode="after")
+    def _no_system_classes(self) -> Self:
+        system = [c for c in self.allowed_priority_classes if c.startswith(SYSTEM_PREFIX)]
+        if system:
+            raise ValueError(
+                "`allowedPriorityClasses` must not name system-* classes: they are the remote "
+                f"cluster's own: {system}"
+            )
+        return self
 
 
 class Subprocessor(Model):
@@ -189,7 +255,10 @@ class NodePool(Model):
         )
     }
 
-    name: Name = Field(description="Name of the node pool, unique within the provider.")
+    name: LabelValueName = Field(
+        description="Name of the node pool, unique within the provider; the value of label "
+        "gpufleet.io/node-pool on its nodes, so at most 63 characters."
+    )
     external_name: Name | None = Field(
         default=None,
         description="Name of the pool in the backend (MachineDeployment, Karpenter NodePool, "
@@ -274,6 +343,13 @@ class CloudProviderSpec(Model):
         ge=0,
         le=1_000_000,
         description="Most GPUs the provider grants across node pools.",
+    )
+    namespaces: list[Name] = Field(
+        default_factory=list,
+        max_length=LIST_MAX,
+        description="Namespaces whose pools may use this provider; empty allows every "
+        "namespace. The platform's rule, above any pool's data policy or burst settings.",
+        json_schema_extra=extra(**{"x-kubernetes-list-type": "set"}),
     )
     node_pools: list[NodePool] = Field(
         min_length=1,

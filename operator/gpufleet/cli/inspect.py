@@ -151,11 +151,17 @@ def status() -> None:
 
 
 def explain_lines(
-    pool: Mapping[str, Any], providers: list[dict[str, Any]], budgets: list[dict[str, Any]]
+    pool: Mapping[str, Any],
+    providers: list[dict[str, Any]],
+    budgets: list[dict[str, Any]],
+    policies: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Why the pool is at its size, layer by layer: pods, nodes, power, burst."""
+    """Why the pool is at its size, layer by layer: pods, nodes, power, burst. `policies`:
+    the TenantPolicies, whose terms for the pool's namespace narrow where it may go."""
     from gpufleet.api import parse_pool, parse_provider
-    from gpufleet.planner.placement import data_policy_violation
+    from gpufleet.api.parse import parse_tenant_policy
+    from gpufleet.api.tenancy import UNGOVERNED, merge_terms
+    from gpufleet.planner.placement import Refusal, data_policy_violation, refusal
     from gpufleet.planner.power import covers
     from gpufleet.planner.types import NodePoolKey
 
@@ -217,15 +223,24 @@ def explain_lines(
         ("Throttled", "throttle"),
     ):
         say(layer, kind)
+    parsed_policies = [
+        (p["metadata"]["name"], value)
+        for p in policies or ()
+        if (value := parse_tenant_policy(p.get("spec")).value) is not None
+    ]
+    terms = merge_terms(parsed_policies).get(meta["namespace"], UNGOVERNED)
     for provider in sorted(providers, key=lambda p: p["metadata"]["name"]):
         name = provider["metadata"]["name"]
         provider_spec = parse_provider(provider.get("spec")).value
         if provider_spec is None:
             continue
         why = data_policy_violation(spec, provider_spec)
+        refused = refusal(spec, name, provider_spec, terms, meta["namespace"])
         role = provider_spec.role.value
         if why:
             lines.append(f"  burst: {name} ({role}) refused by the data policy: {why}")
+        elif refused is not None and refused[0] == Refusal.NAMESPACE_POLICY:
+            lines.append(f"  burst: {name} ({role}) refused by the platform: {refused[1]}")
         elif role == "Secondary" and not spec.burst.enabled:
             lines.append(
                 f"  burst: {name} (Secondary) allowed by the data policy, but burst.enabled is false"
@@ -265,5 +280,7 @@ def explain(
         raise typer.BadParameter("give the pool as NAMESPACE/NAME")
     api = _client()
     obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "servingpools", name)
-    for line in explain_lines(obj, _list(api, "cloudproviders"), _list(api, "powerbudgets")):
+    for line in explain_lines(
+        obj, _list(api, "cloudproviders"), _list(api, "powerbudgets"), _list(api, "tenantpolicies")
+    ):
         typer.echo(line)

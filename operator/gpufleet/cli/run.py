@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from gpufleet.reconcilers.config import DEFAULT_POWER_QUERY
+
 log = logging.getLogger("gpufleet")
 
 
@@ -40,6 +42,15 @@ def run(
     metrics_port: Annotated[
         int, typer.Option(envvar="GPUFLEET_METRICS_PORT", help="Port of /metrics.")
     ] = 8080,
+    metrics_auth: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_METRICS_AUTH",
+            help="kubernetes: /metrics answers only a bearer token the API server accepts "
+            "(TokenReview) whose user may get /metrics (SubjectAccessReview); none: open "
+            "to every client that reaches the port (docs/security.md).",
+        ),
+    ] = "kubernetes",
     health_port: Annotated[
         int, typer.Option(envvar="GPUFLEET_HEALTH_PORT", help="Port of /healthz.")
     ] = 8081,
@@ -54,35 +65,39 @@ def run(
         typer.Option(
             "--leader-election/--no-leader-election",
             envvar="GPUFLEET_LEADER_ELECTION",
-            help="Run as one of several replicas: only the elected leader acts (kopf peering "
-            "in the ClusterKopfPeering --peering-name, whose CRD the chart installs). Off: "
-            "this process acts alone (standalone).",
+            help="Run as one of several replicas: only the holder of the Lease --lease-name "
+            "in the operator namespace acts, and every write it makes is fenced by its term "
+            "(docs/security.md, Leader hand-over). Off: this process acts alone.",
         ),
     ] = False,
-    peering_name: Annotated[
+    lease_name: Annotated[
         str,
         typer.Option(
-            envvar="GPUFLEET_PEERING_NAME",
-            help="Name of the ClusterKopfPeering the replicas share.",
+            "--lease-name",
+            "--peering-name",
+            envvar=["GPUFLEET_LEASE_NAME", "GPUFLEET_PEERING_NAME"],
+            help="Name of the Lease the replicas share (--peering-name: the former name).",
         ),
     ] = "gpufleet",
     peering_priority: Annotated[
         int | None,
         typer.Option(
             envvar="GPUFLEET_PEERING_PRIORITY",
-            help="Leader priority (the highest live one leads; must differ between replicas, "
-            "equal ones pause each other). Default: earlier-started replicas rank higher, "
-            "so a restarted replica joins as a standby.",
+            hidden=True,
+            help="Ignored: the Lease has no priorities (kopf peering had).",
         ),
     ] = None,
-    peering_lifetime: Annotated[
+    lease_duration: Annotated[
         int,
         typer.Option(
-            envvar="GPUFLEET_PEERING_LIFETIME",
+            "--lease-duration",
+            "--peering-lifetime",
+            envvar=["GPUFLEET_LEASE_DURATION", "GPUFLEET_PEERING_LIFETIME"],
             min=2,
             max=59,
-            help="Seconds after its last keep-alive a silent leader is presumed dead "
-            "(a standby takes over after about this long).",
+            help="Seconds a silent leader's Lease lasts: a standby takes over after about "
+            "this long; the leader stops writing after two thirds of it without a renewal "
+            "(--peering-lifetime: the former name).",
         ),
     ] = 10,
     gateway_config_map: Annotated[
@@ -94,20 +109,87 @@ def run(
             "to read (docs/gateway.md). Default: not published.",
         ),
     ] = None,
+    power_query: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_POWER_QUERY",
+            help="PromQL giving each pod's peak draw per GPU in watts, labelled namespace and "
+            "pod (docs/metrics.md). PowerBudgets count a pool's busy GPUs at its pods' "
+            "measured draw, else at the node pool's wattsPerGpu. Empty: always the latter.",
+        ),
+    ] = DEFAULT_POWER_QUERY,
+    confine_queries: Annotated[
+        bool,
+        typer.Option(
+            "--confine-queries/--no-confine-queries",
+            envvar="GPUFLEET_CONFINE_QUERIES",
+            help="Each ServingPool's PromQL reads only series labelled with the pool's "
+            "namespace (--query-namespace-label): a selector without that label gets it, one "
+            "asking for another namespace (or a regex, !=) is QueryOutsideNamespace "
+            "(docs/metrics.md). PowerBudget queries are sent as written.",
+        ),
+    ] = False,
+    query_namespace_label: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_QUERY_NAMESPACE_LABEL",
+            help="The label that carries a series' namespace, for --confine-queries "
+            "(kube-state-metrics, DCGM: namespace; some setups: exported_namespace).",
+        ),
+    ] = "namespace",
+    allow_private_remote_servers: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-remote-servers",
+            envvar="GPUFLEET_ALLOW_PRIVATE_REMOTE_SERVERS",
+            help="Let CloudProviders' kubeconfigs (kubeconfigSecretRef) name servers on the "
+            "operator's own host (loopback), link-local ones (cloud metadata) and in-cluster "
+            "names (kubernetes.default, *.svc, single-label names). For test beds; default "
+            "off (docs/security.md).",
+        ),
+    ] = False,
+    installation: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPUFLEET_INSTALLATION",
+            help="This installation's id, labelled on everything it makes in remote clusters "
+            "(gpufleet.io/installation): it lists, resizes and deletes only what carries it, so "
+            "installations sharing a remote cluster leave each other's copies alone. Hashed to a "
+            "label value if it is none. Never change it while copies run (they would be "
+            "orphaned). Default: <operator namespace>.<cluster id> (the head of the kube-system "
+            "namespace's uid).",
+        ),
+    ] = None,
+    provider_deletion_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="GPUFLEET_PROVIDER_DELETION_TIMEOUT",
+            min=0,
+            help="Seconds a deleted CloudProvider with a remote cluster waits for its copies "
+            "there to go before its finalizer is removed anyway, with a Warning Event naming "
+            "what was left (docs/burst.md).",
+        ),
+    ] = 600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the operator: watch the fleet, plan every period, scale pools and node pools."""
     import kopf
     from kubernetes import config as kube_config
     from kubernetes.client import ApiClient
-    from prometheus_client import start_http_server
 
+    from gpufleet.metrics.auth import AUTH_MODES, CachedReviewer, KubeReviewer, serve_metrics
     from gpufleet.metrics.exporter import OperatorMetrics
     from gpufleet.reconcilers.config import RunConfig
-    from gpufleet.reconcilers.handlers import Peering, identity, register
+    from gpufleet.reconcilers.handlers import Election, identity, register
 
     if log_format not in ("json", "plain"):
         raise typer.BadParameter("log format must be json or plain")
+    if metrics_auth not in AUTH_MODES:
+        raise typer.BadParameter(f"metrics auth must be one of {', '.join(AUTH_MODES)}")
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", query_namespace_label):
+        raise typer.BadParameter("the query namespace label must be a Prometheus label name")
+    if installation is not None and not installation.strip():
+        raise typer.BadParameter("the installation id must not be empty")
     if gateway_config_map and not re.fullmatch(
         r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", gateway_config_map
     ):
@@ -134,22 +216,24 @@ def run(
         health_port=health_port,
         bind_address=bind_address,
         gateway_config_map=gateway_config_map or None,
+        allow_private_remote_servers=allow_private_remote_servers,
+        installation=installation or "",  # "": the operator namespace and the cluster's id
+        provider_deletion_timeout_seconds=provider_deletion_timeout,
+        power_query=power_query.strip() or None,
+        confine_queries=confine_queries,
+        query_namespace_label=query_namespace_label,
     )
     if settings.gateway_config_map == settings.anchor:
         raise typer.BadParameter(f"the gateway ConfigMap cannot be the anchor {settings.anchor}")
     metrics = OperatorMetrics()
-    start_http_server(metrics_port, addr=bind_address, registry=metrics.registry)
-    peering = (
-        Peering(
-            peering_name,
-            default_priority() if peering_priority is None else peering_priority,
-            peering_lifetime,
-        )
-        if leader_election
-        else None
-    )
+    # Its own ApiClient: the reviews run in the server's threads, apart from kopf's loop.
+    reviewer = CachedReviewer(KubeReviewer(ApiClient())) if metrics_auth == "kubernetes" else None
+    serve_metrics(metrics.registry, metrics_port, bind_address, reviewer)
+    if peering_priority is not None:
+        log.warning("--peering-priority is ignored: leader election uses a Lease now")
+    election = Election(lease_name, lease_duration) if leader_election else None
     registry = kopf.OperatorRegistry()
-    register(registry, settings, ApiClient(), metrics, peering)
+    register(registry, settings, ApiClient(), metrics, election)
     watched = [*settings.namespaces, operator_namespace] if settings.namespaces else []
     log.info(
         "starting",
@@ -158,26 +242,18 @@ def run(
             "period": period,
             "namespaces": watched or "all",
             "identity": identity(),
-            "peering": None if peering is None else peering.name,
-            "priority": None if peering is None else peering.priority,
+            "lease": None if election is None else election.name,
             "gatewayConfigMap": settings.gateway_config_map,
+            "allowPrivateRemoteServers": settings.allow_private_remote_servers,
+            "installation": settings.installation,
+            "confineQueries": settings.query_namespace_label if confine_queries else None,
         },
     )
     kopf.run(
         registry=registry,
         clusterwide=not watched,
         namespaces=watched,
-        standalone=peering is None,
+        # Never kopf peering: the Lease (reconcilers/leader.py) elects the leader.
+        standalone=True,
         liveness_endpoint=f"http://{bind_address}:{health_port}/healthz",
-    )
-
-
-def default_priority() -> int:
-    """Earlier start, higher priority (a replica that restarts does not take the lead back
-    from the one that took over); a random tail keeps two starts in one second apart."""
-    import random
-    import time
-
-    return (4_000_000_000 - int(time.time())) * 1_000_000 + random.SystemRandom().randrange(
-        1_000_000
     )

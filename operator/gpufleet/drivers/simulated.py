@@ -56,6 +56,10 @@ CALLS = (
     ("", "nodes", "delete"),
     ("", "pods", "list"),
 )
+# Of those, the calls on a namespaced kind that must stay cluster-wide even when the operator
+# watches only some namespaces: a scale-down counts every pod bound to a node, and pods of an
+# unwatched namespace keep a node busy as much as any (the chart grants this list cluster-wide).
+CLUSTER_WIDE_CALLS = (("", "pods", "list"),)
 
 
 class WriteConflict(DriverError):

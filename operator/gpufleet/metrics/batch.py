@@ -126,8 +126,9 @@ def in_range(raw: object) -> float:
     try:
         value = float(str(raw))
     except ValueError:
+        # Not the text itself: it is Prometheus's reply, not a number we can vouch for.
         raise MetricsUnavailable(
-            f"the sample {str(raw)[:32]!r} is not a number", MetricsReason.VALUE_OUT_OF_RANGE
+            "the sample is not a number", MetricsReason.VALUE_OUT_OF_RANGE
         ) from None
     if not math.isfinite(value) or value < 0 or value > MAX_VALUE:
         raise MetricsUnavailable(

@@ -16,6 +16,8 @@ class MetricsReason(StrEnum):
     SEVERAL_SERIES = "SeveralSeries"  # aggregate it, e.g. sum(...)
     VALUE_OUT_OF_RANGE = "ValueOutOfRange"  # NaN, infinite, negative or above the cap
     STALE_SAMPLE = "StaleSample"  # a series it reads has not been updated in time
+    # reads, or may read, series outside the pool's namespace (--confine-queries)
+    OUTSIDE_NAMESPACE = "QueryOutsideNamespace"
 
 
 class MetricsUnavailable(Exception):

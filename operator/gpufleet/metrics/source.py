@@ -28,15 +28,22 @@ import logging
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
-from gpufleet.metrics.batch import Answer, Sample, batch_expression
+from gpufleet.metrics.batch import Answer, Sample, batch_expression, in_range
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.promql import CheckedQuery, check
 
-__all__ = ["MetricsReason", "MetricsSource", "MetricsUnavailable", "PrometheusSource", "Sample"]
+__all__ = [
+    "MetricsReason",
+    "MetricsSource",
+    "MetricsUnavailable",
+    "PrometheusSource",
+    "Sample",
+    "SeriesSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,17 @@ class MetricsSource(Protocol):
     ) -> dict[str, Sample | MetricsUnavailable]: ...
 
 
+Labelled = tuple[dict[str, str], float]
+
+
+@runtime_checkable
+class SeriesSource(Protocol):
+    """A second, optional capability: every series of one query with its labels, for the
+    admin's per-pod power query. Series whose value is not a usable number are left out."""
+
+    async def series(self, query: str) -> list[Labelled] | MetricsUnavailable: ...
+
+
 @dataclass
 class _Call:
     """One sample_many: its HTTP session, its limit on requests in flight, the queries whose
@@ -70,8 +88,22 @@ def _unreachable(why: str) -> MetricsUnavailable:
     return MetricsUnavailable(f"Prometheus did not answer: {why}", MetricsReason.UNREACHABLE)
 
 
+# The error types of Prometheus's HTTP API: a condition names one of these, never the reply's
+# own words, which can quote other series' labels (another tenant's).
+_ERROR_TYPES = frozenset(
+    {"bad_data", "execution", "timeout", "canceled", "internal", "unavailable", "not_found"}
+)
+
+
 class _Rejected(Exception):
-    """Prometheus refused the batch's expression (HTTP 400 or 422): a query's fault."""
+    """Prometheus refused the batch's expression (HTTP 400 or 422): a query's fault. Its
+    text is Prometheus's, for the debug log only; `error_type` is one of _ERROR_TYPES."""
+
+    def __init__(self, error_type: object, error: object) -> None:
+        super().__init__(f"{error_type}: {error}")
+        self.error_type = (
+            error_type if isinstance(error_type, str) and error_type in _ERROR_TYPES else "unknown"
+        )
 
 
 class _Unreachable(Exception):
@@ -114,6 +146,35 @@ class PrometheusSource:
         self._forget_all_but({q.text for q in unique})
         answers = await self._answer_all(unique, self._due(unique))
         out.update({query: answers[checked] for query, checked in valid.items()})
+        return out
+
+    async def series(self, query: str) -> list[Labelled] | MetricsUnavailable:
+        """Sent alone, one request a tick: its answer is a vector, not one number, so it has
+        no place in a batch's `topk`. A series that stopped updating drops out of the answer
+        once the query's own range (and Prometheus's lookback) passes it."""
+        checked = _checked(query)
+        if isinstance(checked, MetricsUnavailable):
+            return checked
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                result = await self._post(session, checked.text)
+        except _Unreachable as exc:
+            return _unreachable(str(exc))
+        except _Rejected as exc:
+            self._log_once(checked.text, str(exc))
+            return MetricsUnavailable(
+                "Prometheus rejected the query while evaluating it; the operator's log has "
+                "its error",
+                MetricsReason.QUERY_FAILED,
+            )
+        out: list[Labelled] = []
+        for item in result:
+            try:
+                labels = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
+                out.append((labels, in_range(item["value"][1])))
+            except (MetricsUnavailable, AttributeError, KeyError, IndexError, TypeError):
+                continue  # NaN, negative, absurd or malformed: that series is not measured
         return out
 
     def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:
@@ -229,8 +290,8 @@ class PrometheusSource:
                 self._split[batch[0].text] = _MAX_SPLIT
                 self._log_once(batch[0].text, str(exc))
                 rejected = MetricsUnavailable(
-                    "Prometheus rejected the query while evaluating it; the operator's log "
-                    "has its error",
+                    f"Prometheus refused the query ({exc.error_type}); the operator's debug "
+                    "log has its error",
                     MetricsReason.QUERY_FAILED,
                 )
                 return {batch[0]: rejected}, False
@@ -285,16 +346,18 @@ class PrometheusSource:
         if not isinstance(answer, dict):
             answer = {}
         if status in (400, 422):
-            raise _Rejected(f"{answer.get('errorType', status)}: {answer.get('error', '')}")
+            raise _Rejected(answer.get("errorType"), answer.get("error", ""))
         data = answer.get("data")
         if status != 200 or answer.get("status") != "success" or not isinstance(data, dict):
             raise _Unreachable(f"HTTP {status}")
         result = data.get("result")
         if data.get("resultType") != "vector" or not isinstance(result, list):
-            raise _Unreachable(f"an answer of type {data.get('resultType')!r}")
+            raise _Unreachable("an answer that is not an instant vector")
         return result
 
     def _log_once(self, query: str, error: str) -> None:
+        """Prometheus's error text at debug level only: it can quote other tenants' labels."""
         if self._logged.get(query) != error:
             self._logged[query] = error
-            log.warning("Prometheus rejected a query: %s", error, extra={"query": query})
+            log.warning("Prometheus refused a query; --verbose logs why", extra={"query": query})
+            log.debug("Prometheus refused a query: %s", error, extra={"query": query})

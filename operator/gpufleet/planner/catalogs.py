@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.tenancy import UNGOVERNED, NamespaceTerms
 from gpufleet.planner.placement import Catalog
 
 # Catalogs of recent provider sets, by the identity of their (immutable) specs. The fleet loop
@@ -28,10 +29,16 @@ def catalog_of(providers: Mapping[str, CloudProviderSpec]) -> Catalog:
     return catalog
 
 
-def signature_of(spec: ServingPoolSpec) -> tuple[object, ...]:
-    """What decides a pool's candidate node pools; pools that share it share the list."""
+def signature_of(
+    spec: ServingPoolSpec, terms: NamespaceTerms = UNGOVERNED, namespace: str | None = None
+) -> tuple[object, ...]:
+    """What decides a pool's candidate node pools; pools that share it share the list.
+    `terms`: its namespace's (they narrow the data policy and name the policies in the
+    reasons); `namespace`: its namespace where some provider admits only some, else None."""
     policy, burst = spec.data_policy, spec.burst
     return (
+        terms,
+        namespace,
         frozenset(spec.gpu_types),
         spec.gpus_per_replica,
         spec.allow_spot,

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-from gpufleet.api.pool import Mode, ServingPoolSpec
-from gpufleet.planner import behavior
-from gpufleet.planner.bursts import BurstMemory, recurring_queue
-from gpufleet.planner.bursts import observe as observe_bursts
 from gpufleet.planner.catalogs import catalog_of, signature_of
-from gpufleet.planner.demand import demand
 from gpufleet.planner.ledger import Ledger, Slot
 from gpufleet.planner.nodes import (
     node_plans,
@@ -18,19 +12,19 @@ from gpufleet.planner.nodes import (
     record_needs,
     update_backoffs,
 )
-from gpufleet.planner.placement import Candidates, Progress, candidates, place
+from gpufleet.planner.placement import Candidates, Progress, candidates
+from gpufleet.planner.placer import Placer
+from gpufleet.planner.pools import Sized, finish_pool, pool_placer, size_pool
 from gpufleet.planner.power import (
     allowed_watts,
     busy_watts,
     cap_in_force,
     covers,
-    gpu_watts,
-    measured_watts,
     node_watts,
+    pool_draw,
 )
-from gpufleet.planner.rates import learn_service
+from gpufleet.planner.sharing import priority_groups, share
 from gpufleet.planner.spares import add_spares
-from gpufleet.planner.throttle import plan_throttle
 from gpufleet.planner.types import (
     Backoff,
     BudgetPlan,
@@ -106,6 +100,8 @@ def _open_ledger(
     ledger = Ledger(
         slots=slots,
         quota={name: p.gpu_quota for name, p in fleet.providers.items()},
+        namespace_gpus=dict(fleet.namespace_gpus),
+        namespace_used=_namespace_use(fleet, snapshot),
         budget_used=[0.0] * len(budget_names),
         budget_allowed=[
             allowed_watts(fleet.budgets[n], cap)
@@ -117,6 +113,17 @@ def _open_ledger(
     return ledger, budget_names, caps
 
 
+def _namespace_use(fleet: Fleet, snapshot: Snapshot) -> dict[str, int]:
+    """GPUs the replicas that run now hold, per namespace with a quota: the API server
+    counts them against it until they are gone, so more are charged only beyond them."""
+    used: dict[str, int] = {}
+    for key, spec in fleet.pools.items():
+        if key.namespace in fleet.namespace_gpus:
+            running = snapshot.pools.get(key, _NO_METRICS).total_replicas
+            used[key.namespace] = used.get(key.namespace, 0) + running * spec.gpus_per_replica
+    return used
+
+
 def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: list[str]) -> None:
     """Add what a measurement shows above our estimate of the present (other loads in scope)."""
     if all(snapshot.budget_watts.get(name) is None for name in budget_names):
@@ -126,7 +133,7 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
         spec = fleet.pools.get(key)
         if spec is None:
             continue
-        drawn = measured_watts(spec)
+        drawn = pool_draw(spec, observation.watts_per_gpu)
         for node_pool_key, replicas in observation.replicas.items():
             slot = ledger.slots.get(node_pool_key)
             if slot is None:
@@ -145,187 +152,6 @@ def _calibrate(ledger: Ledger, fleet: Fleet, snapshot: Snapshot, budget_names: l
                 nodes = observed.target_nodes if observed else 0
                 estimate += nodes * node_watts(slot.spec) + busy.get(slot.key, 0.0)
         ledger.budget_used[index] += max(0.0, measured - estimate)
-
-
-def _clamp(spec: ServingPoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]:
-    if replicas > spec.max_replicas:
-        return spec.max_replicas, (
-            Note(Reason.LIMITED_BY_MAX, f"{replicas} wanted, maxReplicas is {spec.max_replicas}"),
-        )
-    if replicas < spec.min_replicas:
-        return spec.min_replicas, (
-            Note(Reason.LIMITED_BY_MIN, f"{replicas} wanted, minReplicas is {spec.min_replicas}"),
-        )
-    return replicas, ()
-
-
-def _lead_seconds(spec: ServingPoolSpec, options: Candidates, ledger: Ledger) -> float:
-    for key in options.grow:
-        slot = ledger.slots.get(key)
-        if slot is not None and not slot.held:
-            return float(slot.spec.boot_seconds + spec.model_load_seconds)
-    return float(spec.model_load_seconds)
-
-
-def _outside_data_policy(observation: PoolObservation, options: Candidates) -> Note | None:
-    """Replicas the scheduler put on nodes of a provider the data policy refuses. The plan
-    never places them there, but the pods are the user's: only their node affinity keeps
-    them off, so the pool reports them instead of silently counting them."""
-    if not options.refused:
-        return None
-    outside = {
-        key: count
-        for key, count in observation.replicas.items()
-        if count and key.provider in options.refused
-    }
-    if not outside:
-        return None
-    where = ", ".join(f"{count} on {key}" for key, count in sorted(outside.items()))
-    why = "; ".join(sorted({f"{k.provider}: {options.refused[k.provider]}" for k in outside}))
-    return Note(
-        Reason.OUTSIDE_DATA_POLICY,
-        f"replicas run where the data policy refuses ({where}): {why}; pin the pods to "
-        "allowed providers with a node affinity on gpufleet.io/provider",
-    )
-
-
-def _plan_pool(
-    key: PoolKey,
-    spec: ServingPoolSpec,
-    observation: PoolObservation,
-    memory: PoolMemory,
-    options: Candidates,
-    progress: Progress,
-    ledger: Ledger,
-    now: float,
-    settings: Settings,
-) -> tuple[PoolPlan, PoolMemory]:
-    current = observation.total_replicas
-    rules = behavior.resolve(spec.behavior)
-    lead = _lead_seconds(spec, options, ledger)
-    service_memory, rate = learn_service(spec, observation, memory.service, ledger, now)
-    factor = rate.used / rate.declared if rate is not None else 1.0
-    bursts = memory.bursts
-    if observation.queue_depth is not None and math.isfinite(observation.queue_depth):
-        bursts = observe_bursts(bursts or BurstMemory(), now, observation.queue_depth)
-    needed = demand(
-        spec,
-        observation,
-        memory.forecast,
-        lead,
-        now,
-        settings,
-        factor,
-        recurring_queue(bursts, now),
-        rate.growth if rate is not None else 0.0,
-    )
-    notes: list[Note] = []
-    history = memory.recommendations
-    forecast = memory.forecast
-    if needed is None:
-        # Fail static: without the signal, keep what runs; only the bounds still apply.
-        recommended, clamp_notes = _clamp(spec, current)
-        desired = recommended
-        notes.append(
-            Note(
-                Reason.METRICS_UNAVAILABLE, f"queue metric unavailable: holding {current} replicas"
-            )
-        )
-        notes.extend(clamp_notes)
-    else:
-        forecast = needed.forecast
-        notes.extend(needed.notes)
-        recommended, clamp_notes = _clamp(spec, needed.replicas)
-        notes.extend(clamp_notes)
-        desired, behavior_notes = behavior.apply(
-            rules, current, recommended, history, memory.scale_events, now
-        )
-        notes.extend(behavior_notes)
-        # minReplicas and maxReplicas are hard bounds, above any rate policy (as in the HPA).
-        desired = min(max(desired, spec.min_replicas), spec.max_replicas)
-        horizon = rules.horizon
-        history = (*[(t, v) for t, v in history if now - t < horizon], (now, recommended))
-
-    dry_run = spec.mode == Mode.DRY_RUN
-    measured = measured_watts(spec)
-    if dry_run:
-        # Reality is what runs: hold it in the ledger, report what would be done.
-        placement = place(
-            ledger, spec, current, observation.replicas, options, progress, None, measured
-        )
-        notes.append(Note(Reason.DRY_RUN, f"DryRun: would scale to {desired}, actuating nothing"))
-        final = desired
-    else:
-        grow_to = None
-        if needed is not None and needed.lasting_replicas is not None:
-            grow_to = max(_clamp(spec, needed.lasting_replicas)[0], current)
-        placement = place(
-            ledger, spec, desired, observation.replicas, options, progress, grow_to, measured
-        )
-        final = sum(placement.placements.values())
-        if placement.held:
-            notes.append(
-                Note(
-                    Reason.BACKLOG_CLEARS_BEFORE_BOOT,
-                    f"{placement.held} replicas for the backlog run only on existing nodes: "
-                    f"it clears before new capacity ({lead:.0f}s away) could serve",
-                )
-            )
-    notes.extend(placement.notes)
-    if options.blocked:
-        outside = _outside_data_policy(observation, options)
-        if outside is not None:
-            notes.append(outside)
-
-    events = memory.scale_events
-    last_scale = memory.last_scale_time
-    if not dry_run and final != current:
-        notes.insert(
-            0,
-            Note(
-                Reason.SCALED_UP if final > current else Reason.SCALED_DOWN,
-                f"{current} -> {final} replicas",
-            ),
-        )
-        horizon = rules.horizon
-        events = (*[(t, d) for t, d in events if now - t < horizon], (now, final - current))
-        last_scale = now
-    elif not notes:
-        notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
-    throttled = None
-    if not dry_run and needed is not None:
-        short = placement.unplaced > 0 or any(n.reason == Reason.LIMITED_BY_MAX for n in notes)
-        throttled, note = plan_throttle(
-            spec,
-            final,
-            short,
-            observation.ready_replicas,
-            observation.arrival_rate,
-            observation.tier_rates,
-            factor,
-        )
-        if note is not None:
-            notes.append(note)
-    watts = sum(
-        count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
-        for k, count in placement.placements.items()
-    )
-    plan = PoolPlan(
-        key=key,
-        desired_replicas=final,
-        current_replicas=current,
-        placements=frozen_map(placement.placements),
-        recommended_replicas=recommended,
-        unplaced_replicas=placement.unplaced if not dry_run else 0,
-        burst_replicas=placement.burst,
-        planned_watts=float(watts),
-        metrics_available=needed is not None,
-        notes=tuple(notes),
-        throttle=throttled,
-        preempted=frozen_map(placement.preempted) if placement.preempted and not dry_run else _NONE,
-        service=rate,
-    )
-    return plan, PoolMemory(history, events, forecast, last_scale, service_memory, bursts)
 
 
 def _budget_plans(
@@ -379,38 +205,51 @@ def plan_fleet(
     needs = recent_needs(state.node_needs, delays, now)
     kept = {key: entries[0][1] for key, entries in needs.items()}
     ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, kept, now)
-    order = sorted(fleet.pools, key=lambda k: (-fleet.pools[k].priority, k.namespace, k.name))
+    order = sorted(fleet.pools, key=lambda k: (-fleet.priority(k), k.namespace, k.name))
     cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
     pool_plans: dict[PoolKey, PoolPlan] = {}
     memories: dict[PoolKey, PoolMemory] = {}
     options_of: dict[PoolKey, Candidates] = {}
-    for key in order:
-        spec = fleet.pools[key]
-        signature = signature_of(spec)
-        if signature not in cache:
-            options = catalog.memo.get(signature)
-            if options is None:
-                options = catalog.memo[signature] = candidates(spec, catalog)
-            cache[signature] = (options, Progress(options))
-        options, progress = cache[signature]
-        plan, memory = _plan_pool(
-            key,
-            spec,
-            snapshot.pools.get(key, _NO_METRICS),
-            state.pools.get(key, PoolMemory()),
-            options,
-            progress,
-            ledger,
-            now,
-            settings,
-        )
-        pool_plans[key] = plan
-        memories[key] = memory
-        options_of[key] = options
+    fair: list[PoolKey] = []  # `order`, by hash within a priority: who gets spare room first
+    for group in priority_groups(order, fleet.priority):
+        fair.extend(group)
+        sized: list[Sized] = []
+        placers: list[Placer] = []
+        for key in group:
+            spec = fleet.pools[key]
+            terms = fleet.terms_of(key.namespace)
+            namespace = key.namespace if catalog.restricts_namespaces else None
+            signature = signature_of(spec, terms, namespace)
+            if signature not in cache:
+                options = catalog.memo.get(signature)
+                if options is None:
+                    options = catalog.memo[signature] = candidates(spec, catalog, terms, namespace)
+                cache[signature] = (options, Progress(options))
+            options, progress = cache[signature]
+            one = size_pool(
+                key,
+                spec,
+                snapshot.pools.get(key, _NO_METRICS),
+                state.pools.get(key, PoolMemory()),
+                options,
+                ledger,
+                now,
+                settings,
+            )
+            sized.append(one)
+            placers.append(pool_placer(one, ledger, progress))
+            options_of[key] = options
+        share(placers)
+        for one, placer in zip(sized, placers, strict=True):
+            pool_plans[one.key], memories[one.key] = finish_pool(one, placer, ledger, now)
     needs = record_needs(needs, ledger, delays, now)  # demand only: spares come next
-    add_spares(order, fleet.pools, options_of, pool_plans, ledger)
+    draws = {
+        k: pool_draw(fleet.pools[k], snapshot.pools.get(k, _NO_METRICS).watts_per_gpu)
+        for k in order
+    }
+    add_spares(fair, fleet.pools, options_of, pool_plans, ledger, draws)
     return FleetPlan(
-        pools=frozen_map(pool_plans),
+        pools=frozen_map({k: pool_plans[k] for k in order}),
         node_pools=frozen_map(node_plans(ledger, snapshot, needs)),
         budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
         state=PlannerState(

@@ -63,6 +63,12 @@ class Ledger:
     budget_used: list[float] = field(default_factory=list)
     budget_allowed: list[float] = field(default_factory=list)
     capped: set[int] = field(default_factory=set)  # budgets that refused a placement
+    # Per namespace with a ResourceQuota on GPUs: what its managed pools may hold in all
+    # (Fleet.namespace_gpus) and what they hold or were given so far, across every provider
+    # (a burst copy in another cluster is still the namespace's). Not a Slot limit: it is the
+    # pool's, so it never closes a node pool for the other pools that share a candidate list.
+    namespace_gpus: dict[str, int] = field(default_factory=dict)
+    namespace_used: dict[str, int] = field(default_factory=dict)
 
     def open(self) -> None:
         """Count what stands before any replica is placed: minimum and held nodes."""
@@ -78,6 +84,17 @@ class Ledger:
                 watts += nodes * gpn * busy_gpu_watts(slot.spec)
             for b in slot.budgets:
                 self.budget_used[b] += watts
+
+    def namespace_room(self, namespace: str) -> int | None:
+        """GPUs the namespace's pools may still add (never below 0); None: no quota."""
+        quota = self.namespace_gpus.get(namespace)
+        if quota is None:
+            return None
+        return max(0, quota - self.namespace_used.get(namespace, 0))
+
+    def charge_namespace(self, namespace: str, gpus: int) -> None:
+        if gpus and namespace in self.namespace_gpus:
+            self.namespace_used[namespace] = self.namespace_used.get(namespace, 0) + gpus
 
     def fit(
         self, slot: Slot, gpus: int, want: int, new_nodes: bool, busy_watts: float | None = None

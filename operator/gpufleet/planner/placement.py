@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 
 from gpufleet.api.pool import DataClass, ServingPoolSpec
-from gpufleet.api.provider import CapacityType, CloudProviderSpec, Role
-from gpufleet.planner.ledger import Ledger, Limit
-from gpufleet.planner.power import busy_watts, measured_watts
-from gpufleet.planner.types import NodePoolKey, Note, Reason
+from gpufleet.api.provider import CapacityType, CloudProviderSpec, NodePool, Role
+from gpufleet.api.tenancy import DATA_CLASS_RANK, UNGOVERNED, NamespaceTerms
+from gpufleet.planner.types import NodePoolKey, Reason
 
 # The 27 member states, ISO 3166-1 alpha-2 ("EU" in allowedJurisdictions means any of them).
 EU_MEMBERS = frozenset(
@@ -53,14 +52,6 @@ EU_MEMBERS = frozenset(
     ]
 )
 
-_LIMIT_REASON = {
-    Limit.NODE_POOL_MAX: Reason.LIMITED_BY_NODE_POOL_MAX,
-    Limit.QUOTA: Reason.LIMITED_BY_QUOTA,
-    Limit.POWER: Reason.LIMITED_BY_POWER,
-    Limit.BACKOFF: Reason.CAPACITY_BACKOFF,
-    Limit.HELD: Reason.PROVIDER_UNAVAILABLE,
-}
-
 
 def jurisdiction_allowed(allowed: list[str], jurisdiction: str) -> bool:
     if not allowed:
@@ -90,20 +81,77 @@ def data_policy_violation(pool: ServingPoolSpec, provider: CloudProviderSpec) ->
 class Refusal(StrEnum):
     BURST_DISABLED = "BurstDisabled"
     NOT_A_BURST_TARGET = "NotABurstTarget"
-    DATA_POLICY = "DataPolicy"
+    DATA_POLICY = "DataPolicy"  # the pool's own data policy
+    NAMESPACE_POLICY = "NamespacePolicy"  # its namespace's TenantPolicy, or the provider's
+
+
+def _policies(terms: NamespaceTerms) -> str:
+    return "TenantPolicy " + ", ".join(terms.policies) if terms.policies else "TenantPolicy"
+
+
+def namespace_violation(
+    pool: ServingPoolSpec, terms: NamespaceTerms, provider: CloudProviderSpec
+) -> str | None:
+    """Why the namespace's terms refuse the provider where the pool's own policy does not:
+    the pool's policy narrowed by them (class raised to the floor, approved-only forced,
+    jurisdictions of both), or None."""
+    facts = provider.subprocessor
+    if terms.approved_subprocessors_only and not facts.approved:
+        return (
+            f"{_policies(terms)}: dataPolicy.approvedSubprocessorsOnly, and subprocessor "
+            f"{facts.legal_entity} is not approved"
+        )
+    allowed = list(terms.allowed_jurisdictions)
+    if not jurisdiction_allowed(allowed, facts.jurisdiction):
+        return (
+            f"{_policies(terms)}: jurisdiction {facts.jurisdiction} is not in "
+            f"dataPolicy.allowedJurisdictions {allowed}"
+        )
+    own = pool.data_policy.data_class
+    floor = terms.min_data_class
+    effective = floor if DATA_CLASS_RANK[floor] > DATA_CLASS_RANK[own] else own
+    if effective != DataClass.PUBLIC and effective not in facts.data_classes:
+        return (
+            f"{_policies(terms)}: dataPolicy.minDataClass {floor.value} makes the pool "
+            f"{effective.value}, which is not in the provider's dataClasses"
+        )
+    return None
 
 
 def refusal(
-    pool: ServingPoolSpec, name: str, provider: CloudProviderSpec
+    pool: ServingPoolSpec,
+    name: str,
+    provider: CloudProviderSpec,
+    terms: NamespaceTerms = UNGOVERNED,
+    namespace: str | None = None,
 ) -> tuple[Refusal, str] | None:
-    """Why the pool may not use the provider at all (burst settings, data policy), or None."""
+    """Why the pool may not use the provider at all, or None: the provider's `namespaces`
+    (checked where `namespace` is given), burst settings and data policies, the pool's own
+    before its namespace's terms (the pool's own refusal is the one to report)."""
+    if namespace is not None and provider.namespaces and namespace not in provider.namespaces:
+        # Never the namespaces it does serve: other tenants' names are not this pool's.
+        return (
+            Refusal.NAMESPACE_POLICY,
+            f"CloudProvider {name} does not serve namespace {namespace}",
+        )
     if provider.role == Role.SECONDARY:
         if not pool.burst.enabled:
             return Refusal.BURST_DISABLED, "burst.enabled is false"
         if pool.burst.providers and name not in pool.burst.providers:
             return Refusal.NOT_A_BURST_TARGET, f"{name} is not in burst.providers"
     why = data_policy_violation(pool, provider)
-    return (Refusal.DATA_POLICY, why) if why is not None else None
+    if why is not None:
+        return Refusal.DATA_POLICY, why
+    if provider.role == Role.SECONDARY:
+        if not terms.burst_allowed:
+            return Refusal.NAMESPACE_POLICY, f"{_policies(terms)}: burst.allowed is false"
+        if terms.burst_providers is not None and name not in terms.burst_providers:
+            return Refusal.NAMESPACE_POLICY, (
+                f"{_policies(terms)}: {name} is not in burst.providers "
+                f"{sorted(terms.burst_providers)}"
+            )
+    why = namespace_violation(pool, terms, provider)
+    return (Refusal.NAMESPACE_POLICY, why) if why is not None else None
 
 
 @dataclass(frozen=True)
@@ -112,8 +160,13 @@ class Candidates:
 
     fill: tuple[NodePoolKey, ...]
     grow: tuple[NodePoolKey, ...]
-    blocked: tuple[tuple[str, str], ...]  # (provider, why): refused by the data policy
+    blocked: tuple[tuple[str, str], ...]  # (provider, why): refused by the pool's data policy
     burst_disabled: bool  # secondaries exist that burst.enabled would open
+    # (provider, why): refused by the namespace's terms or the provider's `namespaces`
+    denied: tuple[tuple[str, str], ...] = ()
+    # One node pool of each distinct (GPU type, watts, idle watts) among `fill`: what a
+    # pool's power figures depend on, so that reporting them costs the kinds, not the pools.
+    power_kinds: tuple[NodePool, ...] = ()
 
     @cached_property
     def rank(self) -> dict[NodePoolKey, int]:
@@ -121,8 +174,8 @@ class Candidates:
 
     @cached_property
     def refused(self) -> dict[str, str]:
-        """Why the data policy refuses each provider it refuses."""
-        return dict(self.blocked)
+        """Why each provider the data policies (the pool's or the platform's) refuse is."""
+        return dict(self.blocked + self.denied)
 
 
 @dataclass(frozen=True)
@@ -133,6 +186,7 @@ class Entry:
     spot: bool
     boot_seconds: int
     order: tuple[object, ...]
+    spec: NodePool
 
 
 class Catalog:
@@ -155,6 +209,7 @@ class Catalog:
                     spot,
                     node_pool.boot_seconds,
                     order,
+                    node_pool,
                 )
                 by_type.setdefault(node_pool.gpu_type, []).append(entry)
         self.by_type = {t: sorted(entries, key=_order) for t, entries in by_type.items()}
@@ -170,6 +225,8 @@ class Catalog:
         }
         # Candidate lists by pool signature, filled by the planner (see catalogs.catalog_of).
         self.memo: dict[tuple[object, ...], Candidates] = {}
+        # Whether any provider admits only some namespaces: then the namespace decides too.
+        self.restricts_namespaces = any(p.namespaces for p in providers.values())
         self._merged: dict[frozenset[str], list[Entry]] = {}
 
     def of_types(self, gpu_types: frozenset[str]) -> list[Entry]:
@@ -185,18 +242,28 @@ def _order(entry: Entry) -> tuple[object, ...]:
     return entry.order
 
 
-def candidates(pool: ServingPoolSpec, catalog: Catalog) -> Candidates:
+def candidates(
+    pool: ServingPoolSpec,
+    catalog: Catalog,
+    terms: NamespaceTerms = UNGOVERNED,
+    namespace: str | None = None,
+) -> Candidates:
+    """The node pools the pool may use under its own settings and its namespace's terms
+    (`namespace`: its namespace, for the providers' `namespaces`)."""
     allowed: set[str] = set()
     blocked: list[tuple[str, str]] = []
+    denied: list[tuple[str, str]] = []
     burst_disabled = False
     for name in sorted(catalog.providers):
-        refused = refusal(pool, name, catalog.providers[name])
+        refused = refusal(pool, name, catalog.providers[name], terms, namespace)
         if refused is None:
             allowed.add(name)
         elif refused[0] == Refusal.BURST_DISABLED:
             burst_disabled = True
         elif refused[0] == Refusal.DATA_POLICY:
             blocked.append((name, refused[1]))
+        elif refused[0] == Refusal.NAMESPACE_POLICY:
+            denied.append((name, refused[1]))
     merged = catalog.of_types(frozenset(pool.gpu_types))
     gpus, spot_ok = pool.gpus_per_replica, pool.allow_spot
     eligible = [
@@ -205,16 +272,22 @@ def candidates(pool: ServingPoolSpec, catalog: Catalog) -> Candidates:
         if e.key.provider in allowed and e.gpus_per_node >= gpus and (spot_ok or not e.spot)
     ]
     fill = tuple(e.key for e in eligible)
+    kinds = tuple(
+        {
+            (e.spec.gpu_type, e.spec.watts_per_gpu, e.spec.idle_watts_per_gpu): e.spec
+            for e in eligible
+        }.values()
+    )
     max_lead = pool.burst.max_lead_seconds
     if max_lead is None:
-        return Candidates(fill, fill, tuple(blocked), burst_disabled)
+        return Candidates(fill, fill, tuple(blocked), burst_disabled, tuple(denied), kinds)
     # Node pools whose lead time misses the bound go after every faster one, burst included.
     load = pool.model_load_seconds
     grow = tuple(
         e.key
         for e in sorted(eligible, key=lambda e: (int(e.boot_seconds + load > max_lead), e.order))
     )
-    return Candidates(fill, grow, tuple(blocked), burst_disabled)
+    return Candidates(fill, grow, tuple(blocked), burst_disabled, tuple(denied), kinds)
 
 
 class Progress:
@@ -245,152 +318,3 @@ class Progress:
         self._next[new_nodes][index] = index + 1
         if reason is not None and new_nodes:
             self.full.setdefault(reason, []).append(str(key))
-
-
-@dataclass(frozen=True)
-class Placement:
-    placements: dict[NodePoolKey, int]
-    unplaced: int
-    burst: int
-    notes: tuple[Note, ...]
-    # Current replicas per node pool that no longer fit on its existing nodes because pools
-    # placed earlier (higher priority) took the room; some may be placed again on new nodes.
-    preempted: dict[NodePoolKey, int] = field(default_factory=dict)
-    # Replicas of `want` not placed because new nodes would come after the need has passed.
-    held: int = 0
-
-
-def _names(keys: set[str] | list[str]) -> str:
-    ordered = sorted(keys)
-    more = f" and {len(ordered) - 3} more" if len(ordered) > 3 else ""
-    return ", ".join(ordered[:3]) + more
-
-
-def place(
-    ledger: Ledger,
-    pool: ServingPoolSpec,
-    want: int,
-    current: Mapping[NodePoolKey, int],
-    options: Candidates,
-    progress: Progress,
-    grow_to: int | None = None,
-    measured: Mapping[str, int] | None = None,
-) -> Placement:
-    """Place `want` replicas: keep, then fill existing nodes, then grow; burst within its cap.
-
-    New nodes take no more than `grow_to` replicas in all (None: no bound): the rest of
-    `want` runs only where GPUs exist and is not short of capacity (`Placement.held`).
-    `measured`: the pool's `measured_watts`, where the caller has them.
-    """
-    gpus = pool.gpus_per_replica
-    if measured is None:
-        measured = measured_watts(pool)
-    placed: dict[NodePoolKey, int] = {}
-    limits: dict[Reason, set[str]] = {}
-    burst_room = pool.burst.max_replicas if pool.burst.max_replicas is not None else want
-    burst = 0
-    remaining = want
-    displaced: dict[NodePoolKey, int] = {}
-
-    def take(
-        key: NodePoolKey, count: int, new_nodes: bool, keep: bool = False
-    ) -> tuple[bool, Reason | None]:
-        """Place up to `count` on one node pool; say whether it is now full, and why."""
-        nonlocal remaining, burst
-        slot = ledger.slots[key]
-        if slot.held and not keep:
-            # An unreachable provider can neither start nor stop replicas: hold, never add.
-            limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))
-            return True, Reason.PROVIDER_UNAVAILABLE
-        secondary = slot.provider.role == Role.SECONDARY
-        if secondary:
-            count = min(count, burst_room - burst)
-            if count <= 0:
-                limits.setdefault(Reason.LIMITED_BY_BURST_MAX, set()).add(str(key))
-                return False, None
-        asked = min(count, remaining)
-        busy = busy_watts(measured, slot.spec) if measured else None  # None: nameplate
-        fitted, limit = ledger.fit(slot, gpus, asked, new_nodes, busy)
-        reason = _LIMIT_REASON[limit] if limit is not None else None
-        if reason is not None:
-            limits.setdefault(reason, set()).add(str(key))
-        if keep and limit is None and fitted < asked:
-            # The existing nodes are full with replicas of pools placed before this one.
-            displaced[key] = asked - fitted
-        if fitted:
-            ledger.commit(slot, gpus, fitted, busy)
-            placed[key] = placed.get(key, 0) + fitted
-            remaining -= fitted
-            if secondary:
-                burst += fitted
-        return fitted < asked, reason
-
-    rank = options.rank
-    kept = sorted((k for k in current if k in rank), key=rank.__getitem__)
-    # An unreachable provider can be neither scaled down nor watched: its replicas stay.
-    for key in kept:
-        slot = ledger.slots[key]
-        if slot.held and current[key] > 0:
-            ledger.commit(slot, gpus, current[key])  # held: counted at full load already
-            placed[key] = current[key]
-            remaining -= current[key]
-            limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))
-    for key in kept:
-        if key not in placed and remaining > 0 and current[key] > 0:
-            take(key, current[key], new_nodes=False, keep=True)
-    kept_count = {key: placed.get(key, 0) for key in displaced} if displaced else {}
-    held = 0
-    for new_nodes, order in ((False, options.fill), (True, options.grow)):
-        if new_nodes and grow_to is not None:
-            held = max(0, min(remaining, remaining - (grow_to - (want - remaining))))
-            remaining -= held
-        index = progress.find(new_nodes, 0)
-        while index < len(order) and remaining > 0:
-            full, reason = take(order[index], remaining, new_nodes)
-            if full:
-                progress.close(new_nodes, index, order[index], reason)
-            index = progress.find(new_nodes, index + 1)
-
-    remaining = max(remaining, 0)
-    if remaining > 0:
-        for reason, keys in progress.full.items():
-            limits.setdefault(reason, set()).update(keys)
-    notes = [
-        Note(reason, f"{reason.value} on {_names(limits[reason])}") for reason in sorted(limits)
-    ]
-    if remaining > 0 and options.blocked:
-        notes.append(
-            Note(
-                Reason.BURST_BLOCKED_BY_DATA_POLICY,
-                "no burst to " + "; ".join(f"{name}: {why}" for name, why in options.blocked),
-            )
-        )
-    if remaining > 0 and options.burst_disabled:
-        notes.append(
-            Note(Reason.BURST_DISABLED, "secondary providers exist but burst.enabled is false")
-        )
-    if remaining > 0 and not options.fill:
-        notes.append(
-            Note(
-                Reason.NO_MATCHING_NODE_POOL,
-                f"no node pool offers {pool.gpu_types} with "
-                f"{gpus} GPUs per node under the data policy",
-            )
-        )
-    if burst > 0:
-        notes.append(Note(Reason.BURST_ACTIVE, f"{burst} replicas on secondary providers"))
-    # Replicas placed there again go to new nodes of the same node pool: they still leave
-    # the existing ones now (a move), or the higher-priority pool waits a boot for them.
-    if displaced:
-        moved = sum(min(n, placed.get(k, 0) - kept_count[k]) for k, n in displaced.items())
-        notes.append(
-            Note(
-                Reason.PREEMPTED,
-                f"{sum(displaced.values())} replicas on {_names([str(k) for k in displaced])} "
-                "yield to higher-priority pools: their existing nodes are full"
-                + (f"; {moved} of them restart on new nodes" if moved else ""),
-            )
-        )
-    return Placement(
-        {k: v for k, v in placed.items() if v}, remaining, burst, tuple(notes), displaced, held
-    )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 
-from gpufleet.api.pool import ServingPoolSpec
+from gpufleet.api.pool import PowerSource, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec, Window
 from gpufleet.api.provider import NodePool
-from gpufleet.planner.types import NodePoolKey
+from gpufleet.planner.types import NodePoolKey, PowerFigure
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -60,21 +63,69 @@ def busy_gpu_watts(node_pool: NodePool) -> float:
     return float(node_pool.watts_per_gpu - node_pool.idle_watts_per_gpu)
 
 
-_NOTHING_MEASURED: Mapping[str, int] = {}
+@dataclass(frozen=True)
+class PoolDraw:
+    """What one GPU of a pool draws while busy, by GPU type: as the operator measured it
+    (the peak of the pool's pods, PoolObservation.watts_per_gpu) and as the pool declares
+    (serviceRates[].wattsPerGpu). Specs are the tenants', so a declared figure may only
+    raise the estimate: a pool declaring 1 W must not fit 60 times its GPUs under a cap."""
+
+    measured: Mapping[str, float]
+    declared: Mapping[str, int]
+
+    def __bool__(self) -> bool:
+        return bool(self.measured or self.declared)
 
 
-def measured_watts(pool: ServingPoolSpec) -> Mapping[str, int]:
-    """The draw per busy GPU the pool measured, by GPU type (serviceRates[].wattsPerGpu);
-    empty (and shared, no allocation) for the many pools that give none."""
-    measured = {r.gpu_type: r.watts_per_gpu for r in pool.service_rates if r.watts_per_gpu}
-    return measured or _NOTHING_MEASURED
+_NOTHING: Mapping[str, float] = MappingProxyType({})
+NAMEPLATE_ONLY = PoolDraw(_NOTHING, {})
 
 
-def gpu_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
-    """What one GPU draws while a pool keeps it busy: measured where the pool says."""
-    return float(measured.get(node_pool.gpu_type, node_pool.watts_per_gpu))
+def pool_draw(pool: ServingPoolSpec, measured: Mapping[str, float]) -> PoolDraw:
+    """The pool's figures; NAMEPLATE_ONLY (shared, no allocation) for the many pools that
+    neither declare one nor were measured."""
+    declared = {r.gpu_type: r.watts_per_gpu for r in pool.service_rates if r.watts_per_gpu}
+    if not declared and not measured:
+        return NAMEPLATE_ONLY
+    return PoolDraw(measured, declared)
 
 
-def busy_watts(measured: Mapping[str, int], node_pool: NodePool) -> float:
-    """What one GPU adds above idle while a pool keeps it busy."""
-    return max(0.0, gpu_watts(measured, node_pool) - node_pool.idle_watts_per_gpu)
+def gpu_draw(draw: PoolDraw, node_pool: NodePool) -> tuple[float, PowerSource]:
+    """What one busy GPU of the pool draws on this node pool, and which figure that is.
+
+    The measurement is believed within the node pool's idle..nameplate: below idle is
+    absurd, and above nameplate is a spike or a broken exporter's sentinel (what truly runs
+    above it shows in the budget's own measurement, which calibrates the plan). Without
+    one, the nameplate counts. A declared figure counts only where it is higher."""
+    nameplate = float(node_pool.watts_per_gpu)
+    measured = draw.measured.get(node_pool.gpu_type)
+    if measured is not None and math.isfinite(measured):
+        base = min(max(measured, float(node_pool.idle_watts_per_gpu)), nameplate)
+        source = PowerSource.MEASURED
+    else:
+        base, source = nameplate, PowerSource.NAMEPLATE
+    declared = draw.declared.get(node_pool.gpu_type)
+    if declared is not None and declared > base:
+        return float(declared), PowerSource.DECLARED
+    return base, source
+
+
+def gpu_watts(draw: PoolDraw, node_pool: NodePool) -> float:
+    """What one GPU draws while the pool keeps it busy."""
+    return gpu_draw(draw, node_pool)[0]
+
+
+def busy_watts(draw: PoolDraw, node_pool: NodePool) -> float:
+    """What one GPU adds above idle while the pool keeps it busy."""
+    return max(0.0, gpu_watts(draw, node_pool) - node_pool.idle_watts_per_gpu)
+
+
+def power_figures(draw: PoolDraw, node_pools: Iterable[NodePool]) -> tuple[PowerFigure, ...]:
+    """Per GPU type of these node pools, what a busy GPU of the pool counts at: the highest
+    over node pools of the type (nameplates may differ), for the pool's status."""
+    best: dict[str, tuple[float, PowerSource]] = {}
+    for node_pool in node_pools:
+        figure = gpu_draw(draw, node_pool)
+        if node_pool.gpu_type not in best or figure[0] > best[node_pool.gpu_type][0]:
+            best[node_pool.gpu_type] = figure
+    return tuple(PowerFigure(gpu, *best[gpu]) for gpu in sorted(best))

@@ -21,7 +21,7 @@ from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.provider import Role
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates
-from gpufleet.planner.power import busy_watts, gpu_watts, measured_watts
+from gpufleet.planner.power import PoolDraw, busy_watts, gpu_watts
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
 
 _EPS = 1e-9
@@ -34,8 +34,10 @@ def add_spares(
     options: Mapping[PoolKey, Candidates],
     plans: MutableMapping[PoolKey, PoolPlan],
     ledger: Ledger,
+    draws: Mapping[PoolKey, PoolDraw],
 ) -> None:
-    """Give idle room on kept nodes to pools in `order`; replaces their plans in `plans`."""
+    """Give idle room on kept nodes to pools in `order`; replaces their plans in `plans`.
+    `draws`: what each pool's busy GPUs count at, as its demand was placed."""
     for key in [k for k in order if pools[k].warm_spares.enabled]:
         spec, plan = pools[key], plans[key]
         spares = spec.warm_spares
@@ -44,11 +46,14 @@ def add_spares(
         room = spec.max_replicas - plan.desired_replicas
         if spares.max_replicas is not None:
             room = min(room, spares.max_replicas)
+        quota = ledger.namespace_room(key.namespace)  # spares are pods: the quota counts them
+        if quota is not None:
+            room = min(room, quota // spec.gpus_per_replica)
         burst_cap = spec.burst.max_replicas if spec.burst.max_replicas is not None else room
         burst_room = burst_cap - plan.burst_replicas
         added: dict[NodePoolKey, int] = {}
         gpus = spec.gpus_per_replica
-        measured = measured_watts(spec)
+        draw = draws[key]
         for node_pool in options[key].fill:
             if room <= 0:
                 break
@@ -62,21 +67,26 @@ def add_spares(
                 want = min(want, burst_room)
             if want <= 0:
                 continue
-            busy = busy_watts(measured, slot.spec) if measured else None  # None: nameplate
+            busy = busy_watts(draw, slot.spec) if draw else None  # None: nameplate
             fitted, _ = ledger.fit(slot, gpus, want, False, busy)
             if fitted <= 0:
                 continue
             ledger.commit(slot, gpus, fitted, busy)
+            ledger.charge_namespace(key.namespace, fitted * gpus)
             added[node_pool] = fitted
             room -= fitted
             if slot.provider.role == Role.SECONDARY:
                 burst_room -= fitted
         if added:
-            plans[key] = _with_spares(plan, spec, added, ledger)
+            plans[key] = _with_spares(plan, spec, added, ledger, draw)
 
 
 def _with_spares(
-    plan: PoolPlan, spec: ServingPoolSpec, added: Mapping[NodePoolKey, int], ledger: Ledger
+    plan: PoolPlan,
+    spec: ServingPoolSpec,
+    added: Mapping[NodePoolKey, int],
+    ledger: Ledger,
+    draw: PoolDraw,
 ) -> PoolPlan:
     placements = dict(plan.placements)
     for node_pool, count in added.items():
@@ -91,9 +101,8 @@ def _with_spares(
     notes.append(
         Note(Reason.WARM_SPARES, f"{spares} warm spare replicas on idle GPUs of kept nodes")
     )
-    measured = measured_watts(spec)
     watts = sum(
-        count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
+        count * spec.gpus_per_replica * gpu_watts(draw, ledger.slots[k].spec)
         for k, count in added.items()
     )
     burst = sum(

@@ -9,9 +9,10 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-from gpufleet.api.pool import RateSource, ServingPoolSpec
+from gpufleet.api.pool import PowerSource, RateSource, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.tenancy import UNGOVERNED, NamespaceTerms
 from gpufleet.planner.bursts import BurstMemory
 from gpufleet.planner.service import ServiceMemory
 
@@ -61,7 +62,8 @@ class Reason(StrEnum):
     LIMITED_BY_RATE = "LimitedByScalingPolicy"
     LIMITED_BY_MAX = "LimitedByMax"
     LIMITED_BY_MIN = "LimitedByMin"
-    LIMITED_BY_QUOTA = "LimitedByQuota"
+    LIMITED_BY_QUOTA = "LimitedByQuota"  # a CloudProvider's gpuQuota
+    LIMITED_BY_NAMESPACE_QUOTA = "LimitedByNamespaceQuota"  # a namespace's ResourceQuota
     LIMITED_BY_POWER = "LimitedByPower"
     LIMITED_BY_NODE_POOL_MAX = "LimitedByNodePoolMax"
     LIMITED_BY_BURST_MAX = "LimitedByBurstMax"
@@ -69,7 +71,9 @@ class Reason(StrEnum):
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
     CAPACITY_BACKOFF = "CapacityBackoff"
     BURST_ACTIVE = "BurstActive"
-    BURST_BLOCKED_BY_DATA_POLICY = "BurstBlockedByDataPolicy"
+    BURST_BLOCKED_BY_DATA_POLICY = "BurstBlockedByDataPolicy"  # the pool's own policy
+    # A TenantPolicy of the pool's namespace, or a CloudProvider's `namespaces`.
+    BURST_BLOCKED_BY_NAMESPACE_POLICY = "BurstBlockedByNamespacePolicy"
     OUTSIDE_DATA_POLICY = "PodsOutsideDataPolicy"
     BURST_DISABLED = "BurstDisabled"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
@@ -101,6 +105,8 @@ class PoolObservation:
     `queue_depth` None means the metric was missing, empty, NaN or stale: capacity is held.
     `replicas` are the replicas that exist now per node pool (ready or starting);
     `ready_replicas` those of them serving now (None: not known, taken as all of them).
+    `watts_per_gpu`: per GPU type, the peak draw of one of the pool's GPUs, measured over
+    the operator's window (absent: not measured; budgets count the nameplate figure).
     """
 
     queue_depth: float | None
@@ -108,6 +114,7 @@ class PoolObservation:
     replicas: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
     tier_rates: Mapping[str, float] = field(default_factory=frozen_map)
     ready_replicas: int | None = None
+    watts_per_gpu: Mapping[str, float] = field(default_factory=frozen_map)
 
     @cached_property
     def total_replicas(self) -> int:
@@ -151,6 +158,19 @@ class Fleet:
     pools: Mapping[PoolKey, ServingPoolSpec] = field(default_factory=frozen_map)
     providers: Mapping[str, CloudProviderSpec] = field(default_factory=frozen_map)
     budgets: Mapping[str, PowerBudgetSpec] = field(default_factory=frozen_map)
+    # What the platform grants, never the pools' own word (api/tenancy.py): each pool's
+    # priority, from the PriorityClass its pods run with (absent: 0); each namespace's
+    # TenantPolicy terms (absent: none, UNGOVERNED); and the GPUs each namespace's pools may
+    # hold in all under its ResourceQuotas, net of other pods' use (absent: no quota).
+    priorities: Mapping[PoolKey, int] = field(default_factory=frozen_map)
+    terms: Mapping[str, NamespaceTerms] = field(default_factory=frozen_map)
+    namespace_gpus: Mapping[str, int] = field(default_factory=frozen_map)
+
+    def priority(self, key: PoolKey) -> int:
+        return self.priorities.get(key, 0)
+
+    def terms_of(self, namespace: str) -> NamespaceTerms:
+        return self.terms.get(namespace, UNGOVERNED)
 
 
 @dataclass(frozen=True)
@@ -247,6 +267,13 @@ class Throttle:
 
 
 @dataclass(frozen=True)
+class PowerFigure:
+    gpu_type: str
+    watts_per_gpu: float
+    source: PowerSource
+
+
+@dataclass(frozen=True)
 class PoolPlan:
     key: PoolKey
     desired_replicas: int
@@ -264,6 +291,8 @@ class PoolPlan:
     # priority) took the room on its existing nodes; the reconciler drains them (issue 10).
     preempted: Mapping[NodePoolKey, int] = field(default_factory=frozen_map)
     service: ServiceRate | None = None  # None: the pool declares no rate, or no arrivals
+    # Per GPU type the pool may use, what PowerBudgets counted one busy GPU at, and why.
+    power: tuple[PowerFigure, ...] = ()
 
     def replicas_by_provider(self) -> dict[str, int]:
         out: dict[str, int] = {}

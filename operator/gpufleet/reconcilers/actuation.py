@@ -9,7 +9,7 @@ with an in-memory driver and scaler, with no cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -21,6 +21,7 @@ from gpufleet.reconcilers.burst.copies import target as copy_target
 from gpufleet.reconcilers.cache import WorkloadEntry
 from gpufleet.reconcilers.drain import DrainRequest
 from gpufleet.reconcilers.intent import Action, Journal
+from gpufleet.reconcilers.leader import NotLeading
 
 log = logging.getLogger(__name__)
 NODE_POOL_PREFIX = "nodepool/"
@@ -172,10 +173,18 @@ class Applier(Protocol):
 
 
 async def execute(
-    changes: Sequence[Change], applier: Applier, journal: Journal | None, now: float
+    changes: Sequence[Change],
+    applier: Applier,
+    journal: Journal | None,
+    now: float,
+    fresh: Callable[[], object] | None = None,
 ) -> set[str] | None:
     """Record the resizes, apply every change in phase order, record what was done; the ids
     done, or None when another writer recorded first (it acts, this replica does not).
+
+    `fresh` (the fence's, reconcilers/leader.py) is checked before each change: driver and
+    remote-cluster calls are not fenced themselves, so a term lost mid-tick stops the rest of
+    the tick here (NotLeading propagates) rather than after it.
 
     A retried action keeps its recorded id; a re-application is named after its target and
     the tick."""
@@ -195,6 +204,8 @@ async def execute(
         action = by_target.get(change.target) if journaled(change) else None
         if journaled(change) and action is None:
             continue
+        if fresh is not None:
+            fresh()
         size, action_id = (
             (action.size, action.id) if action else (change.size, f"{change.target}@{int(now)}")
         )
@@ -214,6 +225,8 @@ async def execute(
 async def _apply(applier: Applier, change: Change, size: int, action_id: str) -> bool:
     try:
         return await applier.apply(change, size, action_id)
+    except NotLeading:  # the term is gone: no change of this tick may follow
+        raise
     except Exception:  # an applier's own bug: this change only, the rest go on
         log.exception("applying %s failed", action_id, extra={"target": change.target})
         return False

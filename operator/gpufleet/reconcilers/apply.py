@@ -23,6 +23,7 @@ from gpufleet.reconcilers.actuation import (
 from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.drain import Drainer
 from gpufleet.reconcilers.kube import Workloads
+from gpufleet.reconcilers.leader import NotLeading
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Effects:
             return False
         try:
             await driver.set_target_size(change.ref, size, action_id=action_id)
+        except NotLeading:  # the tick stops (actuation.py execute)
+            raise
         except DriverError as exc:
             if isinstance(exc, DriverCapacityError):  # the planner backs the node pool off
                 kind = (
@@ -95,6 +98,8 @@ class Effects:
                     self.kube, workload, pool, change.drain, size, self.now
                 )
             await self.kube.scale(workload.kind, pool.namespace, workload.name, size)
+        except NotLeading:  # the tick stops (actuation.py execute)
+            raise
         except Exception as exc:  # one pool's failure must not stop the others
             self.metrics.reconcile_errors.labels("scale").inc()
             log.warning("scale %s failed: %s", pool, exc, extra={"pool": str(pool)})

@@ -12,6 +12,7 @@ from gpufleet.api.parse import Parsed
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.tenancy import PriorityClassInfo, TenantPolicySpec
 from gpufleet.reconcilers.selectors import Selector, from_label_selector
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -28,6 +29,10 @@ class PoolEntry:
     generation: int
     parsed: Parsed[ServingPoolSpec]
     status: Mapping[str, Any] = field(default_factory=dict)
+    # metadata.creationTimestamp (RFC 3339, as the API server writes it) and uid: the oldest
+    # of the pools that name one workload keeps it (reconcilers/targets.py). "" if unknown.
+    created: str = ""
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,12 @@ class ProviderEntry:
     generation: int
     parsed: Parsed[CloudProviderSpec]
     status: Mapping[str, Any] = field(default_factory=dict)
+    # metadata.deletionTimestamp ("": not being deleted), finalizers and resourceVersion, for
+    # its finalizer's step (reconcilers/burst/teardown.py); uid names it in Events.
+    deleting: str = ""
+    finalizers: tuple[str, ...] = ()
+    resource_version: str = ""
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,32 @@ class BudgetEntry:
     generation: int
     parsed: Parsed[PowerBudgetSpec]
     status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TenantPolicyEntry:
+    name: str
+    generation: int
+    parsed: Parsed[TenantPolicySpec]
+    status: Mapping[str, Any] = field(default_factory=dict)
+    # The namespaces it names, read even when the rest does not parse: those stay locked.
+    namespaces: tuple[str, ...] = ()
+
+
+def named_namespaces(spec: Any) -> tuple[str, ...]:
+    names = (spec or {}).get("namespaces") if isinstance(spec, Mapping) else None
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+@dataclass(frozen=True)
+class QuotaEntry:
+    """A ResourceQuota's hard GPU limit (`requests.nvidia.com/gpu`), and the PriorityClasses
+    it is scoped to: None applies to every pod; a set, to pods of those classes only."""
+
+    namespace: str
+    name: str
+    gpus: int
+    classes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +99,19 @@ class PodEntry:
     node_name: str | None
     terminating: bool
     ready: bool = True  # the Ready condition: serving (a missing status counts as ready)
+    gpus: int = 0  # GPUs the pod requests (what a ResourceQuota on GPUs counts)
+    # Its controller, `Kind/name` ("" for none): whose pod it is, which labels cannot fake.
+    owner: str = ""
+    finished: bool = False  # Succeeded or Failed: quota no longer charges it
+
+    def owned_by(self, workload: WorkloadEntry) -> bool:
+        """Whether the workload's controller made this pod: a Deployment's pods belong to
+        its ReplicaSets (`<name>-<hash>`), a StatefulSet's to itself."""
+        kind, _, name = self.owner.partition("/")
+        if workload.kind == "StatefulSet":
+            return kind == "StatefulSet" and name == workload.name
+        prefix = f"{workload.name}-"
+        return kind == "ReplicaSet" and name.startswith(prefix) and "-" not in name[len(prefix) :]
 
 
 @dataclass(frozen=True)
@@ -75,6 +125,8 @@ class WorkloadEntry:
     # StatefulSet also `serviceName`, `podManagementPolicy` and `volumeClaimNames` (the names
     # of its volumeClaimTemplates). reconcilers/burst/copies.py builds the copy from it.
     source: str = ""
+    # The PriorityClass its pods run with (`template.spec.priorityClassName`); None: none.
+    priority_class: str | None = None
 
 
 def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
@@ -88,7 +140,9 @@ def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
 
 
 def requests_gpu(spec: Mapping[str, Any]) -> bool:
-    for container in spec.get("containers") or ():
+    """Whether any container asks for GPUs, init containers and sidecars included (quota
+    charges them all)."""
+    for container in (*(spec.get("containers") or ()), *(spec.get("initContainers") or ())):
         resources = container.get("resources") or {}
         if GPU_RESOURCE in (resources.get("requests") or {}) or GPU_RESOURCE in (
             resources.get("limits") or {}
@@ -99,15 +153,77 @@ def requests_gpu(spec: Mapping[str, Any]) -> bool:
 
 def pod_entry(namespace: str, name: str, body: Mapping[str, Any]) -> PodEntry:
     meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
     return PodEntry(
         namespace,
         name,
         dict(meta.get("labels") or {}),
-        (body.get("spec") or {}).get("nodeName"),
+        spec.get("nodeName"),
         meta.get("deletionTimestamp") is not None,
         # No status to go by: never throttle on what cannot be seen.
         ready_condition(body, missing=True),
+        gpus_requested(spec),
+        _controller(meta),
+        (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
     )
+
+
+def _controller(meta: Mapping[str, Any]) -> str:
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            return f"{ref.get('kind', '')}/{ref.get('name', '')}"
+    return ""
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
+
+
+def _container_gpus(container: Mapping[str, Any]) -> int:
+    resources = container.get("resources") or {}
+    value = (resources.get("requests") or {}).get(GPU_RESOURCE)
+    if value is None:
+        value = (resources.get("limits") or {}).get(GPU_RESOURCE)
+    return _count(value) if value is not None else 0
+
+
+def gpus_requested(spec: Mapping[str, Any]) -> int:
+    """GPUs the pod requests, as quota counts them: an extended resource's request equals
+    its limit, and a limit alone implies the request; the pod's request is the larger of
+    its containers plus sidecars (init containers that keep running) and its largest other
+    init container, as the scheduler and quota reckon it."""
+    inits = spec.get("initContainers") or ()
+    sidecars = [c for c in inits if c.get("restartPolicy") == "Always"]
+    running = sum(_container_gpus(c) for c in (*(spec.get("containers") or ()), *sidecars))
+    first = max((_container_gpus(c) for c in inits if c not in sidecars), default=0)
+    return max(running, first)
+
+
+QUOTA_RESOURCE = f"requests.{GPU_RESOURCE}"
+
+
+def quota_entry(namespace: str, name: str, body: Mapping[str, Any]) -> QuotaEntry | None:
+    """The quota's GPU limit, or None when it sets none or only limits pods gpufleet never
+    makes (BestEffort, Terminating scopes)."""
+    spec = body.get("spec") or {}
+    hard = (spec.get("hard") or {}).get(QUOTA_RESOURCE)
+    if hard is None:
+        return None
+    scopes = set(spec.get("scopes") or ())
+    classes: frozenset[str] | None = None
+    for expression in (spec.get("scopeSelector") or {}).get("matchExpressions") or ():
+        scopes.add(str(expression.get("scopeName")))
+        if expression.get("scopeName") == "PriorityClass" and expression.get("operator") == "In":
+            named = frozenset(str(v) for v in expression.get("values") or ())
+            classes = named if classes is None else classes & named
+    if scopes & {"BestEffort", "Terminating"}:
+        return None
+    # Other PriorityClass operators (NotIn, Exists, DoesNotExist) are taken as applying to
+    # every pod: that can only make the plan ask for fewer GPUs than the quota allows.
+    return QuotaEntry(namespace, name, _count(hard), classes)
 
 
 def ready_condition(body: Mapping[str, Any], missing: bool = False) -> bool:
@@ -136,6 +252,7 @@ def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]
         1 if replicas is None else int(replicas),
         from_label_selector(spec.get("selector")),
         json.dumps(source, sort_keys=True),
+        ((spec.get("template") or {}).get("spec") or {}).get("priorityClassName") or None,
     )
 
 
@@ -149,3 +266,7 @@ class View:
     nodes: Sequence[NodeEntry]
     pods: Mapping[str, Sequence[PodEntry]]
     workloads: Mapping[tuple[str, str, str], WorkloadEntry]
+    # The platform's objects (api/tenancy.py): empty where the cluster has none.
+    tenant_policies: Sequence[TenantPolicyEntry] = ()
+    priority_classes: Mapping[str, PriorityClassInfo] = field(default_factory=dict)
+    quotas: Mapping[str, Sequence[QuotaEntry]] = field(default_factory=dict)

@@ -164,6 +164,8 @@ def copy_changes(inputs: Inputs, copies: Copies) -> list[Change]:
         if workload is None:
             continue
         current = copy.replicas if copy else 0
-        if size != current or (copy is not None and stale(copy, workload)):
+        spec = inputs.fleet.providers.get(provider)
+        access = spec.cluster if spec is not None else None
+        if size != current or (copy is not None and stale(copy, workload, access)):
             out.append(ApplyCopy(provider, pool_key, workload, copy, current, size))
     return out

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Each pod's peak GPU draw over the last hour, per GPU, from the DCGM exporter's series (its
+# Kubernetes mapping labels them with the pod). A peak over a long window, not the last
+# sample: a pool kept idle for a moment must not look cheap, and fit several times the GPUs
+# under a cap, just before its load comes back.
+DEFAULT_POWER_QUERY = "max by (namespace, pod) (max_over_time(DCGM_FI_DEV_POWER_USAGE[1h]))"
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -19,6 +25,23 @@ class RunConfig:
     # The ConfigMap (in operator_namespace) a gateway reads the sustainable rates from
     # (reconcilers/reporting/gateway.py); None: not published.
     gateway_config_map: str | None = None
+    # Remote clusters (kubeconfigSecretRef) may be on the operator's host, link-local or
+    # in-cluster names (reconcilers/burst/allowlist.py): for test beds' loopback clusters.
+    allow_private_remote_servers: bool = False
+    # This installation's id on what it makes in remote clusters (`--installation`,
+    # reconcilers/burst/lifecycle.py); empty: the operator namespace. Changing it orphans
+    # the copies running under the old one.
+    installation: str = ""
+    # Seconds a deleted CloudProvider waits for its remote copies to go before its finalizer
+    # is removed anyway (`--provider-deletion-timeout`).
+    provider_deletion_timeout_seconds: float = 600.0
+    # The admin's per-pod power query (reconcilers/power_draw.py); None: every pool's busy
+    # GPUs count at their node pool's nameplate wattsPerGpu.
+    power_query: str | None = DEFAULT_POWER_QUERY
+    # Pools' PromQL reads only series whose query_namespace_label is the pool's namespace
+    # (metrics/confine.py); off: a tenant's query can read any series in Prometheus.
+    confine_queries: bool = False
+    query_namespace_label: str = "namespace"
 
     @property
     def anchor(self) -> str:

@@ -31,8 +31,9 @@ from typing import Any
 from gpufleet.api.labels import NODE_POOL_LABEL, PROVIDER_LABEL
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, PoolKey, Snapshot
 from gpufleet.reconcilers.cache import WorkloadEntry, pod_entry, ready_condition
-from gpufleet.reconcilers.intent import Move
+from gpufleet.reconcilers.intent import Drained, Move
 from gpufleet.reconcilers.kube import EvictionRefused, Workloads
+from gpufleet.reconcilers.leader import NotLeading
 from gpufleet.reconcilers.selectors import Selector
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,13 @@ def request_for(
     }
     if not local:
         return None
-    rank = (-spec.priority, pool_key.namespace, pool_key.name)
-    # Pools placed before it that grew there; once their new replicas are counted as
+    priority = fleet.priority(pool_key)
+    # Pools of strictly higher priority that grew there (equal priorities never take each
+    # other's running replicas: docs/preemption.md); once their new replicas are counted as
     # existing (scheduled or not), those placed there at all.
     grew, there = [], []
     for other, other_plan in sorted(plan.pools.items()):
-        other_spec = fleet.pools.get(other)
-        if other_spec is None or (-other_spec.priority, *other) >= rank:
+        if other not in fleet.pools or fleet.priority(other) <= priority:
             continue
         seen = snapshot.pools.get(other)
         before = seen.replicas if seen is not None else {}
@@ -101,6 +102,10 @@ def request_for(
         if any(other_plan.placements.get(k, 0) for k in local):
             there.append(str(other))
     by = grew or there
+    if not by:
+        # Displaced only by pools of equal priority (their replicas in flight, or nodes
+        # lost): only strictly higher priority evicts (docs/preemption.md).
+        return None
     timeout = max(1, spec.preemption.drain_timeout_seconds)  # 0 would force-delete
     return DrainRequest(local, timeout, tuple(by))
 
@@ -186,6 +191,32 @@ class Drainer:
             if now - since < MOVE_HOLD_SECONDS
         )
 
+    def memory(self, now: float) -> tuple[Drained, ...]:
+        """What a leader taking over must know not to evict or resize twice: the evictions
+        still draining and the resizes the index may not show yet, for the intent record."""
+        out = []
+        for pool in sorted(set(self.in_flight) | set(self.resized)):
+            evicted = tuple(
+                sorted((p, t) for p, t in self.in_flight.get(pool, {}).items() if t > now)
+            )
+            last = self.resized.get(pool)
+            resized = last if last is not None and now - last[1] < INDEX_LAG_SECONDS else None
+            if evicted or resized is not None:
+                out.append(Drained(str(pool), evicted, resized))
+        return tuple(out)
+
+    def take_over_drains(self, drains: Sequence[Drained], now: float) -> None:
+        """Continue from the drain memory another leader (or this process before a restart)
+        recorded: its evictions count as in flight, its last resize as ours."""
+        for drained in drains:
+            pool = PoolKey.parse(drained.pool)
+            flight = {p: t for p, t in drained.evicted if t > now}
+            if flight and pool not in self.in_flight:
+                self.in_flight[pool] = flight
+            last = drained.resized
+            if last is not None and now - last[1] < INDEX_LAG_SECONDS and pool not in self.resized:
+                self.resized[pool] = last
+
     def take_over(self, moves: Sequence[Move], now: float) -> None:
         """Keep waiting for the moves another leader (or this process before a restart)
         recorded, where they are still within their wait."""
@@ -225,6 +256,8 @@ class Drainer:
                 bodies = await kube.list_pods(workload.namespace, selector_text(workload.selector))
                 names = {str((b.get("metadata") or {}).get("name")) for b in bodies}
                 flight = {p: t for p, t in flight.items() if p in names}
+            except NotLeading:
+                raise
             except Exception as exc:  # the condition may show a drain a little longer
                 log.info("pods of %s not listed: %s", pool_key, exc, extra={"pool": str(pool_key)})
         if flight:
@@ -317,6 +350,8 @@ class Drainer:
             except EvictionRefused as exc:
                 self.retry_at[pool_key] = now + RETRY_SECONDS
                 return evicted, *((str(exc), "") if exc.budget else ("", str(exc)))
+            except NotLeading:  # no further eviction: the tick stops
+                raise
             except Exception as exc:  # the rest waits for a later tick
                 return evicted, "", f"eviction of {pod.name} failed: {exc}"[:512]
         return evicted, "", ""
@@ -369,5 +404,7 @@ class Drainer:
                     message,
                     warning=warning,
                 )
+            except NotLeading:
+                raise
             except Exception as exc:
                 log.info("event for %s not posted: %s", pool_key, exc)

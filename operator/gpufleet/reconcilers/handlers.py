@@ -1,9 +1,10 @@
-"""kopf glue: settings, the watches kept as indexes, and the one fleet-wide timer.
+"""kopf glue: settings, the watches kept as indexes, and the one fleet-wide loop.
 
-Per-object handlers only parse and index; one timer acts for the whole fleet, because power
-budgets and quotas couple the pools. The timer hangs on a ConfigMap the operator owns, so
-kopf runs it only after every index has been filled (no plan on a partial view) and pauses
-it on a replica that is not the peering leader.
+Per-object handlers only parse and index; one loop acts for the whole fleet, because power
+budgets and quotas couple the pools. The loop is the operator's own task
+(reconcilers/runner.py): it starts once kopf has filled every index (no plan on a partial
+view) and ticks only while this replica holds the Lease (reconcilers/leader.py); every
+replica keeps its indexes warm.
 """
 
 from __future__ import annotations
@@ -20,21 +21,27 @@ from kubernetes.client import ApiClient
 
 from gpufleet.api.common import GROUP, VERSION
 from gpufleet.api.labels import NODE_POOL_LABEL
-from gpufleet.api.parse import parse_budget, parse_pool, parse_provider
+from gpufleet.api.parse import parse_budget, parse_pool, parse_provider, parse_tenant_policy
 from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.tenancy import PriorityClassInfo
 from gpufleet.drivers.base import NodePoolDriver
 from gpufleet.drivers.eks import AwsCredentials, ClientFactory
 from gpufleet.drivers.registry import make_driver
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import PrometheusSource
+from gpufleet.reconcilers.burst.lifecycle import installation_id
 from gpufleet.reconcilers.burst.remote import RemoteClusters
+from gpufleet.reconcilers.burst.teardown import ProviderTeardown
 from gpufleet.reconcilers.cache import (
     BudgetEntry,
     PoolEntry,
     ProviderEntry,
+    TenantPolicyEntry,
     View,
+    named_namespaces,
     node_entry,
     pod_entry,
+    quota_entry,
     requests_gpu,
     workload_entry,
 )
@@ -46,9 +53,11 @@ from gpufleet.reconcilers.credentials import (
 )
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.leader import Elector, Timing
 from gpufleet.reconcilers.liveness import TickWatch
 from gpufleet.reconcilers.loop import FleetLoop
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
+from gpufleet.reconcilers.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -61,38 +70,31 @@ WATCHED = (
     ("", "pods"),
     ("apps", "deployments"),
     ("apps", "statefulsets"),
-    ("", "configmaps"),
+    (GROUP, "tenantpolicies"),
+    ("scheduling.k8s.io", "priorityclasses"),
+    ("", "resourcequotas"),
 )
-# (api group, resource, verb) kopf itself calls: it watches CRDs to notice new resources,
-# and the timer's finalizer goes onto the anchor ConfigMap with a patch.
+# (api group, resource, verb) kopf itself calls: it watches CRDs to notice new resources.
 KOPF_CALLS = (
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    ("", "configmaps", "patch"),
-)
-# Only with leader election: kopf watches the ClusterKopfPeering and patches its peers in.
-KOPF_PEERING_CALLS = (
-    ("kopf.dev", "clusterkopfpeerings", "list"),
-    ("kopf.dev", "clusterkopfpeerings", "watch"),
-    ("kopf.dev", "clusterkopfpeerings", "patch"),
 )
 # Only with a list of namespaces (`--namespace`): kopf lists and watches namespaces.
 KOPF_NAMESPACED_CALLS = (("", "namespaces", "list"), ("", "namespaces", "watch"))
 
 
 @dataclass(frozen=True)
-class Peering:
-    """Leader election by kopf peering: the live replica of highest priority acts, the
-    others are paused (no watches, no timer). A peer is presumed dead `lifetime` seconds
-    after its last keep-alive, so a standby takes over within about `lifetime` seconds."""
+class Election:
+    """Leader election on the Lease `name` in the operator namespace: one replica holds it
+    and acts; a standby takes over about `duration` seconds after the leader's last renewal
+    (at once after a leader that shut down released it)."""
 
     name: str = "gpufleet"
-    priority: int = 0
-    lifetime: int = 10
+    duration: float = 10.0
 
 
 def identity() -> str:
-    """This replica's name in the peering object and the intent record (kopf's `POD_ID`)."""
+    """This replica's name in the Lease and the intent record (the pod's name, `POD_ID`)."""
     return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
 
 
@@ -152,21 +154,21 @@ def register(
     config: RunConfig,
     api: ApiClient,
     metrics: OperatorMetrics,
-    peering: Peering | None = None,
+    election: Election | None = None,
 ) -> None:
     """Attach every handler to `registry`; `gpufleet run` and the tests call this.
 
-    With `peering`, only the leader among the replicas runs the fleet timer (kopf pauses
-    the others); without, this replica acts alone (kopf's standalone mode)."""
+    With `election`, only the replica that holds the Lease ticks, and its writes are fenced
+    by its term; without, this replica acts alone."""
 
     # Longer than any tick can take with every call's timeout: then it waits on something
     # that never returns.
     watch = TickWatch(stuck_after=max(120.0, 20 * config.period_seconds))
     _register_probe_and_login(registry, watch)
-    _register_startup(registry, config, api, metrics, peering)
+    _register_startup(registry, config, api, metrics, election, watch)
     _register_indexes(registry)
     _register_cluster_indexes(registry)
-    _register_fleet(registry, config, watch)
+    _register_fleet(registry)
 
 
 def _register_probe_and_login(registry: kopf.OperatorRegistry, watch: TickWatch) -> None:
@@ -186,31 +188,50 @@ def _register_startup(
     config: RunConfig,
     api: ApiClient,
     metrics: OperatorMetrics,
-    peering: Peering | None,
+    election: Election | None,
+    watch: TickWatch,
 ) -> None:
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        _configure(settings, peering)
-        kube = Kube(api)
-        if peering is not None:
-            await kube.ensure_peering(peering.name)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+        _configure(settings)
+        kube = Kube(api, config.operator_namespace)
+        elector = (
+            Elector(
+                kube,
+                config.operator_namespace,
+                election.name,
+                identity(),
+                Timing(election.duration),
+            )
+            if election is not None
+            else None
+        )
+        kube.fence = elector
         source = (
             PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
             if config.prometheus_url
             else None
+        )
+        remote = RemoteClusters(
+            kube,
+            remote_driver_factory(config, metrics),
+            config.operator_namespace,
+            config.namespaces,
+            allow_private_servers=config.allow_private_remote_servers,
+            installation=installation_id(
+                config.installation or await default_installation(kube, config.operator_namespace)
+            ),
         )
         memo.fleet = FleetLoop(
             kube,
             source,
             driver_factory(api, config, metrics),
             metrics,
-            journal=Journal(kube, config.operator_namespace, config.anchor, identity()),
-            remote=RemoteClusters(
-                kube,
-                remote_driver_factory(config, metrics),
-                config.operator_namespace,
-                config.namespaces,
+            journal=Journal(
+                kube, config.operator_namespace, config.anchor, identity(), fence=elector
             ),
+            remote=remote,
+            teardown=ProviderTeardown(kube, remote, config.provider_deletion_timeout_seconds),
             gateway=(
                 GatewayConfigMap(
                     kube, metrics, config.operator_namespace, config.gateway_config_map
@@ -218,11 +239,28 @@ def _register_startup(
                 if config.gateway_config_map
                 else None
             ),
+            power_query=config.power_query,
+            namespace_label=config.query_namespace_label if config.confine_queries else None,
         )
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
+        # kopf's fleet timer put its finalizer on the anchor; nothing would take it off now.
+        await kube.drop_finalizer(config.operator_namespace, config.anchor, f"{GROUP}/finalizer")
+        # kopf passes every index by its handler's name, to startup handlers too: the same
+        # live objects the index handlers fill.
+        indices = {name: kwargs[name] for name in INDEXES}
+        memo.runner = Runner(
+            memo.fleet, lambda: _view(indices), watch, config.period_seconds, elector
+        )
+        memo.runner.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+        runner = getattr(memo, "runner", None)
+        if runner is not None:
+            await runner.stop()
 
 
-def _configure(settings: kopf.OperatorSettings, peering: Peering | None) -> None:
+def _configure(settings: kopf.OperatorSettings) -> None:
     # Our prefix, not kopf's, on anything kopf stores; no kopf log lines posted as Events.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -233,16 +271,6 @@ def _configure(settings: kopf.OperatorSettings, peering: Peering | None) -> None
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    if peering is not None:
-        # Cluster-wide whatever the watched namespaces: one leader for the whole fleet.
-        # mandatory: start paused until the peering object has been seen.
-        settings.peering.standalone = False
-        settings.peering.mandatory = True
-        settings.peering.clusterwide = True
-        settings.peering.name = peering.name
-        settings.peering.priority = peering.priority
-        settings.peering.lifetime = peering.lifetime
-        settings.peering.stealth = True
 
 
 def _register_indexes(registry: kopf.OperatorRegistry) -> None:
@@ -256,8 +284,10 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
             namespace or "",
             name,
             int(meta.get("generation") or 0),
-            parse_pool(body.get("spec")),
+            parse_pool(body.get("spec"), name, namespace),
             dict(body.get("status") or {}),
+            str(meta.get("creationTimestamp") or ""),
+            str(meta.get("uid") or ""),
         )
         return {(namespace, name): entry}
 
@@ -266,8 +296,23 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         entry = ProviderEntry(
             name,
             int(meta.get("generation") or 0),
-            parse_provider(body.get("spec")),
+            parse_provider(body.get("spec"), name),
             dict(body.get("status") or {}),
+            str(meta.get("deletionTimestamp") or ""),
+            tuple(str(f) for f in meta.get("finalizers") or ()),
+            str(meta.get("resourceVersion") or ""),
+            str(meta.get("uid") or ""),
+        )
+        return {name: entry}
+
+    @kopf.index(GROUP, VERSION, "tenantpolicies", id="gpufleet_policies", registry=registry)
+    def gpufleet_policies(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+        entry = TenantPolicyEntry(
+            name,
+            int(meta.get("generation") or 0),
+            parse_tenant_policy(body.get("spec")),
+            dict(body.get("status") or {}),
+            named_namespaces(body.get("spec")),
         )
         return {name: entry}
 
@@ -305,6 +350,26 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
     ) -> dict[Any, Any]:
         return {namespace: pod_entry(namespace or "", name, body)}
 
+    @kopf.index(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        id="gpufleet_priority_classes",
+        registry=registry,
+    )
+    def gpufleet_priority_classes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        info = PriorityClassInfo(
+            name, int(body.get("value") or 0), bool(body.get("globalDefault") or False)
+        )
+        return {name: info}
+
+    @kopf.index("", "v1", "resourcequotas", id="gpufleet_quotas", registry=registry)
+    def gpufleet_quotas(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        entry = quota_entry(namespace or "", name, body)
+        return {} if entry is None else {namespace: entry}
+
     @kopf.index("apps", "v1", "deployments", id="gpufleet_deployments", registry=registry)
     def gpufleet_deployments(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
@@ -326,54 +391,63 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
         }
 
 
-def _register_fleet(registry: kopf.OperatorRegistry, config: RunConfig, watch: TickWatch) -> None:
-    @kopf.timer(
-        "",
-        "v1",
-        "configmaps",
-        field="metadata.name",
-        value=config.anchor,
-        when=lambda namespace, **_: namespace == config.operator_namespace,
-        id="fleet",
-        interval=config.period_seconds,
-        sharp=True,
-        registry=registry,
+INDEXES = (
+    "gpufleet_pools",
+    "gpufleet_providers",
+    "gpufleet_budgets",
+    "gpufleet_policies",
+    "gpufleet_nodes",
+    "gpufleet_pods",
+    "gpufleet_priority_classes",
+    "gpufleet_quotas",
+    "gpufleet_deployments",
+    "gpufleet_statefulsets",
+)
+
+
+async def default_installation(kube: Kube, namespace: str) -> str:
+    """`<operator namespace>.<cluster id>` when no `--installation` is set: unique across the
+    clusters that may share a remote one (two default installs share a namespace name, never
+    a cluster's kube-system uid) and stable across restarts, since both outlive the operator.
+    A failed read fails the start-up: falling back to something else once would change the
+    id and orphan the copies made under it."""
+    uid = await kube.cluster_uid()
+    return f"{namespace}.{uid[:13]}"
+
+
+def _register_fleet(registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.event(
+        "scheduling.k8s.io", "v1", "priorityclasses", id="indexes_filled", registry=registry
     )
-    async def fleet(memo: kopf.Memo, **kwargs: Any) -> None:
-        # kopf passes every index by its handler's name.
-        gpufleet_pools, gpufleet_providers, gpufleet_budgets, gpufleet_nodes, gpufleet_pods = (
-            kwargs[n]
-            for n in (
-                "gpufleet_pools",
-                "gpufleet_providers",
-                "gpufleet_budgets",
-                "gpufleet_nodes",
-                "gpufleet_pods",
-            )
-        )
-        gpufleet_deployments, gpufleet_statefulsets = (
-            kwargs["gpufleet_deployments"],
-            kwargs["gpufleet_statefulsets"],
-        )
-        workloads = {
-            k: v
-            for index in (gpufleet_deployments, gpufleet_statefulsets)
-            for k in index
-            for v in index[k]
-        }
-        view = View(
-            pools=sorted(_values(gpufleet_pools), key=lambda e: (e.namespace, e.name)),
-            providers=sorted(_values(gpufleet_providers), key=lambda e: e.name),
-            budgets=sorted(_values(gpufleet_budgets), key=lambda e: e.name),
-            nodes=_values(gpufleet_nodes),
-            pods={ns: list(gpufleet_pods[ns]) for ns in gpufleet_pods},
-            workloads=workloads,
-        )
-        watch.begin()
-        try:
-            await memo.fleet.tick(view)
-        except Exception:  # the loop never dies: log, count, try again next tick
-            memo.fleet.metrics.reconcile_errors.labels("tick").inc()
-            log.exception("fleet reconcile failed")
-        finally:
-            watch.end()
+    def indexes_filled(memo: kopf.Memo, **_: Any) -> None:
+        # kopf runs no resource handler before every index has been filled from its first
+        # listing. The API server keeps two PriorityClasses of its own
+        # (system-node-critical, system-cluster-critical; they cannot be deleted), so this
+        # handler runs on every cluster, once the indexes are complete.
+        runner = getattr(memo, "runner", None)
+        if runner is not None and not runner.indexed.is_set():
+            runner.indexed.set()
+
+
+def _view(indices: dict[str, Any]) -> View:
+    """What one tick plans on, read from the indexes."""
+    workloads = {
+        k: v
+        for index in (indices["gpufleet_deployments"], indices["gpufleet_statefulsets"])
+        for k in index
+        for v in index[k]
+    }
+    pods, quotas = indices["gpufleet_pods"], indices["gpufleet_quotas"]
+    return View(
+        pools=sorted(_values(indices["gpufleet_pools"]), key=lambda e: (e.namespace, e.name)),
+        providers=sorted(_values(indices["gpufleet_providers"]), key=lambda e: e.name),
+        budgets=sorted(_values(indices["gpufleet_budgets"]), key=lambda e: e.name),
+        nodes=_values(indices["gpufleet_nodes"]),
+        pods={ns: list(pods[ns]) for ns in pods},
+        workloads=workloads,
+        tenant_policies=sorted(_values(indices["gpufleet_policies"]), key=lambda e: e.name),
+        priority_classes={
+            info.name: info for info in _values(indices["gpufleet_priority_classes"])
+        },
+        quotas={ns: list(quotas[ns]) for ns in quotas},
+    )

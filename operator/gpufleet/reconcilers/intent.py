@@ -3,7 +3,8 @@
 Before the fleet loop resizes anything it writes the sizes it is about to set, one id per
 action, into the anchor ConfigMap (`data.intent`), with a resourceVersion precondition: a
 stale leader, whose view of the anchor is older than the last record, fails that write and
-does not act. After acting it marks the actions done. A replica that takes over (or an
+does not act; one that finds the anchor written under a newer leader term is deposed
+(reconcilers/leader.py). The anchor is only read and patched by name, never watched. After acting it marks the actions done. A replica that takes over (or an
 operator that restarts) finds the unfinished actions there and completes them under the
 same ids, unless what it observes shows them done or its own plan supersedes them. Sizes
 are absolute, so re-applying one is harmless; the ids let drivers and tests tell a retry
@@ -21,7 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from gpufleet.reconcilers.kube import Conflict, Kube
+from gpufleet.reconcilers.leader import Elector, term_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,18 @@ class Move:
 
 
 @dataclass(frozen=True)
+class Drained:
+    """A pool's drain memory (reconcilers/drain.py Drainer), so that a leader that takes
+    over knows what its predecessor evicted and resized: pods evicted and until when they
+    may still drain (`evicted`: name, deadline), and its last resize (size, when) until the
+    index shows it. Times are the writer's wall clock (the loop's `now`)."""
+
+    pool: str
+    evicted: tuple[tuple[str, float], ...] = ()
+    resized: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True)
 class Record:
     """What the anchor holds: the last recorded actions, numbered by `seq`, and the moves
     whose wait a leader that takes over must keep."""
@@ -57,6 +73,7 @@ class Record:
     leader: str = ""
     actions: tuple[Action, ...] = ()
     moves: tuple[Move, ...] = ()
+    drains: tuple[Drained, ...] = ()
 
     def dump(self) -> str:
         out: dict[str, Any] = {
@@ -70,6 +87,15 @@ class Record:
         if self.moves:
             out["moves"] = [
                 {"pool": m.pool, "to": list(m.to), "since": m.since} for m in self.moves
+            ]
+        if self.drains:
+            out["drains"] = [
+                {
+                    "pool": d.pool,
+                    "evicted": [list(e) for e in d.evicted],
+                    **({"resized": list(d.resized)} if d.resized is not None else {}),
+                }
+                for d in self.drains
             ]
         return json.dumps(out, sort_keys=True)
 
@@ -89,6 +115,16 @@ class Record:
                 tuple(
                     Move(str(m["pool"]), tuple(str(t) for t in m["to"]), float(m["since"]))
                     for m in raw.get("moves", [])
+                ),
+                tuple(
+                    Drained(
+                        str(d["pool"]),
+                        tuple((str(p), float(t)) for p, t in d.get("evicted", [])),
+                        (int(d["resized"][0]), float(d["resized"][1]))
+                        if d.get("resized")
+                        else None,
+                    )
+                    for d in raw.get("drains", [])
                 ),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -131,7 +167,7 @@ def reconcile(
     if not fresh and actions == record.pending and (not actions or record.leader == leader):
         return record, actions  # nothing new to record (retries keep their ids)
     # A leader that takes over unfinished actions claims the record before it acts.
-    return Record(seq, leader, actions, record.moves), actions
+    return Record(seq, leader, actions, record.moves, record.drains), actions
 
 
 def finished(record: Record, done: set[str]) -> Record:
@@ -154,6 +190,31 @@ class Journal:
     # With nothing to do, trust the last record this long before reading the anchor again.
     trust_seconds: float = 10.0
     resumed: set[str] = field(default_factory=set)  # actions logged as resumed
+    # With leader election: the anchor names the term of its last writer; a newer one than
+    # ours means we were deposed (the record write then carries our term, kube.py).
+    fence: Elector | None = None
+
+    async def _read(self) -> Record:
+        """The record on the anchor, recreating an anchor someone deleted (it holds only
+        what the next tick can work out again, or moves that then end early)."""
+        try:
+            data, annotations, self.version = await self.kube.read_config_map_meta(
+                self.namespace, self.name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            log.warning(
+                "the anchor ConfigMap %s/%s is gone: recreating it", self.namespace, self.name
+            )
+            await self.kube.ensure_config_map(self.namespace, self.name)
+            data, annotations, self.version = await self.kube.read_config_map_meta(
+                self.namespace, self.name
+            )
+        self.read_at = time.monotonic()
+        if self.fence is not None:
+            self.fence.deposed_by(term_of(annotations))
+        return Record.load(data.get(INTENT_KEY))
 
     async def begin(
         self, planned: Mapping[str, int], current: Mapping[str, int]
@@ -162,9 +223,7 @@ class Journal:
         quiet = self.record is not None and not self.record.pending and not planned
         if quiet and time.monotonic() - self.read_at < self.trust_seconds:
             return ()  # steady state: no reads, no writes
-        data, self.version = await self.kube.read_config_map(self.namespace, self.name)
-        self.read_at = time.monotonic()
-        previous = Record.load(data.get(INTENT_KEY))
+        previous = await self._read()
         record, actions = reconcile(previous, planned, current, self.leader)
         for action in actions:
             if action in previous.pending and action.id not in self.resumed:
@@ -194,15 +253,25 @@ class Journal:
     async def recorded_moves(self) -> tuple[Move, ...]:
         """The moves the record holds (read from the anchor if not read yet)."""
         if self.record is None:
-            data, self.version = await self.kube.read_config_map(self.namespace, self.name)
-            self.read_at = time.monotonic()
-            self.record = Record.load(data.get(INTENT_KEY))
+            self.record = await self._read()
         return self.record.moves
 
-    async def record_moves(self, moves: tuple[Move, ...]) -> None:
-        """Keep the moves waiting now in the record, written only when they change."""
-        if self.record is not None and self.record.moves != moves:
-            await self._update(replace(self.record, leader=self.leader, moves=moves), "moves")
+    async def recorded_drains(self) -> tuple[Drained, ...]:
+        """The drain memory the record holds (read with the moves)."""
+        await self.recorded_moves()
+        return self.record.drains if self.record is not None else ()
+
+    async def record_moves(
+        self, moves: tuple[Move, ...], drains: tuple[Drained, ...] | None = None
+    ) -> None:
+        """Keep the moves waiting now (and the drain memory) in the record, written only when
+        they change."""
+        if self.record is None:
+            return
+        drains = self.record.drains if drains is None else drains
+        if self.record.moves != moves or self.record.drains != drains:
+            record = replace(self.record, leader=self.leader, moves=moves, drains=drains)
+            await self._update(record, "moves")
 
     async def _update(self, record: Record, what: str) -> None:
         """Write a changed record; a conflict means a newer leader has taken it over."""

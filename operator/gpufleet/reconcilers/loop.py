@@ -28,20 +28,23 @@ from gpufleet.reconcilers.apply import Effects
 from gpufleet.reconcilers.burst.copies import Copy
 from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.burst.targets import add_remote_replicas
+from gpufleet.reconcilers.burst.teardown import ProviderTeardown
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, View, WorkloadEntry
 from gpufleet.reconcilers.changes import Copies, Inputs, local_replicas, plan_changes
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.isolation import plan_isolated
-from gpufleet.reconcilers.kube import Kube
+from gpufleet.reconcilers.kube import Fence, Kube
+from gpufleet.reconcilers.leader import NotLeading
 from gpufleet.reconcilers.observe import Observed, observe, ref_for, replicas_by_node_pool
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.reporting.reporter import Reporter
+from gpufleet.reconcilers.targets import TARGET_CONFLICT, claims
+from gpufleet.reconcilers.tenancy import grants
 
 log = logging.getLogger(__name__)
-TARGET_SHARED = "TargetShared"
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
 
 
@@ -60,13 +63,14 @@ class Reach:
 def scale_targets(
     view: View,
 ) -> tuple[dict[PoolKey, ServingPoolSpec], dict[PoolKey, WorkloadEntry], dict[PoolKey, Problem]]:
-    """The valid pools whose workload exists and is theirs alone, their workloads, and why
-    the others have none. Pools that name the same workload would set its size in turn every
-    tick: none of them scales it, and each says which others name it."""
+    """The valid pools whose workload exists and is theirs to scale, their workloads, and why
+    the others have none. Of the pools that name one workload the oldest scales it
+    (reconcilers/targets.py); the others are left out of the plan like an invalid pool,
+    and say which pool holds it."""
     pools: dict[PoolKey, ServingPoolSpec] = {}
     targets: dict[PoolKey, WorkloadEntry] = {}
     errors: dict[PoolKey, Problem] = {}
-    claims: dict[tuple[str, str, str], list[PoolKey]] = {}
+    _, conflicts = claims(view.pools)
     for entry in view.pools:
         spec = entry.parsed.value
         if spec is None:
@@ -81,20 +85,17 @@ def scale_targets(
                 "(supported kinds: Deployment, StatefulSet)",
             )
             continue
-        claims.setdefault((entry.namespace, ref.kind, ref.name), []).append(key)
+        holder = conflicts.get(key)
+        if holder is not None:
+            errors[key] = Problem(
+                TARGET_CONFLICT,
+                f"spec.scaleTargetRef: {ref.kind} {entry.namespace}/{ref.name} is scaled by "
+                f"ServingPool {holder.name}, the older pool (creationTimestamp, then uid); "
+                "this pool scales nothing while both name it",
+            )
+            continue
         pools[key] = spec
         targets[key] = workload
-    for (namespace, kind, name), keys in claims.items():
-        if len(keys) < 2:
-            continue
-        for key in keys:
-            others = ", ".join(k.name for k in keys if k != key)
-            errors[key] = Problem(
-                TARGET_SHARED,
-                f"spec.scaleTargetRef: {kind} {namespace}/{name} is also the target of "
-                f"{others}; none of them scales it until one pool remains",
-            )
-            del pools[key], targets[key]
     return pools, targets, errors
 
 
@@ -121,8 +122,14 @@ class FleetLoop:
     journal: Journal | None = None
     # Remote clusters (kubeconfigSecretRef); None: such providers are unreachable.
     remote: RemoteClusters | None = None
+    # Their finalizer: a deleted one's copies go first; None: no finalizer is kept.
+    teardown: ProviderTeardown | None = None
     # The sustainable rates for a gateway (--gateway-config-map); None: not published.
     gateway: GatewayConfigMap | None = None
+    # Each pod's peak GPU draw (--power-query); None: pools' busy GPUs count at nameplate.
+    power_query: str | None = None
+    # Confine pools' queries to their namespace's series by this label (--confine-queries).
+    namespace_label: str | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -157,9 +164,20 @@ class FleetLoop:
         started = time.perf_counter()
         now = self.clock()
         pools, targets, target_errors = scale_targets(view)
-        providers = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
+        valid = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
+        # A remote provider being deleted takes no placement: it is left out of the fleet,
+        # and its finalizer's step removes its copies (reconcilers/burst/teardown.py).
+        leaving = {
+            e.name: spec
+            for e in view.providers
+            if e.deleting
+            and (spec := valid.get(e.name)) is not None
+            and spec.cluster.kubeconfig_secret_ref is not None
+        }
+        providers = {n: p for n, p in valid.items() if n not in leaving}
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
-        reach = await self._reach(providers)
+        known = {PoolKey(e.namespace, e.name) for e in view.pools}
+        reach = await self._reach(providers, leaving, known)
         # Local pods are attributed to local node pools only; remote ones come from copies.
         local_last = {
             k: {np: c for np, c in v.items() if np.provider not in reach.remote}
@@ -177,6 +195,8 @@ class FleetLoop:
             self.capacity_errors,
             local_last,
             self.source,
+            self.power_query,
+            namespace_label=self.namespace_label,
         )
         observed = dataclasses.replace(
             observed, driver_errors={**observed.driver_errors, **reach.copy_errors}
@@ -184,14 +204,20 @@ class FleetLoop:
         observed = add_remote_replicas(
             observed, pools, providers, reach.copies, self.last_placements
         )
-        fleet = Fleet(frozen_map(pools), frozen_map(providers), frozen_map(budgets))
+        granted = grants(view, pools, targets)
+        fleet = Fleet(
+            frozen_map(pools),
+            frozen_map(providers),
+            frozen_map(budgets),
+            priorities=frozen_map(granted.priority_values),
+            terms=frozen_map(granted.terms),
+            namespace_gpus=frozen_map(granted.namespace_gpus),
+        )
         plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
-        known = {PoolKey(e.namespace, e.name) for e in view.pools}
         # Pools left out of the plan keep their replicas, and so the nodes under them.
-        left_out = [targets[k] for k in unplanned if k in targets] + shared_workloads(
-            view, target_errors
-        )
+        # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
+        left_out = [targets[k] for k in unplanned if k in targets]
         await self._actuate(
             plan,
             fleet,
@@ -203,16 +229,38 @@ class FleetLoop:
             view.pods,
             node_pools_under(left_out, view.pods, view.nodes),
         )
+        if self.remote is not None:  # copies refused this tick: BurstActive says why
+            self.reporter.refusals = self.remote.refused()
+        if self.teardown is not None:  # finalizers; deleted providers' copies go
+            self._fresh()  # its remote deletes are not fenced per write
+            await self.teardown.step(view.providers, known, now)
+            self.reporter.deleting = self.teardown.deleting
+        self.reporter.workloads = targets  # what their copies name (status.burstReferences)
         await self.reporter.report(
-            view, plan, fleet, observed, target_errors, reach.credential_errors, now, unplanned
+            view,
+            plan,
+            fleet,
+            observed,
+            target_errors,
+            reach.credential_errors,
+            now,
+            unplanned,
+            granted,
         )
         await self._publish(view, plan, now)
         self.last_plan = plan
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         return plan
 
-    async def _reach(self, providers: Mapping[str, CloudProviderSpec]) -> Reach:
-        """Drivers for the providers usable this tick; remote ones also list their copies."""
+    async def _reach(
+        self,
+        providers: Mapping[str, CloudProviderSpec],
+        leaving: Mapping[str, CloudProviderSpec] | None = None,
+        known: Collection[PoolKey] = (),
+    ) -> Reach:
+        """Drivers for the providers usable this tick; remote ones also list their copies
+        (adopting unlabelled ones of `known` pools). Remote providers being deleted
+        (`leaving`) stay connected for their finalizer's step, but get no driver here."""
         remote = {n for n, p in providers.items() if p.cluster.kubeconfig_secret_ref is not None}
         credential_errors = await self._read_credentials(providers, remote)
         drivers = {
@@ -226,8 +274,11 @@ class FleetLoop:
         copy_errors: dict[str, Problem] = {}
         if self.remote is not None:
             usable = {n: providers[n] for n in remote if n not in credential_errors}
-            drivers.update(await self.remote.connect(usable))
-            copies, copy_errors = await self.remote.copies([n for n in remote if n in drivers])
+            connected = await self.remote.connect({**(leaving or {}), **usable})
+            drivers.update({n: d for n, d in connected.items() if n in usable})
+            copies, copy_errors = await self.remote.copies(
+                [n for n in remote if n in drivers], known
+            )
             credential_errors.update(self.remote.errors)
         else:
             credential_errors.update(dict.fromkeys(remote, "remote clusters are not enabled"))
@@ -240,6 +291,8 @@ class FleetLoop:
             return
         try:
             await self.gateway.publish(view, plan, now)
+        except NotLeading:
+            raise
         except Exception:  # the gateway's figures wait for the next tick; scaling does not
             self.metrics.reconcile_errors.labels("gateway").inc()
             log.exception("publishing the gateway ConfigMap failed")
@@ -291,12 +344,19 @@ class FleetLoop:
             self.capacity_errors,
             now,
         )
-        if await execute(changes, effects, self.journal, now) is None:
+        if await execute(changes, effects, self.journal, now, self._fresh) is None:
             return  # another writer recorded first: it acts
         if self.journal is not None:  # a move's wait outlives this leader
-            await self.journal.record_moves(self.drainer.waiting(now))
+            await self.journal.record_moves(self.drainer.waiting(now), self.drainer.memory(now))
         if self.remote is not None:  # namespaces that gpufleet made and whose copies went
+            self._fresh()  # remote deletes are not fenced per write
             await self.remote.sweep(observed.snapshot.unreachable_providers)
+
+    def _fresh(self) -> None:
+        """Raises NotLeading unless this replica's term is fresh; no fence: it acts alone."""
+        fence: Fence | None = getattr(self.kube, "fence", None)  # test doubles have none
+        if fence is not None:
+            fence.fresh()
 
     async def _drains(
         self,
@@ -313,6 +373,7 @@ class FleetLoop:
         if self.journal is not None and not self.moves_loaded:
             # A move's wait outlives the leader that began it (HA takeover, restart).
             self.drainer.take_over(await self.journal.recorded_moves(), now)
+            self.drainer.take_over_drains(await self.journal.recorded_drains(), now)
             self.moves_loaded = True
         unscheduled = _unscheduled_counter(targets, pods)
         drains: dict[PoolKey, DrainRequest] = {}
@@ -330,6 +391,8 @@ class FleetLoop:
                 active = fleet.pools[pool_key].mode != Mode.DRY_RUN
                 if active and grows and self.drainer.holds(pool_key, unscheduled, now):
                     waiting.add(pool_key)
+            except NotLeading:
+                raise
             except Exception:  # one pool's failure must not stop the others
                 failed.add(pool_key)
                 self.metrics.reconcile_errors.labels("actuate").inc()
@@ -351,21 +414,6 @@ def usable_node_pools(
     }
     sizes = {key: state.target_size for key, state in observed.node_states.items()}
     return refs, sizes
-
-
-def shared_workloads(view: View, errors: Mapping[PoolKey, Problem]) -> list[WorkloadEntry]:
-    """The workloads no pool scales because several name them (see scale_targets)."""
-    found = []
-    for entry in view.pools:
-        spec = entry.parsed.value
-        problem = errors.get(PoolKey(entry.namespace, entry.name))
-        if spec is None or problem is None or problem.reason != TARGET_SHARED:
-            continue
-        ref = spec.scale_target_ref
-        workload = view.workloads.get((entry.namespace, ref.kind, ref.name))
-        if workload is not None:
-            found.append(workload)
-    return found
 
 
 def node_pools_under(

@@ -7,6 +7,8 @@ concurrently and fails per pool or per provider, never for the whole fleet.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +17,9 @@ from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
+from gpufleet.metrics.confine import confine
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
-from gpufleet.metrics.source import MetricsSource
+from gpufleet.metrics.source import MetricsSource, SeriesSource
 from gpufleet.planner.types import (
     CapacityError,
     NodePoolKey,
@@ -27,11 +30,14 @@ from gpufleet.planner.types import (
     frozen_map,
 )
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry
+from gpufleet.reconcilers.power_draw import Labelled, attribute_draw
 from gpufleet.reconcilers.problems import Problem
 
 log = logging.getLogger(__name__)
 CONCURRENCY = 16
 _NO_PROMETHEUS = Problem(MetricsReason.NOT_CONFIGURED.value, "the operator has no Prometheus URL")
+QUEUE_FIELD = "spec.queue.query"
+BUDGET_FIELD = "spec.measurement.prometheus.query"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Observed:
     driver_errors: Mapping[str, Problem] = field(default_factory=dict)
     node_states: Mapping[NodePoolKey, NodePoolState] = field(default_factory=dict)
     current_by_provider: Mapping[PoolKey, Mapping[str, int]] = field(default_factory=dict)
+    power_error: Problem | None = None  # the per-pod power query's, if it failed
 
 
 async def _sample_all(
@@ -63,6 +70,24 @@ async def _sample_all(
         q: (None, Problem.of(r)) if isinstance(r, MetricsUnavailable) else (r.value, None)
         for q, r in samples.items()
     }
+
+
+async def _series(
+    source: MetricsSource | None, query: str | None
+) -> tuple[Sequence[Labelled], Problem | None]:
+    """The per-pod power series; none (every pool at the nameplate) when they cannot be read."""
+    if query is None or source is None:
+        return [], None
+    if not isinstance(source, SeriesSource):
+        return [], Problem(MetricsReason.NOT_CONFIGURED.value, "the source reads no series")
+    try:
+        found = await source.series(query)
+    except Exception as exc:  # a bug in the source: pools count at the nameplate
+        log.exception("reading the power query failed")
+        return [], Problem.of(exc)
+    if isinstance(found, MetricsUnavailable):
+        return [], Problem.of(found)
+    return found, None
 
 
 def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolRef:
@@ -100,31 +125,59 @@ def replicas_by_node_pool(
         if extra:
             counts[key] = counts.get(key, 0) + extra
             unbound -= extra
-    if unbound and last_placement:
-        first = min(last_placement)
-        counts[first] = counts.get(first, 0) + unbound
+    # Unbound replicas beyond what the last plan placed are not in flight by our doing (the
+    # tenant raised spec.replicas): counting them would let them hold GPUs that replicas
+    # of other pools run on. The plan sets the workload's size again anyway.
     return counts, ready
+
+
+@functools.lru_cache(maxsize=8192)
+def _confined(query: str, namespace: str, label: str | None) -> str | Problem:
+    """A pool's query as it is sent: confined to its namespace's series (`label`), or
+    why it is not sent. Without a label it is sent as written (promql.check still applies)."""
+    if label is None:
+        return query
+    try:
+        return confine(query, label=label, namespace=namespace)
+    except MetricsUnavailable as exc:
+        return Problem.of(exc)
+    except Exception as exc:  # a bug confining one query: that pool's query is not sent
+        log.exception("confining a query failed", extra={"namespace": namespace})
+        return Problem.of(exc)
+
+
+# A pool's query: its text as sent, or why it is not sent (outside its namespace).
+_Query = str | Problem
 
 
 @dataclass(frozen=True)
 class _Queries:
-    """Every PromQL query of the tick, by what it measures."""
+    """Every PromQL query of the tick, by what it measures. Pools' queries are the tenants':
+    with a namespace label each is confined to its pool's namespace here, before batching,
+    where the namespace is known. Budgets' are the platform admin's, sent as written."""
 
-    queue: dict[PoolKey, str]
-    arrival: dict[PoolKey, str]
-    tier: dict[tuple[PoolKey, str], str]
+    queue: dict[PoolKey, _Query]
+    arrival: dict[PoolKey, _Query]
+    tier: dict[tuple[PoolKey, str], _Query]
     budget: dict[str, str]
 
     @classmethod
     def of(
-        cls, pools: Mapping[PoolKey, ServingPoolSpec], budgets: Mapping[str, PowerBudgetSpec]
+        cls,
+        pools: Mapping[PoolKey, ServingPoolSpec],
+        budgets: Mapping[str, PowerBudgetSpec],
+        namespace_label: str | None = None,
     ) -> _Queries:
         keys = sorted(pools)
+
+        def pool(key: PoolKey, query: str) -> _Query:
+            return _confined(query, key.namespace, namespace_label)
+
         return cls(
-            {k: pools[k].queue.query for k in keys},
-            {k: q for k in keys if (q := pools[k].queue.arrival_rate_query)},
+            {k: pool(k, pools[k].queue.query) for k in keys},
+            {k: pool(k, q) for k in keys if (q := pools[k].queue.arrival_rate_query)},
             {
-                (k, t.name): t.arrival_rate_query
+                (k, t.name): pool(k, t.arrival_rate_query)
                 for k in keys
                 for t in pools[k].tiers
                 if t.arrival_rate_query
@@ -137,12 +190,8 @@ class _Queries:
         )
 
     def all(self) -> list[str]:
-        return [
-            *self.queue.values(),
-            *self.arrival.values(),
-            *self.budget.values(),
-            *self.tier.values(),
-        ]
+        sent = [*self.queue.values(), *self.arrival.values(), *self.tier.values()]
+        return [*self.budget.values(), *(q for q in sent if isinstance(q, str))]
 
 
 async def observe(
@@ -157,10 +206,14 @@ async def observe(
     capacity_errors: Mapping[NodePoolKey, CapacityError],
     last_placements: Mapping[PoolKey, Mapping[NodePoolKey, int]],
     source: MetricsSource | None,
+    power_query: str | None = None,
+    namespace_label: str | None = None,
 ) -> Observed:
-    """Prometheus and the drivers, read concurrently, with the indexes' nodes and pods."""
+    """Prometheus and the drivers, read concurrently, with the indexes' nodes and pods.
+    `power_query`: the admin's per-pod power query (None: pools count at the nameplate).
+    `namespace_label`: confine each pool's queries to its namespace's series (None: not)."""
     gate = asyncio.Semaphore(CONCURRENCY)
-    queries = _Queries.of(pools, budgets)
+    queries = _Queries.of(pools, budgets, namespace_label)
     down = set(unreachable)
     refs = [
         (name, ref_for(name, spec, np.name))
@@ -168,14 +221,32 @@ async def observe(
         if name in drivers and name not in down
         for np in spec.node_pools
     ]
-    sampled, states = await asyncio.gather(
+    sampled, states, power = await asyncio.gather(
         _sample_all(source, queries.all()),
         asyncio.gather(*(_state(drivers[name], ref, gate) for name, ref in refs)),
+        _series(source, power_query),
     )
-    metrics_errors = {k: e for k, q in queries.queue.items() if (e := sampled[q][1])}
-    budget_errors = {n: e for n, q in queries.budget.items() if (e := sampled[q][1])}
+    metrics_errors = {
+        k: _naming(QUEUE_FIELD, e) for k, q in queries.queue.items() if (e := _read(sampled, q)[1])
+    }
+    budget_errors = {
+        n: _naming(BUDGET_FIELD, e) for n, q in queries.budget.items() if (e := sampled[q][1])
+    }
     node_obs, node_states, driver_errors = _node_pools(refs, states, nodes, capacity_errors, down)
     pool_obs, current = _pools(queries, sampled, workloads, nodes, pods, last_placements)
+    series, power_error = power
+    if series:
+        gpu_type_of = {
+            NodePoolKey(name, np.name): np.gpu_type
+            for name, spec in providers.items()
+            for np in spec.node_pools
+        }
+        node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
+        drawn = attribute_draw(series, workloads, pods, node_pool_of, gpu_type_of)
+        pool_obs = {
+            k: dataclasses.replace(o, watts_per_gpu=frozen_map(drawn[k])) if k in drawn else o
+            for k, o in pool_obs.items()
+        }
     snapshot = Snapshot(
         pools=frozen_map(pool_obs),
         node_pools=frozen_map(node_obs),
@@ -191,10 +262,20 @@ async def observe(
         driver_errors=driver_errors,
         node_states=node_states,
         current_by_provider=current,
+        power_error=power_error,
     )
 
 
 _Sampled = Mapping[str, tuple[float | None, Problem | None]]
+
+
+def _read(sampled: _Sampled, query: _Query) -> tuple[float | None, Problem | None]:
+    return (None, query) if isinstance(query, Problem) else sampled[query]
+
+
+def _naming(field_path: str, problem: Problem) -> Problem:
+    """The problem as a condition says it: which field's query, then why."""
+    return Problem(problem.reason, f"{field_path}: {problem.message}")
 
 
 def _node_pools(
@@ -246,7 +327,7 @@ def _pools(
     by provider."""
     tier_rates: dict[PoolKey, dict[str, float]] = {}
     for (pool_key, tier_name), query in queries.tier.items():
-        value = sampled[query][0]
+        value = _read(sampled, query)[0]
         if value is not None:
             tier_rates.setdefault(pool_key, {})[tier_name] = value
     node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
@@ -266,8 +347,8 @@ def _pools(
         current[key] = by_provider
         arrival = queries.arrival.get(key)
         pool_obs[key] = PoolObservation(
-            sampled[query][0],
-            None if arrival is None else sampled[arrival][0],
+            _read(sampled, query)[0],
+            None if arrival is None else _read(sampled, arrival)[0],
             frozen_map(placed),
             frozen_map(tier_rates.get(key, {})),
             ready,

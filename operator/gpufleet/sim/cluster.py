@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from gpufleet.api import CloudProviderSpec, NodePool, ServingPoolSpec
+from gpufleet.planner.sharing import priority_groups
 from gpufleet.planner.types import (
     CapacityError,
     CapacityErrorKind,
@@ -77,8 +78,11 @@ class Cluster:
         self.replicas: dict[PoolKey, dict[NodePoolKey, Replicas]] = {
             p: {k: Replicas() for k in self.nodes} for p in fleet.pools
         }
-        # Pools in the order the scheduler serves them: higher priority first
-        self.order = sorted(fleet.pools, key=lambda p: (-fleet.pools[p].priority, p))
+        # Pools in the order the scheduler serves them: higher priority first; pools of one
+        # priority take turns (`_schedule`), as the planner shares among them.
+        self.groups = priority_groups(fleet.pools, fleet.priority)
+        self.order = [p for group in self.groups for p in group]
+        self._turn = 0  # rotates which pool of a group starts its turns
         self.load_scale = load_scale or {}
         self.next_event = 0.0
         self.epoch0 = 0.0  # wall clock of t = 0: errors carry wall-clock times
@@ -190,19 +194,27 @@ class Cluster:
 
     def _evict(self, key: NodePoolKey) -> None:
         """Nodes went away: replicas beyond the GPUs left become pending (the Deployment
-        recreates them), lowest priority first."""
+        recreates them), lowest priority first; pools of one priority lose one in turn."""
         free = self.nodes[key].gpus - self._used_gpus(key)
-        for pool in reversed(self.order):
+        for group in reversed(self.groups):
+            while free < 0:
+                running = [
+                    p for p in group if self.replicas[p][key].loading or self.replicas[p][key].ready
+                ]
+                if not running:
+                    break
+                for pool in running:
+                    if free >= 0:
+                        break
+                    r = self.replicas[pool][key]
+                    if r.loading:
+                        r.loading.pop()
+                    else:
+                        r.ready -= 1
+                    r.pending += 1
+                    free += self.fleet.pools[pool].gpus_per_replica
             if free >= 0:
                 return
-            r, gpr = self.replicas[pool][key], self.fleet.pools[pool].gpus_per_replica
-            while free < 0 and (r.loading or r.ready):
-                if r.loading:
-                    r.loading.pop()
-                else:
-                    r.ready -= 1
-                r.pending += 1
-                free += gpr
 
     # --- time --------------------------------------------------------------------------
 
@@ -219,14 +231,10 @@ class Cluster:
             if n.booting:
                 nxt = min(nxt, n.booting[0])
             free = n.gpus - self._used_gpus(key)
+            for group in self.groups:
+                free = self._schedule(group, key, free, now)
             for pool in self.order:
                 r = self.replicas[pool][key]
-                gpr = self.fleet.pools[pool].gpus_per_replica
-                while r.pending and free >= gpr:
-                    r.pending -= 1
-                    free -= gpr
-                    scale = self.load_scale.get(pool, 1.0)
-                    bisect.insort(r.loading, now + scale * self.load.sample(self.rng))
                 if r.loading and r.loading[0] <= now:
                     i = bisect.bisect_right(r.loading, now)
                     r.ready += i
@@ -234,6 +242,44 @@ class Cluster:
                 if r.loading:
                     nxt = min(nxt, r.loading[0])
         self.next_event = nxt
+
+    def _schedule(self, group: list[PoolKey], key: NodePoolKey, free: int, now: float) -> int:
+        """Start pending replicas of pools of one priority on the node pool's free GPUs;
+        what is left. Alone, a pool takes all it can; otherwise namespaces take one replica
+        each in turn (and a namespace's pools in turn among themselves), so that when GPUs
+        are short each tenant gets about an equal part, never by name or by how many pools
+        it has: the planner's rule (planner/sharing.py)."""
+        by_namespace: dict[str, list[PoolKey]] = {}
+        for pool in group:
+            if self.replicas[pool][key].pending:
+                by_namespace.setdefault(pool.namespace, []).append(pool)
+        waiting = list(by_namespace)
+        if len(waiting) > 1:
+            start = self._turn % len(waiting)
+            self._turn += 1
+            waiting = waiting[start:] + waiting[:start]
+        turns = dict.fromkeys(waiting, 0)
+        while waiting:
+            still = []
+            for namespace in waiting:
+                pools = [
+                    p
+                    for p in by_namespace[namespace]
+                    if self.replicas[p][key].pending
+                    and self.fleet.pools[p].gpus_per_replica <= free
+                ]
+                if not pools:
+                    continue
+                pool = pools[turns[namespace] % len(pools)]
+                turns[namespace] += 1
+                r = self.replicas[pool][key]
+                r.pending -= 1
+                free -= self.fleet.pools[pool].gpus_per_replica
+                scale = self.load_scale.get(pool, 1.0)
+                bisect.insort(r.loading, now + scale * self.load.sample(self.rng))
+                still.append(namespace)
+            waiting = still
+        return free
 
     # --- observation -------------------------------------------------------------------
 

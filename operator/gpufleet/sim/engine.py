@@ -26,7 +26,7 @@ from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.metrics import PoolResult, RunResult
 from gpufleet.sim.policies.placement import nodes_for, start_state
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
-from gpufleet.sim.power import caps_by_step, in_scope, node_watts
+from gpufleet.sim.power import DRAW_WINDOW, PeakDraw, caps_by_step, in_scope, node_watts
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
 from gpufleet.sim.scenario import Scenario
 from gpufleet.sim.trace import Demand, apply, load
@@ -229,6 +229,7 @@ class _Replay:
         }
         self.caps = {name: c[0] if c else 0.0 for name, c in self.cap_steps.items()}
         self.watts_now = dict.fromkeys(self.budgets, 0.0)
+        self.drawn = PeakDraw(round(DRAW_WINDOW / self.step))
         self.last_scrape = Scrape(0.0, {}, {}, {})
         self.first: dict[PoolKey, float] = {}
         self.throttled: dict[PoolKey, dict[int, float]] = {}  # requests by hour of arrival
@@ -292,6 +293,7 @@ class _Replay:
             rates,
             dict(self.watts_now),
             {k: self.gateway.tier_rates(k, rates[k]) for k in pools},
+            self.drawn.read(i),
         )
 
     def reconcile(self, i: int) -> None:
@@ -320,9 +322,11 @@ class _Replay:
                 served.capacity[key] = served.capacity.get(key, 0.0) + c
                 cap += c
             if cap <= 0:
+                self.drawn.record(i, k, self._draw(k, 0.0))
                 continue
             work = q.serve(i, cap) if q.cohorts else 0.0
             util = work / cap
+            self.drawn.record(i, k, self._draw(k, util))
             pr = self.result.pools[str(k)]
             pr.served_work += work
             for key, rate, loaded, gpr in self.serving[k]:
@@ -335,6 +339,20 @@ class _Replay:
                     if key in self.secondary:
                         pr.burst_work += work * ready * rate * self.step / cap
         return served
+
+    def _draw(self, k: PoolKey, util: float) -> dict[str, float]:
+        """Per GPU type, what one GPU of pool `k` on a node draws this step: idle while its
+        replica loads, idle plus the busy share of its loaded watts once ready."""
+        out: dict[str, float] = {}
+        for key, _, loaded, _ in self.serving[k]:
+            r = self.cluster.replicas[k][key]
+            if not (r.ready or r.loading):
+                continue
+            spec = self.cluster.nodes[key].spec
+            idle = float(spec.idle_watts_per_gpu)
+            w = idle + (loaded - idle) * util if r.ready else idle
+            out[spec.gpu_type] = max(w, out.get(spec.gpu_type, w))
+        return out
 
     def draw_power(self, i: int, served: _Served) -> None:
         """Nodes draw idle watts per GPU and their overhead from the boot request on; the

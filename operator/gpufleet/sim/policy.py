@@ -17,13 +17,15 @@ from gpufleet.sim.trace import Demand
 @dataclass(frozen=True)
 class Scrape:
     """Prometheus at one scrape: queue depth, arrivals/s over the last minute (all of them,
-    throttled ones included, as the gateway counts them), watts, and arrivals/s per tier."""
+    throttled ones included, as the gateway counts them), watts, arrivals/s per tier, and
+    each pool's peak draw per GPU by GPU type (the operator's --power-query)."""
 
     time: float
     queue_depth: Mapping[PoolKey, float]
     arrival_rate: Mapping[PoolKey, float]
     budget_watts: Mapping[str, float]
     tier_rates: Mapping[PoolKey, Mapping[str, float]] = field(default_factory=dict)
+    pool_watts: Mapping[PoolKey, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

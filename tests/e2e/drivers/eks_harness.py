@@ -173,7 +173,9 @@ class EksHarness:
             )
             # What the fleet loop does each tick before it builds or calls drivers.
             errors = _run(
-                self.factory.credentials.refresh(Kube(self.api_client), {self.provider: self.spec})
+                self.factory.credentials.refresh(
+                    Kube(self.api_client, self.namespace), {self.provider: self.spec}
+                )
             )
             assert errors == {}, errors
         except BaseException:

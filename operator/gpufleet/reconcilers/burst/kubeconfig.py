@@ -4,9 +4,10 @@ Each tick, for every such provider: read the Secret, build an ApiClient from its
 (cached per Secret resourceVersion) and the provider's driver on it, so its nodes live in
 that cluster.
 
-Nothing of the Secret leaves this module: errors name the Secret and key, never its data.
-Kubeconfigs that run commands (`exec`, `auth-provider`) or read local files (`…-file`,
-paths) are refused: a CloudProvider must not make the operator hand out its own token.
+Nothing of the Secret leaves this module: errors name the Secret, key and kubeconfig field,
+never its data. Only the fields allowlist.py allows are accepted (no commands, plugins, files,
+proxies or unchecked certificates: a CloudProvider must not make the operator hand out its own
+token or reach its own host), and client.py builds the client without writing key files.
 """
 
 from __future__ import annotations
@@ -15,34 +16,20 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
-from kubernetes import config
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver
+from gpufleet.reconcilers.burst.allowlist import CredentialsError, check_kubeconfig
+from gpufleet.reconcilers.burst.client import api_client
 from gpufleet.reconcilers.kube import Kube, SecretUnusable, api_reason, secret_text
 
 log = logging.getLogger(__name__)
 
-_USER_REFUSED = (
-    "exec",
-    "auth-provider",
-    "token-file",
-    "tokenFile",
-    "client-certificate",
-    "client-key",
-)
-_CLUSTER_REFUSED = ("certificate-authority", "client-certificate", "client-key")
-
 RemoteDriverFactory = Callable[[str, CloudProviderSpec, ApiClient], NodePoolDriver]
-
-
-class CredentialsError(Exception):
-    """The Secret or its kubeconfig is unusable; the message is safe to show."""
 
 
 @dataclass
@@ -53,41 +40,18 @@ class Connection:
     driver: NodePoolDriver
 
 
-def check_kubeconfig(raw: Any) -> None:
-    """Refuse kubeconfigs that run commands or read the operator's files."""
-    if not isinstance(raw, dict):
-        raise CredentialsError("not a kubeconfig mapping")
-    for entry in raw.get("users") or []:
-        user = (entry or {}).get("user") or {}
-        if any(k in user for k in _USER_REFUSED):
-            raise CredentialsError(
-                "users may not use exec, auth-provider or file references: "
-                "embed client-certificate-data/client-key-data or a token"
-            )
-    for entry in raw.get("clusters") or []:
-        cluster = (entry or {}).get("cluster") or {}
-        if any(k in cluster for k in _CLUSTER_REFUSED):
-            raise CredentialsError(
-                "clusters may not reference files: embed certificate-authority-data"
-            )
-
-
-def client_from(text: str) -> ApiClient:
-    """An ApiClient for the kubeconfig `text`, once check_kubeconfig accepts it."""
+def client_from(text: str, *, allow_private_servers: bool = False) -> ApiClient:
+    """An ApiClient for the kubeconfig `text`, once the allow-list accepts it."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:
         raise CredentialsError("not valid YAML") from None
+    target = check_kubeconfig(raw, allow_private_servers=allow_private_servers)
     try:
-        check_kubeconfig(raw)
-    except (AttributeError, TypeError):  # users or clusters of the wrong shape
-        raise CredentialsError("not a kubeconfig: users and clusters must be lists") from None
-    try:
-        api: ApiClient = config.new_client_from_config_dict(  # type: ignore[no-untyped-call]
-            raw, persist_config=False
-        )
-        return api
-    except Exception as exc:  # ConfigException and friends: name only, they may quote data
+        return api_client(target, allow_private_servers=allow_private_servers)
+    except CredentialsError:
+        raise
+    except Exception as exc:  # name only: the message may quote data
         raise CredentialsError(f"unusable kubeconfig ({type(exc).__name__})") from None
 
 
@@ -96,6 +60,8 @@ class Connections:
     kube: Kube
     make_driver: RemoteDriverFactory
     operator_namespace: str
+    # Servers on the operator's host, link-local or in-cluster names (test beds only).
+    allow_private_servers: bool = False
     by_provider: dict[str, Connection] = field(default_factory=dict)
     # provider -> why its credentials are unusable (CredentialsValid=False), this tick.
     errors: dict[str, str] = field(default_factory=dict)
@@ -139,7 +105,9 @@ class Connections:
             return None
         try:
             text = secret_text(data, ref.key, where)
-            api = await asyncio.to_thread(client_from, text)
+            api = await asyncio.to_thread(
+                client_from, text, allow_private_servers=self.allow_private_servers
+            )
         except SecretUnusable as exc:
             return str(exc)
         except CredentialsError as exc:

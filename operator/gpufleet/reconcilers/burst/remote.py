@@ -1,47 +1,64 @@
 """Burst into remote clusters: the calls that list, apply and delete copies there.
 
-Each tick the fleet loop connects (reconcilers/burst/kubeconfig.py) and lists the copies gpufleet
-owns in each remote provider's cluster (Deployments and StatefulSets labelled as ours),
-which are the pool's replicas on that provider. It resizes each copy through the intent
+Each tick the fleet loop connects (reconcilers/burst/kubeconfig.py) and lists the copies this
+installation owns in each remote provider's cluster (Deployments and StatefulSets labelled
+as its own, reconcilers/burst/lifecycle.py; one made before installations were labelled is
+adopted if it serves one of its pools), which are the pool's replicas on that provider. It resizes each copy through the intent
 journal as `Remote/<provider>/<namespace>/<name>`: a copy of the pool's workload
 (reconcilers/burst/copies.py) in a namespace of the same name, applied server-side, and deleted,
 pods first, when the plan puts nothing there; then the namespace too, if gpufleet made it
 and it holds nothing else (reconcilers/burst/namespaces.py).
+
+A copy the provider's rules refuse (a template below its Pod Security level, a namespace
+that existed and is not listed) is not applied; `refusals` holds this tick's, which the
+pool's BurstActive condition reports. The pool's earlier copy stays only if its own template
+meets the level: one that does not (applied by an earlier release, or before the level was
+raised) is deleted, so a refused change never leaves a copy running that the rules forbid,
+while a tenant's bad edit does not drain a burst that complies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.labels import POOL_LABEL, SOURCE_HASH_ANNOTATION
-from gpufleet.api.provider import CloudProviderSpec
+from gpufleet.api.provider import CloudProviderSpec, ClusterAccess
 from gpufleet.drivers.base import NodePoolDriver
 from gpufleet.planner.types import PoolKey
+from gpufleet.reconcilers.burst.client import RefusedPeer
 from gpufleet.reconcilers.burst.copies import (
     KINDS,
     Copy,
+    CopyRefused,
+    NamespaceRefused,
     copy_manifest,
     copy_selector,
     held_by_other,
+    refused_for,
     service_manifest,
 )
 from gpufleet.reconcilers.burst.kubeconfig import Connections, RemoteDriverFactory
+from gpufleet.reconcilers.burst.lifecycle import Owner, claims
 from gpufleet.reconcilers.burst.namespaces import (
     NAMESPACE_CALLS,
     TIMEOUT,
     NamespaceSweep,
+    adopt,
     call,
     ensure_namespace,
     list_metadata,
     read_metadata,
 )
+from gpufleet.reconcilers.burst.podsecurity import check
 from gpufleet.reconcilers.cache import WorkloadEntry
 from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
 from gpufleet.reconcilers.problems import Problem
@@ -49,16 +66,17 @@ from gpufleet.reconcilers.problems import Problem
 log = logging.getLogger(__name__)
 
 # (api group, resource, verb) made in each remote cluster with its kubeconfig's identity
-# (besides the provider driver's own calls): grant them there, not in this chart.
+# (besides the provider driver's own calls): grant them there, not in this chart. A
+# server-side apply is a patch, and also a create when the object is new.
 REMOTE_CALLS = tuple(
     dict.fromkeys(
         [
             *(
                 ("apps", resource, verb)
                 for resource in ("deployments", "statefulsets")
-                for verb in ("list", "get", "patch", "delete")
+                for verb in ("list", "get", "create", "patch", "delete")
             ),
-            *(("", "services", verb) for verb in ("get", "list", "patch", "delete")),
+            *(("", "services", verb) for verb in ("get", "list", "create", "patch", "delete")),
             *NAMESPACE_CALLS,
         ]
     )
@@ -73,11 +91,22 @@ class RemoteClusters:
     operator_namespace: str
     # The namespaces this operator watches (empty: all); copies elsewhere are not its own.
     namespaces: tuple[str, ...] = ()
+    # Servers on the operator's host, link-local or in-cluster names (test beds only).
+    allow_private_servers: bool = False
+    # This installation's id (`--installation`): it touches only what carries it.
+    installation: str = ""
     connections: Connections = field(init=False)
     namespace_sweep: NamespaceSweep = field(default_factory=NamespaceSweep)
+    # (provider, pool) -> why its copy was refused this tick (the pool's BurstActive).
+    refusals: dict[tuple[str, PoolKey], CopyRefused] = field(default_factory=dict)
+    # What was last logged of each refusal: logged when it changes, not every tick.
+    _told: dict[tuple[str, PoolKey], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.connections = Connections(self.kube, self.make_driver, self.operator_namespace)
+        self.connections = Connections(
+            self.kube, self.make_driver, self.operator_namespace, self.allow_private_servers
+        )
+        self.namespace_sweep.installation = self.installation
 
     @property
     def errors(self) -> dict[str, str]:
@@ -90,15 +119,27 @@ class RemoteClusters:
     async def connect(
         self, providers: Mapping[str, CloudProviderSpec]
     ) -> dict[str, NodePoolDriver]:
-        """Drivers of the remote providers whose kubeconfig is usable now."""
+        """Drivers of the remote providers whose kubeconfig is usable now. A tick starts
+        here: the last tick's refusals are gone (each applies again, or is refused again)."""
+        self.refusals.clear()
         return await self.connections.connect(providers)
 
+    def refused(self) -> dict[PoolKey, tuple[str, str]]:
+        """pool -> (reason, message) of its first refused copy this tick, by provider."""
+        out: dict[PoolKey, tuple[str, str]] = {}
+        for (provider, key), refusal in sorted(self.refusals.items()):
+            out.setdefault(
+                key, (refusal.reason, f"copy for provider {provider} refused: {refusal}")
+            )
+        return out
+
     async def copies(
-        self, providers: list[str]
+        self, providers: list[str], known: Collection[PoolKey] = ()
     ) -> tuple[dict[str, dict[PoolKey, Copy]], dict[str, Problem]]:
-        """The copies gpufleet owns in each provider's cluster, and providers that failed."""
+        """The copies this installation owns in each provider's cluster (adopting unlabelled
+        ones of its `known` pools), and providers that failed."""
         names = sorted(p for p in providers if p in self.connections.by_provider)
-        results = await asyncio.gather(*(self._list(n) for n in names))
+        results = await asyncio.gather(*(self._list(n, known) for n in names))
         found: dict[str, dict[PoolKey, Copy]] = {}
         failed: dict[str, Problem] = {}
         for name, result in zip(names, results, strict=True):
@@ -108,7 +149,7 @@ class RemoteClusters:
                 found[name] = result
         return found, failed
 
-    async def _list(self, name: str) -> dict[PoolKey, Copy] | Problem:
+    async def _list(self, name: str, known: Collection[PoolKey]) -> dict[PoolKey, Copy] | Problem:
         api = self.connections.by_provider[name].api
         try:
             listed = await asyncio.gather(
@@ -124,6 +165,8 @@ class RemoteClusters:
             )
         except ApiException as exc:
             return Problem("ProviderUnavailable", f"remote cluster: {api_reason(exc)}")
+        except RefusedPeer as exc:
+            return Problem("ProviderUnavailable", f"remote cluster: {exc}")
         except Exception as exc:
             return Problem("ProviderUnavailable", f"remote cluster: {type(exc).__name__}")
         out: dict[PoolKey, Copy] = {}
@@ -136,6 +179,12 @@ class RemoteClusters:
                 if not namespace or not pool or namespace != meta.namespace:
                     continue
                 key = PoolKey(namespace, pool)
+                # Another installation's copies, even of a provider of this name, are not ours.
+                taken = claims(meta.labels, self.installation, key, known)
+                if taken is None or (
+                    taken == Owner.UNLABELLED and not await self._adopt(api, name, kind, key, meta)
+                ):
+                    continue
                 status = item.status
                 copy = Copy(
                     namespace,
@@ -158,6 +207,24 @@ class RemoteClusters:
                 out[key] = copy
         return out
 
+    async def _adopt(
+        self, api: ApiClient, provider: str, kind: str, key: PoolKey, meta: Any
+    ) -> bool:
+        try:
+            return await adopt(
+                api,
+                kind,
+                key.namespace,
+                str(meta.name),
+                str(meta.resource_version or ""),
+                self.installation,
+                copy_selector(provider, key),
+            )
+        except Exception as exc:  # looked at again next tick
+            reason = api_reason(exc) if isinstance(exc, ApiException) else type(exc).__name__
+            log.warning("adopting burst copy %s on %s: %s", key, provider, reason)
+            return False
+
     async def resize(
         self,
         provider: str,
@@ -173,15 +240,19 @@ class RemoteClusters:
         api = self.connections.api(provider)
         if api is None:
             return False
+        access = self.connections.by_provider[provider].spec.cluster
         facts = {"pool": str(key), "provider": provider, "actionId": action_id}
         try:
             if size <= 0:
                 await self._delete_copies(api, provider, key)
                 self.namespace_sweep.copy_gone(provider, key.namespace)
+                self._told.pop((provider, key), None)
                 return True
-            if workload is None or not await self._may_apply(api, provider, key, workload, facts):
+            if workload is None:
                 return False
-            body = copy_manifest(key, workload, size, provider)
+            body = await self._may_apply(api, provider, key, workload, size, access, facts)
+            if body is None:
+                return False
             await asyncio.to_thread(
                 call(api, "apps", "patch_namespaced_*", workload.kind),
                 workload.name,
@@ -196,6 +267,10 @@ class RemoteClusters:
             if copy is not None and (copy.kind, copy.name) != (workload.kind, workload.name):
                 # The workload changed kind or name: its earlier copy goes.
                 await self._delete_copies(api, provider, key, keep=(workload.kind, workload.name))
+            if self._told.pop((provider, key), None) is not None:
+                log.info("burst copy %s on %s: no longer refused", key, provider, extra=facts)
+        except CopyRefused as refusal:
+            return await self._refuse(api, provider, key, copy, size, access, refusal, facts)
         except ApiException as exc:
             log.warning("burst copy %s on %s: %s", key, provider, api_reason(exc), extra=facts)
             return False
@@ -204,15 +279,87 @@ class RemoteClusters:
             return False
         return True
 
+    async def _refuse(
+        self,
+        api: ApiClient,
+        provider: str,
+        key: PoolKey,
+        copy: Copy | None,
+        size: int,
+        access: ClusterAccess,
+        refusal: CopyRefused,
+        facts: dict[str, str],
+    ) -> bool:
+        """Keep the refusal for the pool's status, and delete the pool's earlier copy there
+        if it may not stay either (its namespace is refused, or its own template does not
+        meet the level). One that may stay keeps its template and shrinks as planned (its
+        node pool shrinks too), never grows: True once it is at `size`."""
+        self.refusals[(provider, key)] = refusal
+        if self._told.get((provider, key)) != str(refusal):
+            self._told[(provider, key)] = str(refusal)
+            log.warning("burst copy %s on %s refused: %s", key, provider, refusal, extra=facts)
+        if copy is None:
+            return False
+        try:
+            if isinstance(refusal, NamespaceRefused) or await self._copies_break(
+                api, provider, key, access
+            ):
+                log.warning(
+                    "burst copy %s on %s: the running copy may not stay either; deleting it",
+                    key,
+                    provider,
+                    extra=facts,
+                )
+                await self._delete_copies(api, provider, key)
+                self.namespace_sweep.copy_gone(provider, key.namespace)
+            elif copy.kind and size < copy.replicas:
+                # A merge patch of the size alone: an apply would take the template along.
+                await asyncio.to_thread(
+                    call(api, "apps", "patch_namespaced_*", copy.kind),
+                    copy.name,
+                    key.namespace,
+                    {"spec": {"replicas": size}},
+                    field_manager=FIELD_MANAGER,
+                    _request_timeout=TIMEOUT,
+                )
+                return True
+        except ApiException as exc:
+            log.warning("burst copy %s on %s: %s", key, provider, api_reason(exc), extra=facts)
+        except Exception as exc:
+            log.warning("burst copy %s on %s: %s", key, provider, type(exc).__name__, extra=facts)
+        return False
+
+    async def _copies_break(
+        self, api: ApiClient, provider: str, key: PoolKey, access: ClusterAccess
+    ) -> bool:
+        """Whether a copy of the pool in `provider`'s cluster, as it runs there, breaks the
+        provider's Pod Security level."""
+        for kind in KINDS:
+            response = await asyncio.to_thread(
+                call(api, "apps", "list_namespaced_*", kind),
+                key.namespace,
+                label_selector=copy_selector(provider, key, self.installation),
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+            )
+            for item in json.loads(response.data).get("items") or ():
+                template = (item.get("spec") or {}).get("template") or {}
+                if check(template, access.pod_security_level):
+                    return True
+        return False
+
     async def _may_apply(
         self,
         api: ApiClient,
         provider: str,
         key: PoolKey,
         workload: WorkloadEntry,
+        size: int,
+        access: ClusterAccess,
         facts: dict[str, str],
-    ) -> bool:
-        """Whether the copy of `workload` may be applied now: a kind that bursts, a name no
+    ) -> dict[str, Any] | None:
+        """The copy of `workload` at `size`, if it may be applied now: a kind that bursts, a
+        template that meets the provider's Pod Security level (else CopyRefused), a name no
         one else's copy holds, no earlier copy still going, and its namespace in place."""
         if workload.kind not in KINDS:
             log.warning(
@@ -220,9 +367,13 @@ class RemoteClusters:
                 key,
                 extra=facts,
             )
-            return False
+            return None
+        body = copy_manifest(key, workload, size, provider, access, self.installation)
+        violations = check(body["spec"]["template"], access.pod_security_level)
+        if violations:
+            raise refused_for(violations, access)
         found = await read_metadata(api, "apps", workload.kind, workload.name, key.namespace)
-        held = held_by_other(workload.kind, found, provider)
+        held = held_by_other(workload.kind, found, provider, self.installation)
         if held:
             log.warning(
                 "burst copy %s/%s on %s: the cluster holds %s's copy; not taking it",
@@ -232,11 +383,14 @@ class RemoteClusters:
                 held,
                 extra=facts,
             )
-            return False
+            return None
         if found and found.get("deletionTimestamp"):
             log.info("burst copy %s on %s: waits for the last to go", key, provider, extra=facts)
-            return False
-        return await ensure_namespace(api, key.namespace, facts)
+            return None
+        made = await ensure_namespace(
+            api, key.namespace, facts, access, self.installation, provider
+        )
+        return body if made else None
 
     async def _apply_service(
         self,
@@ -249,14 +403,13 @@ class RemoteClusters:
         """The StatefulSet copy's headless Service, best effort: without it the copy still
         serves (workers pulling from a queue need no DNS names), so a refusal, say a remote
         identity without the services grants, is logged and the copy goes on."""
-        body = service_manifest(key, workload, provider)
+        body = service_manifest(key, workload, provider, self.installation)
         if body is None:
             return
         name, namespace = body["metadata"]["name"], key.namespace
         try:
-            held = held_by_other(
-                "Service", await read_metadata(api, "", "Service", name, namespace), provider
-            )
+            found = await read_metadata(api, "", "Service", name, namespace)
+            held = held_by_other("Service", found, provider, self.installation)
             if held:
                 log.info(
                     "burst copy %s on %s: Service %s is %s's",
@@ -288,13 +441,19 @@ class RemoteClusters:
                 extra=dict(facts),
             )
 
+    async def delete_copies(self, api: ApiClient, provider: str, key: PoolKey) -> None:
+        """Delete `provider`'s copies of the pool `key`, pods first, and look at their
+        namespace once they are gone."""
+        await self._delete_copies(api, provider, key)
+        self.namespace_sweep.copy_gone(provider, key.namespace)
+
     async def _delete_copies(
         self, api: ApiClient, provider: str, key: PoolKey, keep: tuple[str, str] | None = None
     ) -> None:
         """Delete `provider`'s copies of the pool `key` (but `keep`), pods first."""
         for kind in KINDS:
             for meta in await list_metadata(
-                api, "apps", kind, key.namespace, copy_selector(provider, key)
+                api, "apps", kind, key.namespace, copy_selector(provider, key, self.installation)
             ):
                 name = str(meta.get("name", ""))
                 if (kind, name) == keep or meta.get("deletionTimestamp"):
@@ -316,7 +475,7 @@ class RemoteClusters:
     async def _delete_services(self, api: ApiClient, provider: str, key: PoolKey) -> None:
         try:
             services = await list_metadata(
-                api, "", "Service", key.namespace, copy_selector(provider, key)
+                api, "", "Service", key.namespace, copy_selector(provider, key, self.installation)
             )
         except ApiException as exc:
             if exc.status != 403:  # an identity without the services grants made none

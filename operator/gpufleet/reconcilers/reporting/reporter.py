@@ -9,17 +9,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.common import Model
+from gpufleet.api.pool import BurstReference, ServingPoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
-from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View
+from gpufleet.reconcilers.burst.copies import pool_references
+from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View, WorkloadEntry
 from gpufleet.reconcilers.drain import DrainOutcome
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting import status as st
 from gpufleet.reconcilers.reporting.conditions import Cond, ready
+from gpufleet.reconcilers.reporting.tenancy import (
+    policy_status,
+    priority_condition,
+    priority_status,
+)
+from gpufleet.reconcilers.tenancy import Grants
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,14 @@ class Reporter:
     metrics: OperatorMetrics
     # What draining preempted replicas did this tick (reconcilers/drain.py), per pool.
     drains: Mapping[PoolKey, DrainOutcome] = field(default_factory=dict)
+    # Each pool's first burst copy refused this tick (reconcilers/burst/remote.py): reason,
+    # message.
+    refusals: Mapping[PoolKey, tuple[str, str]] = field(default_factory=dict)
+    # Each pool's workload this tick: what its burst copies would name (status.burstReferences).
+    workloads: Mapping[PoolKey, WorkloadEntry] = field(default_factory=dict)
+    # Providers being deleted while their remote copies go (reconcilers/burst/teardown.py):
+    # reason, message of their Deleting condition.
+    deleting: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     async def report(
         self,
@@ -41,17 +57,26 @@ class Reporter:
         credential_errors: Mapping[str, str],
         now: float,
         unplanned: Mapping[PoolKey, Problem] | None = None,
+        granted: Grants | None = None,
     ) -> None:
         """Each object's status, metrics and Events; one object's failure is logged with its
         name and the others are reported all the same."""
+        granted = granted or Grants()
         for entry in view.pools:
             await self._guard(
                 "servingpool",
                 f"{entry.namespace}/{entry.name}",
                 self._report_pool(
-                    entry, plan, fleet, observed, target_errors, now, unplanned or {}
+                    entry, plan, fleet, observed, target_errors, now, unplanned or {}, granted
                 ),
                 functools.partial(self._pool_failed, entry, now),
+            )
+        for policy in view.tenant_policies:
+            status = policy_status(policy, policy.status, granted.governed.get(policy.name, 0), now)
+            await self._guard(
+                "tenantpolicy",
+                policy.name,
+                self._write("tenantpolicies", None, policy.name, policy.status, status),
             )
         for provider_entry in view.providers:
             await self._guard(
@@ -97,6 +122,7 @@ class Reporter:
         target_errors: Mapping[PoolKey, Problem],
         now: float,
         unplanned: Mapping[PoolKey, Problem],
+        granted: Grants,
     ) -> None:
         key = PoolKey(entry.namespace, entry.name)
         spec = entry.parsed.value
@@ -123,8 +149,16 @@ class Reporter:
             self._pool_metrics(key, pool_plan, observed)
             await self._scale_event(entry, pool_plan, self.drains.get(key))
             conds = st.pool_conditions(
-                spec, pool_plan, observed.metrics_errors.get(key), None, self.drains.get(key)
+                spec,
+                pool_plan,
+                observed.metrics_errors.get(key),
+                None,
+                self.drains.get(key),
+                self.refusals.get(key),
             )
+            priority = granted.priorities.get(key)
+            if priority is not None:
+                conds.append(priority_condition(priority))
             status = st.pool_status(
                 entry.status,
                 entry.generation,
@@ -135,8 +169,20 @@ class Reporter:
                 fleet.providers,
                 observed.current_by_provider.get(key),
                 observed.arrival.get(key),
+                self._burst_references(key, spec, fleet),
             )
+            if priority is not None:
+                status = status.model_copy(update={"priority": priority_status(priority)})
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
+
+    def _burst_references(
+        self, key: PoolKey, spec: ServingPoolSpec, fleet: Fleet
+    ) -> list[BurstReference]:
+        workload = self.workloads.get(key)
+        if workload is None:
+            return []
+        found = pool_references(key, spec, workload, fleet.providers, fleet.terms_of(key.namespace))
+        return [BurstReference(kind=kind, name=name) for kind, name in found]
 
     async def _report_provider(
         self,
@@ -171,6 +217,7 @@ class Reporter:
                 now,
                 provider_entry.parsed.errors,
                 credentials_error,
+                self.deleting.get(provider_entry.name),
             )
             if provider_spec is not None
             else st.provider_status(

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from gpufleet.api.common import Model
+from gpufleet.api.common import LIST_MAX, Model
 from gpufleet.api.parse import SpecError
 from gpufleet.api.pool import (
+    BurstReference,
     Mode,
+    PowerStatus,
     ProviderReplicas,
     ServiceRateStatus,
     ServingPoolSpec,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 StatusModel = TypeVar("StatusModel", bound=Model)
 
 _CAPACITY = (
+    Reason.LIMITED_BY_NAMESPACE_QUOTA,
     Reason.INSUFFICIENT_CAPACITY,
     Reason.CAPACITY_BACKOFF,
     Reason.LIMITED_BY_QUOTA,
@@ -53,6 +56,7 @@ _CAPACITY = (
     Reason.LIMITED_BY_BURST_MAX,
 )
 _LIMITED = (
+    Reason.LIMITED_BY_NAMESPACE_QUOTA,
     Reason.LIMITED_BY_MAX,
     Reason.LIMITED_BY_MIN,
     Reason.HELD_BY_STABILIZATION,
@@ -87,6 +91,7 @@ def pool_conditions(
     metrics_problem: Problem | None,
     target_error: str | None,
     drain: DrainOutcome | None = None,
+    refusal: tuple[str, str] | None = None,
 ) -> list[Cond]:
     spec_valid = Cond("SpecValid", True, "Valid", "")
     target = (
@@ -123,7 +128,7 @@ def pool_conditions(
             "PowerLimited",
             Cond("PowerLimited", False, "WithinBudget", ""),
         ),
-        _burst_condition(plan),
+        _burst_condition(plan, refusal),
         compliant,
         _throttled_condition(plan),
         preempted_condition(plan, drain),
@@ -184,13 +189,18 @@ def _capacity_condition(plan: PoolPlan) -> Cond:
     )
 
 
-def _burst_condition(plan: PoolPlan) -> Cond:
+def _burst_condition(plan: PoolPlan, refusal: tuple[str, str] | None = None) -> Cond:
+    # A refused copy (reconcilers/burst/remote.py) runs nothing, whatever the plan places.
+    if refusal is not None:
+        return Cond("BurstActive", False, refusal[0], refusal[1])
     if plan.burst_replicas > 0:
         message = f"{plan.burst_replicas} replicas on secondary providers"
         return Cond("BurstActive", True, "BurstActive", message)
-    blocked = _message(plan, (Reason.BURST_BLOCKED_BY_DATA_POLICY,))
+    blocked = _message(
+        plan, (Reason.BURST_BLOCKED_BY_DATA_POLICY, Reason.BURST_BLOCKED_BY_NAMESPACE_POLICY)
+    )
     if blocked:
-        return Cond("BurstActive", False, "BurstBlockedByDataPolicy", blocked[1])
+        return Cond("BurstActive", False, blocked[0].value, blocked[1])
     return Cond("BurstActive", False, "NoBurst", "")
 
 
@@ -264,6 +274,7 @@ def pool_status(
     providers: Mapping[str, CloudProviderSpec] | None = None,
     current_by_provider: Mapping[str, int] | None = None,
     arrival: float | None = None,
+    burst_references: Sequence[BurstReference] = (),
 ) -> ServingPoolStatus:
     previous = previous or {}
     merged = merge(previous.get("conditions"), conditions, generation, now)
@@ -301,6 +312,10 @@ def pool_status(
         ],
         burst_percent=_burst_percent(plan, providers or {}),
         power_watts=round(plan.planned_watts),
+        power=[
+            PowerStatus(gpu_type=f.gpu_type, watts_per_gpu=round(f.watts_per_gpu), source=f.source)
+            for f in plan.power[:LIST_MAX]
+        ],
         last_scale_time=last,
         throttle=throttle_status(plan.throttle) if plan.throttle is not None else None,
         # W / (requests/s) is joules per request; / 3.6 gives mWh.
@@ -308,6 +323,7 @@ def pool_status(
             round(plan.planned_watts / arrival / 3.6) if arrival else None
         ),
         service_rate=_service_rate_status(plan.service),
+        burst_references=list(burst_references[:LIST_MAX]) or None,
         conditions=merged,
     )
 
@@ -346,7 +362,10 @@ def provider_status(
     now: float,
     errors: Sequence[SpecError] = (),
     credentials_error: str | None = None,
+    deleting: tuple[str, str] | None = None,
 ) -> CloudProviderStatus:
+    """`deleting`: the reason and message of a deletion waiting for the provider's remote
+    copies to go (Deleting=True, and Ready=False for that reason)."""
     previous = previous or {}
     if errors:
         valid = Cond("SpecValid", False, "InvalidField", "; ".join(map(str, errors)))
@@ -370,6 +389,9 @@ def provider_status(
         credentials,
         _quota_condition(spec, gpus),
     ]
+    if deleting is not None:
+        conds[0] = Cond("Ready", False, *deleting)
+        conds.append(Cond("Deleting", True, *deleting))
     return CloudProviderStatus(
         observed_generation=generation,
         ready_nodes=sum(ready_nodes.values()),

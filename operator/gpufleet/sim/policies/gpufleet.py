@@ -1,7 +1,8 @@
 """`gpufleet`: the operator's own planner, called as the fleet loop calls it.
 
-Each reconcile period it gets a Snapshot built from the last scrape (queue depth, and the
-arrival rate where the pool declares an arrivalRateQuery) and from the API servers (replicas
+Each reconcile period it gets a Snapshot built from the last scrape (queue depth, the
+arrival rate where the pool declares an arrivalRateQuery, and each pool's peak draw per GPU
+as the operator's --power-query reads it) and from the API servers (replicas
 per node pool, node pools' ready and target nodes, last capacity error); its placements
 and node targets are applied as the reconcilers would, and `plan.state` is kept for the
 next call.
@@ -49,6 +50,7 @@ class GpufleetPolicy(Policy):
                 replicas=frozen_map({k: n for k, n in view.replicas[key].items() if n}),
                 tier_rates=frozen_map(tiers),
                 ready_replicas=view.ready.get(key),
+                watts_per_gpu=frozen_map(view.scrape.pool_watts.get(key, {})),
             )
         budgets = {
             name: view.scrape.budget_watts.get(name)

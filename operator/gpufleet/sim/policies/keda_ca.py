@@ -5,7 +5,7 @@ cloud, with no power awareness and no burst. Two configurations are compared:
   triggers, the pool's queue query (target `queue.targetPerReplica`) and its arrival-rate
   query (target 70 % of the per-replica rate the pool declares for its slowest GPU type,
   in requests/s); Cluster Autoscaler with `--scale-down-unneeded-time` and
-  `--scale-down-delay-after-add` at 300 s; and PriorityClasses from the pools' `priority`,
+  `--scale-down-delay-after-add` at 300 s; and the pools' PriorityClasses (Fleet.priorities),
   so that kube-scheduler preempts lower-priority replicas for pending higher-priority ones.
 - `keda-ca-defaults`: the queue trigger alone, Cluster Autoscaler's 10-minute defaults, no
   PriorityClass. On an empty queue it shrinks to one replica whatever the arrival rate.
@@ -55,7 +55,7 @@ class KedaCaConfig:
     arrival_trigger: bool  # a second trigger on the pool's arrivalRateQuery
     unneeded_seconds: float  # --scale-down-unneeded-time
     delay_after_add_seconds: float  # --scale-down-delay-after-add
-    preemption: bool  # PriorityClasses from the pools' priority
+    preemption: bool  # kube-scheduler preempts by the pools' PriorityClasses
 
 
 TUNED = KedaCaConfig(
@@ -183,13 +183,13 @@ class KedaCaPolicy(Policy):
         """Pending replicas of a pool evict lower-priority replicas scheduled on the same
         node pool, lowest priority first, as far as free GPUs fall short."""
         fleet = self.ctx.fleet
-        pools = sorted(fleet.pools, key=lambda p: -fleet.pools[p].priority)
+        pools = sorted(fleet.pools, key=lambda p: -fleet.priority(p))
         evicted: dict[PoolKey, dict[NodePoolKey, int]] = {}
         for pool in pools:
             spec = fleet.pools[pool]
             victims = sorted(
-                (v for v in pools if fleet.pools[v].priority < spec.priority),
-                key=lambda v: fleet.pools[v].priority,
+                (v for v in pools if fleet.priority(v) < fleet.priority(pool)),
+                key=fleet.priority,
             )
             for key in self.groups[pool]:
                 pending = view.replicas[pool].get(key, 0) - view.bound[pool].get(key, 0)

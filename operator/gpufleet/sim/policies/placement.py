@@ -19,7 +19,9 @@ def order(ctx: Context, pool: PoolKey, primary_only: bool = False) -> list[NodeP
     in this order, so all of them buy the same GPU types."""
     spec = ctx.fleet.pools[pool]
     rates = ctx.rates[pool]
-    keys = [k for k in candidates(spec, Catalog(ctx.fleet.providers)).grow if k in rates]
+    terms = ctx.fleet.terms_of(pool.namespace)
+    options = candidates(spec, Catalog(ctx.fleet.providers), terms, pool.namespace)
+    keys = [k for k in options.grow if k in rates]
     if primary_only:
         keys = [k for k in keys if ctx.fleet.providers[k.provider].role == Role.PRIMARY]
     return keys
@@ -62,7 +64,7 @@ def start_state(ctx: Context, first_rates: Mapping[PoolKey, float]) -> Placement
     within maxNodes and quotas. The nodes are those the replicas fill."""
     room = Room(ctx)
     out: Placement = {}
-    for pool in sorted(ctx.fleet.pools, key=lambda p: (-ctx.fleet.pools[p].priority, p)):
+    for pool in sorted(ctx.fleet.pools, key=lambda p: (-ctx.fleet.priority(p), p)):
         spec = ctx.fleet.pools[pool]
         declared = {r.gpu_type: r.requests_per_minute / 60.0 for r in spec.service_rates}
         need, count = first_rates.get(pool, 0.0), 0

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from gpufleet.api import Role
+from gpufleet.planner.sharing import MAX_ROUNDS, priority_groups, text_hash
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policies.placement import Placement, nodes_for, order
 from gpufleet.sim.policy import Context, Decision, View
@@ -84,6 +86,17 @@ def padded_demand(
     return np.pad(d.counts, (0, steps - len(d.counts))), np.pad(d.work, (0, steps - len(d.work)))
 
 
+@dataclass
+class _Want:
+    """One pool's placement under way in `Sizer.place`."""
+
+    pool: PoolKey
+    need: float  # work units/s still to serve
+    count: int = 0
+    index: int = 0  # the first of its node pools that may still take replicas
+    placed: dict[NodePoolKey, int] = field(default_factory=dict)
+
+
 class Sizer:
     """Placement, caps and spares for one run, shared by the oracle and the reactive bound."""
 
@@ -97,7 +110,9 @@ class Sizer:
         self.load_max_steps = math.ceil(load / ctx.step - 1e-9)
         # A replica on a node that is there serves after a typical model load
         self.load_steps = math.ceil(ctx.load.at(0.5) / ctx.step - 1e-9)
-        self.pools = sorted(fleet.pools, key=lambda p: (-fleet.pools[p].priority, p))
+        # Highest priority first, each priority's pools in the planner's turn order.
+        self.groups = priority_groups(fleet.pools, fleet.priority)
+        self.pools = [p for group in self.groups for p in group]
         self.order = {p: order(ctx, p) for p in self.pools}
         self.budgets = {name: in_scope(fleet, b) for name, b in fleet.budgets.items()}
         self.caps = {
@@ -167,35 +182,113 @@ class Sizer:
     def place(
         self, needs: Mapping[PoolKey, float], i: int, limits: Mapping[NodePoolKey, int]
     ) -> Placement:
-        """Replicas per pool and node pool that serve `needs` (work units/s) at step i."""
-        ctx = self.ctx
-        usage = Usage(ctx, self.budgets)
+        """Replicas per pool and node pool that serve `needs` (work units/s) at step i:
+        highest priority first; pools of one priority share by namespace, max-min, as the
+        planner does (planner/sharing.py)."""
+        usage = Usage(self.ctx, self.budgets)
         out: Placement = {}
-        for pool in self.pools:
-            spec = ctx.fleet.pools[pool]
-            gpr = spec.gpus_per_replica
-            need, count = needs[pool], 0
-            placed: dict[NodePoolKey, int] = {}
-            for key in self.order[pool]:
-                rate = ctx.rates[pool][key]
-                want = max(math.ceil(need / rate - 1e-9), spec.min_replicas - count)
-                if want <= 0:
-                    break
-                n = ctx.cluster.nodes[key].spec
-                room = min(n.max_nodes * n.gpus_per_node, usage.quota_left(key))
-                if key in limits:
-                    room = min(room, limits[key] * n.gpus_per_node)
-                fit = max(0, (room - usage.gpus[key]) // gpr)
-                got = min(want, fit, spec.max_replicas - count)
-                got = self.most_within_caps(usage, key, pool, got, i) if got > 0 else 0
-                if got <= 0:
-                    continue
-                usage.add(key, got, gpr, self.busy_per_gpu(pool, key))
-                placed[key] = got
-                count += got
-                need -= got * rate
-            out[pool] = placed
+        for group in self.groups:
+            wants = [_Want(pool, needs[pool]) for pool in group]
+            if len(group) == 1:
+                self._step(wants[0], None, usage, i, limits)
+            else:
+                self._share(wants, usage, i, limits)
+            for w in wants:
+                out[w.pool] = w.placed
         return out
+
+    def _share(
+        self, wants: list[_Want], usage: Usage, i: int, limits: Mapping[NodePoolKey, int]
+    ) -> None:
+        # A budget of 0 places nothing: it only finds the pools already served.
+        active = [w for w in wants if not self._step(w, 0, usage, i, limits)]
+        groups: dict[str, list[_Want]] = {}
+        for w in active:
+            groups.setdefault(w.pool.namespace, []).append(w)
+        order = sorted(groups, key=lambda ns: (text_hash(ns), ns))
+        done: set[PoolKey] = set()
+        rounds = 0
+        while order:
+            gpr = {w.pool: self.ctx.fleet.pools[w.pool].gpus_per_replica for w in active}
+            needs = [
+                sum(self._first_want(w) * gpr[w.pool] for w in groups[ns] if w.pool not in done)
+                for ns in order
+            ]
+            alone = len(order) == 1 or rounds >= MAX_ROUNDS
+            quantum = None if alone else max(1, math.ceil(min(needs) / 2))
+            for k in range(len(order)):
+                namespace = order[(rounds + k) % len(order)]
+                pools = [w for w in groups[namespace] if w.pool not in done]
+                left = quantum
+                for j in range(len(pools)):
+                    w = pools[(rounds + j) % len(pools)]
+                    if left is not None and left <= 0:
+                        break
+                    budget = (
+                        None
+                        if left is None
+                        else max(1, math.ceil(left / (gpr[w.pool] * len(pools))))
+                    )
+                    before = w.count
+                    if self._step(w, budget, usage, i, limits):
+                        done.add(w.pool)
+                    if left is not None:
+                        left -= (w.count - before) * gpr[w.pool]
+            if alone:
+                break  # each took all it could
+            order = [ns for ns in order if any(w.pool not in done for w in groups[ns])]
+            rounds += 1
+
+    def _first_want(self, w: _Want) -> int:
+        spec = self.ctx.fleet.pools[w.pool]
+        order = self.order[w.pool]
+        if w.index >= len(order):
+            return 0
+        rate = self.ctx.rates[w.pool][order[w.index]]
+        return max(math.ceil(w.need / rate - 1e-9), spec.min_replicas - w.count)
+
+    def _step(
+        self,
+        w: _Want,
+        budget: int | None,
+        usage: Usage,
+        i: int,
+        limits: Mapping[NodePoolKey, int],
+    ) -> bool:
+        """Place up to `budget` more replicas of the pool (None: all it needs) on its node
+        pools in order; whether it is done (served, or no node pool can take more)."""
+        ctx = self.ctx
+        spec = ctx.fleet.pools[w.pool]
+        gpr = spec.gpus_per_replica
+        order = self.order[w.pool]
+        taken = 0
+        while w.index < len(order):
+            key = order[w.index]
+            rate = ctx.rates[w.pool][key]
+            want = max(math.ceil(w.need / rate - 1e-9), spec.min_replicas - w.count)
+            if want <= 0:
+                w.index = len(order)
+                break
+            if budget is not None:
+                want = min(want, budget - taken)
+                if want <= 0:
+                    return False
+            n = ctx.cluster.nodes[key].spec
+            room = min(n.max_nodes * n.gpus_per_node, usage.quota_left(key))
+            if key in limits:
+                room = min(room, limits[key] * n.gpus_per_node)
+            fit = max(0, (room - usage.gpus[key]) // gpr)
+            got = min(want, fit, spec.max_replicas - w.count)
+            got = self.most_within_caps(usage, key, w.pool, got, i) if got > 0 else 0
+            if got > 0:
+                usage.add(key, got, gpr, self.busy_per_gpu(w.pool, key))
+                w.placed[key] = w.placed.get(key, 0) + got
+                w.count += got
+                w.need -= got * rate
+                taken += got
+            if got < want:
+                w.index += 1  # this node pool takes no more of the pool's replicas
+        return True
 
     def usage(self, targets: Placement) -> Usage:
         usage = Usage(self.ctx, self.budgets)
@@ -235,8 +328,8 @@ class Sizer:
 
         low_first = list(reversed(self.pools))
         for index, pool in enumerate(low_first):
-            priority = ctx.fleet.pools[pool].priority
-            higher = [q for q in low_first[index + 1 :] if ctx.fleet.pools[q].priority > priority]
+            priority = ctx.fleet.priority(pool)
+            higher = [q for q in low_first[index + 1 :] if ctx.fleet.priority(q) > priority]
             for key in keys:
                 while targets[pool].get(key, 0) > floor[pool].get(key, 0):
                     targets[pool][key] -= 1
@@ -299,9 +392,9 @@ class Sizer:
                     free -= want
                     continue
                 short, free = want - free, 0
-                priority = ctx.fleet.pools[pool].priority
+                priority = ctx.fleet.priority(pool)
                 for victim in reversed(self.pools[index + 1 :]):  # lowest priority first
-                    if short <= 0 or ctx.fleet.pools[victim].priority >= priority:
+                    if short <= 0 or ctx.fleet.priority(victim) >= priority:
                         continue
                     take = min(kept[victim], math.ceil(short / gpr[victim]))
                     if take > 0:

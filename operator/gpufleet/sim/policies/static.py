@@ -22,7 +22,7 @@ class StaticPolicy(Policy):
     def setup(self, ctx: Context) -> None:
         room = Room(ctx)
         self.decision = Decision()
-        pools = sorted(ctx.fleet.pools, key=lambda p: -ctx.fleet.pools[p].priority)
+        pools = sorted(ctx.fleet.pools, key=lambda p: -ctx.fleet.priority(p))
         for pool in pools:
             spec, demand = ctx.fleet.pools[pool], ctx.demand.get(pool)
             need = 0.0

@@ -1,0 +1,130 @@
+"""How pools of equal priority share what is short: in rounds, never by name
+(docs/preemption.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from gpufleet.planner.placer import Placer
+from gpufleet.planner.types import PoolKey
+
+# Turns in which pools of equal priority keep what runs (`share`): each turn every pool keeps
+# up to 1/ROUNDS of its running replicas.
+ROUNDS = 8
+
+
+def stable_hash(key: PoolKey) -> int:
+    """FNV-1a of the pool's key: the same in every process (unlike `hash`, which is salted).
+    It orders turns only; who goes first in a turn gains at most one turn's slice."""
+    return text_hash(f"{key.namespace}/{key.name}")
+
+
+def priority_groups(
+    keys: Iterable[PoolKey], priority: Callable[[PoolKey], int]
+) -> list[list[PoolKey]]:
+    """The pools by priority, highest first, each group of equal priority in an order no
+    name can choose (a stable hash): the order equal priorities take turns in, here, in
+    the simulator's scheduler and in its oracle (docs/preemption.md)."""
+    by_priority: dict[int, list[PoolKey]] = {}
+    for key in keys:
+        by_priority.setdefault(priority(key), []).append(key)
+    return [
+        sorted(by_priority[p], key=lambda k: (stable_hash(k), k))
+        for p in sorted(by_priority, reverse=True)
+    ]
+
+
+def text_hash(text: str) -> int:
+    value = 0x811C9DC5
+    for byte in text.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def share(placers: list[Placer]) -> None:
+    """Place a group of equal priority so that no pool gains from another's name or from
+    how many pools its tenant splits its demand into (docs/preemption.md):
+
+    1. Keep what runs, in turns: each pool keeps a slice of its running replicas per turn.
+       Replicas that run all fit on the nodes they run on, so this matters only where the
+       nodes no longer hold everyone (a node lost, replicas in flight): then each loses a
+       share, and none evicts another (only strictly higher priority preempts: drain.py).
+    2. Grow by namespace, max-min: every namespace that still wants GPUs gets the same
+       amount per round (half the smallest need, so the smallest is met within a few
+       rounds), spread over its pools, the first namespace of a round rotating. A pool that
+       cannot use what is free (another GPU type, its data policy, its quota) is done and
+       holds no one back."""
+    if len(placers) == 1:
+        placers[0].keep()
+        placers[0].add()
+        return
+    _keep_in_turns(placers)
+    _grow_by_namespace(placers)
+
+
+def _keep_in_turns(placers: list[Placer]) -> None:
+    active = [p for p in placers if p.keeping]
+    for placer in placers:
+        if placer not in active:
+            placer.keep()  # nothing to keep: settles its state
+    steps = [max(1, math.ceil(sum(p.current.values()) / ROUNDS)) for p in active]
+    start = 0
+    while active:
+        count = len(active)
+        for i in range(count):
+            j = (start + i) % count
+            active[j].keep(steps[j])
+        still = [i for i, p in enumerate(active) if p.keeping]
+        for i, placer in enumerate(active):
+            if i not in still:
+                placer.keep(0)  # done keeping: settles its state
+        active, steps = [active[i] for i in still], [steps[i] for i in still]
+        start += 1
+
+
+# Rounds after which the namespaces still short take the rest one after another: a bound on
+# the cost of a group of many namespaces whose needs differ widely.
+MAX_ROUNDS = 32
+
+
+def _grow_by_namespace(placers: list[Placer]) -> None:
+    groups: dict[str, list[Placer]] = {}
+    for placer in placers:
+        if not placer.done:
+            groups.setdefault(placer.namespace, []).append(placer)
+    order = sorted(groups, key=lambda ns: (text_hash(ns), ns))
+    rounds = 0
+    while order:
+        needs = [sum(p.remaining * p.gpus for p in groups[ns] if not p.done) for ns in order]
+        alone = len(order) == 1 or rounds >= MAX_ROUNDS
+        quantum = None if alone else max(1, math.ceil(min(needs) / 2))
+        for i in range(len(order)):
+            _give(groups[order[(rounds + i) % len(order)]], quantum, rounds)
+        order = [ns for ns in order if any(not p.done for p in groups[ns])]
+        rounds += 1
+
+
+def _give(pools: list[Placer], gpus: int | None, turn: int) -> None:
+    """Up to `gpus` more GPUs to a namespace's pools (None: all they want), a replica's
+    worth at least, spread over them in turn."""
+    active = [p for p in pools if not p.done]
+    if gpus is None:
+        for placer in active:
+            placer.add()
+        return
+    left = gpus
+    while left > 0 and active:
+        placed_any = False
+        count = len(active)
+        for i in range(count):
+            placer = active[(turn + i) % count]
+            if left <= 0:
+                break
+            share = max(1, math.ceil(left / (placer.gpus * count)))
+            placed = placer.add(share)
+            left -= placed * placer.gpus
+            placed_any = placed_any or placed > 0
+        active = [p for p in active if not p.done]
+        if not placed_any:
+            break
