@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -13,10 +14,24 @@ from rich.table import Table
 from gpufleet.api.common import GROUP, VERSION
 
 
-def _client() -> Any:
+@dataclass
+class KubeTarget:
+    """Which cluster the commands read: kubectl's own `--kubeconfig` and `--context` when
+    run as `kubectl gpufleet` (cli/kubectl.py), else KUBECONFIG and its current context."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+TARGET = KubeTarget()
+
+
+def kube_client() -> Any:
     from kubernetes import client, config
 
-    config.load_kube_config()  # type: ignore[no-untyped-call]
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=TARGET.kubeconfig, context=TARGET.context
+    )
     return client.CustomObjectsApi()
 
 
@@ -142,7 +157,7 @@ def status_console(terminal: bool) -> Console:
 
 def status() -> None:
     """A table of the fleet: pools, providers and power budgets, from their status."""
-    api = _client()
+    api = kube_client()
     console = status_console(sys.stdout.isatty())
     for table in fleet_tables(
         _list(api, "servingpools"), _list(api, "cloudproviders"), _list(api, "powerbudgets")
@@ -278,7 +293,7 @@ def explain(
     namespace, name = PoolKey.parse(pool)
     if not namespace:
         raise typer.BadParameter("give the pool as NAMESPACE/NAME")
-    api = _client()
+    api = kube_client()
     obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "servingpools", name)
     for line in explain_lines(
         obj, _list(api, "cloudproviders"), _list(api, "powerbudgets"), _list(api, "tenantpolicies")
