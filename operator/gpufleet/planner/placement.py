@@ -17,7 +17,8 @@ from functools import cached_property
 from gpufleet.api.pool import DataClass, ServingPoolSpec
 from gpufleet.api.provider import CapacityType, CloudProviderSpec, NodePool, Role
 from gpufleet.api.tenancy import DATA_CLASS_RANK, UNGOVERNED, NamespaceTerms
-from gpufleet.planner.types import NodePoolKey, Reason
+from gpufleet.planner.power import NAMEPLATE_ONLY, power_figures
+from gpufleet.planner.types import NodePoolKey, PowerFigure, Reason
 
 # The 27 member states, ISO 3166-1 alpha-2 ("EU" in allowedJurisdictions means any of them).
 EU_MEMBERS = frozenset(
@@ -167,6 +168,12 @@ class Candidates:
     # One node pool of each distinct (GPU type, watts, idle watts) among `fill`: what a
     # pool's power figures depend on, so that reporting them costs the kinds, not the pools.
     power_kinds: tuple[NodePool, ...] = ()
+
+    @cached_property
+    def nameplate(self) -> tuple[PowerFigure, ...]:
+        """The power figures of a pool neither measured nor declaring any: shared by every
+        pool of the candidate list, so worked out once."""
+        return power_figures(NAMEPLATE_ONLY, self.power_kinds)
 
     @cached_property
     def rank(self) -> dict[NodePoolKey, int]:

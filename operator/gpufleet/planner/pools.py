@@ -291,7 +291,7 @@ def finish_pool(
         throttle=throttled,
         preempted=frozen_map(placement.preempted) if placement.preempted and not dry_run else _NONE,
         service=sized.rate,
-        power=power_figures(measured, options.power_kinds),
+        power=power_figures(measured, options.power_kinds) if measured else options.nameplate,
     )
     return plan, PoolMemory(
         history, events, sized.forecast, last_scale, sized.service_memory, sized.bursts
