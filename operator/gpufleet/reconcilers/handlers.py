@@ -168,6 +168,7 @@ def register(
     _register_startup(registry, config, api, metrics, election, watch)
     _register_indexes(registry)
     _register_cluster_indexes(registry)
+    _register_platform_indexes(registry)
     _register_fleet(registry)
 
 
@@ -181,6 +182,44 @@ def _register_probe_and_login(registry: kopf.OperatorRegistry, watch: TickWatch)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # A registry of our own starts without kopf's default login handlers.
         return kopf.login_via_client(**kwargs)
+
+
+async def _fleet_loop(
+    api: ApiClient, config: RunConfig, metrics: OperatorMetrics, kube: Kube, elector: Elector | None
+) -> FleetLoop:
+    """The fleet loop and what it acts through, as the run settings say."""
+    source = (
+        PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
+        if config.prometheus_url
+        else None
+    )
+    remote = RemoteClusters(
+        kube,
+        remote_driver_factory(config, metrics),
+        config.operator_namespace,
+        config.namespaces,
+        allow_private_servers=config.allow_private_remote_servers,
+        installation=installation_id(
+            config.installation or await default_installation(kube, config.operator_namespace)
+        ),
+    )
+    gateway = (
+        GatewayConfigMap(kube, metrics, config.operator_namespace, config.gateway_config_map)
+        if config.gateway_config_map
+        else None
+    )
+    return FleetLoop(
+        kube,
+        source,
+        driver_factory(api, config, metrics),
+        metrics,
+        journal=Journal(kube, config.operator_namespace, config.anchor, identity(), fence=elector),
+        remote=remote,
+        teardown=ProviderTeardown(kube, remote, config.provider_deletion_timeout_seconds),
+        gateway=gateway,
+        power_query=config.power_query,
+        namespace_label=config.query_namespace_label if config.confine_queries else None,
+    )
 
 
 def _register_startup(
@@ -207,41 +246,7 @@ def _register_startup(
             else None
         )
         kube.fence = elector
-        source = (
-            PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
-            if config.prometheus_url
-            else None
-        )
-        remote = RemoteClusters(
-            kube,
-            remote_driver_factory(config, metrics),
-            config.operator_namespace,
-            config.namespaces,
-            allow_private_servers=config.allow_private_remote_servers,
-            installation=installation_id(
-                config.installation or await default_installation(kube, config.operator_namespace)
-            ),
-        )
-        memo.fleet = FleetLoop(
-            kube,
-            source,
-            driver_factory(api, config, metrics),
-            metrics,
-            journal=Journal(
-                kube, config.operator_namespace, config.anchor, identity(), fence=elector
-            ),
-            remote=remote,
-            teardown=ProviderTeardown(kube, remote, config.provider_deletion_timeout_seconds),
-            gateway=(
-                GatewayConfigMap(
-                    kube, metrics, config.operator_namespace, config.gateway_config_map
-                )
-                if config.gateway_config_map
-                else None
-            ),
-            power_query=config.power_query,
-            namespace_label=config.query_namespace_label if config.confine_queries else None,
-        )
+        memo.fleet = await _fleet_loop(api, config, metrics, kube, elector)
         await kube.ensure_config_map(config.operator_namespace, config.anchor)
         # kopf's fleet timer put its finalizer on the anchor; nothing would take it off now.
         await kube.drop_finalizer(config.operator_namespace, config.anchor, f"{GROUP}/finalizer")
@@ -327,6 +332,31 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {name: entry}
 
 
+def _register_platform_indexes(registry: kopf.OperatorRegistry) -> None:
+    """The admin's objects that decide between tenants: PriorityClasses and GPU quotas
+    (TenantPolicies are with the gpufleet kinds)."""
+
+    @kopf.index(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        id="gpufleet_priority_classes",
+        registry=registry,
+    )
+    def gpufleet_priority_classes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        info = PriorityClassInfo(
+            name, int(body.get("value") or 0), bool(body.get("globalDefault") or False)
+        )
+        return {name: info}
+
+    @kopf.index("", "v1", "resourcequotas", id="gpufleet_quotas", registry=registry)
+    def gpufleet_quotas(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        entry = quota_entry(namespace or "", name, body)
+        return {} if entry is None else {namespace: entry}
+
+
 def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
     """GPU nodes, GPU pods and the workloads pools scale: only what the plan reads."""
 
@@ -349,26 +379,6 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         return {namespace: pod_entry(namespace or "", name, body)}
-
-    @kopf.index(
-        "scheduling.k8s.io",
-        "v1",
-        "priorityclasses",
-        id="gpufleet_priority_classes",
-        registry=registry,
-    )
-    def gpufleet_priority_classes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        info = PriorityClassInfo(
-            name, int(body.get("value") or 0), bool(body.get("globalDefault") or False)
-        )
-        return {name: info}
-
-    @kopf.index("", "v1", "resourcequotas", id="gpufleet_quotas", registry=registry)
-    def gpufleet_quotas(
-        namespace: str | None, name: str, body: kopf.Body, **_: Any
-    ) -> dict[Any, Any]:
-        entry = quota_entry(namespace or "", name, body)
-        return {} if entry is None else {namespace: entry}
 
     @kopf.index("apps", "v1", "deployments", id="gpufleet_deployments", registry=registry)
     def gpufleet_deployments(

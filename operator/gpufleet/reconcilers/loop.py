@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpufleet.api.pool import Mode, ServingPoolSpec
+from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef
 from gpufleet.metrics.exporter import OperatorMetrics
@@ -42,7 +43,7 @@ from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.reporting.reporter import Reporter
 from gpufleet.reconcilers.targets import TARGET_CONFLICT, claims
-from gpufleet.reconcilers.tenancy import grants
+from gpufleet.reconcilers.tenancy import Grants, grants
 
 log = logging.getLogger(__name__)
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
@@ -97,6 +98,39 @@ def scale_targets(
         pools[key] = spec
         targets[key] = workload
     return pools, targets, errors
+
+
+def split_providers(
+    view: View,
+) -> tuple[dict[str, CloudProviderSpec], dict[str, CloudProviderSpec]]:
+    """The valid providers that take placements, and the remote ones being deleted: those
+    take none, and their finalizer's step removes their copies (burst/teardown.py)."""
+    valid = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
+    leaving = {
+        e.name: spec
+        for e in view.providers
+        if e.deleting
+        and (spec := valid.get(e.name)) is not None
+        and spec.cluster.kubeconfig_secret_ref is not None
+    }
+    return {n: p for n, p in valid.items() if n not in leaving}, leaving
+
+
+def fleet_of(
+    pools: Mapping[PoolKey, ServingPoolSpec],
+    providers: Mapping[str, CloudProviderSpec],
+    budgets: Mapping[str, PowerBudgetSpec],
+    granted: Grants,
+) -> Fleet:
+    """What the planner plans: the valid specs and what the platform grants."""
+    return Fleet(
+        frozen_map(pools),
+        frozen_map(providers),
+        frozen_map(budgets),
+        priorities=frozen_map(granted.priority_values),
+        terms=frozen_map(granted.terms),
+        namespace_gpus=frozen_map(granted.namespace_gpus),
+    )
 
 
 @dataclass
@@ -164,20 +198,57 @@ class FleetLoop:
         started = time.perf_counter()
         now = self.clock()
         pools, targets, target_errors = scale_targets(view)
-        valid = {e.name: e.parsed.value for e in view.providers if e.parsed.value is not None}
-        # A remote provider being deleted takes no placement: it is left out of the fleet,
-        # and its finalizer's step removes its copies (reconcilers/burst/teardown.py).
-        leaving = {
-            e.name: spec
-            for e in view.providers
-            if e.deleting
-            and (spec := valid.get(e.name)) is not None
-            and spec.cluster.kubeconfig_secret_ref is not None
-        }
-        providers = {n: p for n, p in valid.items() if n not in leaving}
+        providers, leaving = split_providers(view)
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
         reach = await self._reach(providers, leaving, known)
+        observed = await self._observe(view, pools, targets, providers, budgets, reach)
+        granted = grants(view, pools, targets)
+        fleet = fleet_of(pools, providers, budgets, granted)
+        plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
+        self.state = plan.state
+        # Pools left out of the plan keep their replicas, and so the nodes under them.
+        # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
+        left_out = [targets[k] for k in unplanned if k in targets]
+        await self._actuate(
+            plan,
+            fleet,
+            targets,
+            reach,
+            observed,
+            now,
+            known,
+            view.pods,
+            node_pools_under(left_out, view.pods, view.nodes),
+        )
+        await self._settle_providers(view, known, now)
+        self.reporter.workloads = targets  # what their copies name (status.burstReferences)
+        await self.reporter.report(
+            view,
+            plan,
+            fleet,
+            observed,
+            target_errors,
+            reach.credential_errors,
+            now,
+            unplanned,
+            granted,
+        )
+        await self._publish(view, plan, now)
+        self.last_plan = plan
+        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+        return plan
+
+    async def _observe(
+        self,
+        view: View,
+        pools: Mapping[PoolKey, ServingPoolSpec],
+        targets: Mapping[PoolKey, WorkloadEntry],
+        providers: Mapping[str, CloudProviderSpec],
+        budgets: Mapping[str, PowerBudgetSpec],
+        reach: Reach,
+    ) -> Observed:
+        """The snapshot: Prometheus, drivers, indexes, and the replicas of remote copies."""
         # Local pods are attributed to local node pools only; remote ones come from copies.
         local_last = {
             k: {np: c for np, c in v.items() if np.provider not in reach.remote}
@@ -201,56 +272,16 @@ class FleetLoop:
         observed = dataclasses.replace(
             observed, driver_errors={**observed.driver_errors, **reach.copy_errors}
         )
-        observed = add_remote_replicas(
-            observed, pools, providers, reach.copies, self.last_placements
-        )
-        granted = grants(view, pools, targets)
-        fleet = Fleet(
-            frozen_map(pools),
-            frozen_map(providers),
-            frozen_map(budgets),
-            priorities=frozen_map(granted.priority_values),
-            terms=frozen_map(granted.terms),
-            namespace_gpus=frozen_map(granted.namespace_gpus),
-        )
-        plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
-        self.state = plan.state
-        # Pools left out of the plan keep their replicas, and so the nodes under them.
-        # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
-        left_out = [targets[k] for k in unplanned if k in targets]
-        await self._actuate(
-            plan,
-            fleet,
-            targets,
-            reach,
-            observed,
-            now,
-            known,
-            view.pods,
-            node_pools_under(left_out, view.pods, view.nodes),
-        )
+        return add_remote_replicas(observed, pools, providers, reach.copies, self.last_placements)
+
+    async def _settle_providers(self, view: View, known: Collection[PoolKey], now: float) -> None:
+        """Refused copies for BurstActive, and deleted providers' finalizer steps."""
         if self.remote is not None:  # copies refused this tick: BurstActive says why
             self.reporter.refusals = self.remote.refused()
         if self.teardown is not None:  # finalizers; deleted providers' copies go
             self._fresh()  # its remote deletes are not fenced per write
             await self.teardown.step(view.providers, known, now)
             self.reporter.deleting = self.teardown.deleting
-        self.reporter.workloads = targets  # what their copies name (status.burstReferences)
-        await self.reporter.report(
-            view,
-            plan,
-            fleet,
-            observed,
-            target_errors,
-            reach.credential_errors,
-            now,
-            unplanned,
-            granted,
-        )
-        await self._publish(view, plan, now)
-        self.last_plan = plan
-        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-        return plan
 
     async def _reach(
         self,

@@ -236,17 +236,7 @@ async def observe(
     pool_obs, current = _pools(queries, sampled, workloads, nodes, pods, last_placements)
     series, power_error = power
     if series:
-        gpu_type_of = {
-            NodePoolKey(name, np.name): np.gpu_type
-            for name, spec in providers.items()
-            for np in spec.node_pools
-        }
-        node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
-        drawn = attribute_draw(series, workloads, pods, node_pool_of, gpu_type_of)
-        pool_obs = {
-            k: dataclasses.replace(o, watts_per_gpu=frozen_map(drawn[k])) if k in drawn else o
-            for k, o in pool_obs.items()
-        }
+        pool_obs = _with_draw(pool_obs, series, workloads, providers, nodes, pods)
     snapshot = Snapshot(
         pools=frozen_map(pool_obs),
         node_pools=frozen_map(node_obs),
@@ -264,6 +254,28 @@ async def observe(
         current_by_provider=current,
         power_error=power_error,
     )
+
+
+def _with_draw(
+    pool_obs: Mapping[PoolKey, PoolObservation],
+    series: Iterable[Labelled],
+    workloads: Mapping[PoolKey, WorkloadEntry],
+    providers: Mapping[str, CloudProviderSpec],
+    nodes: Iterable[NodeEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
+) -> dict[PoolKey, PoolObservation]:
+    """The observations with each pool's measured draw per GPU type (power_draw.py)."""
+    gpu_type_of = {
+        NodePoolKey(name, np.name): np.gpu_type
+        for name, spec in providers.items()
+        for np in spec.node_pools
+    }
+    node_pool_of = {e.name: NodePoolKey(e.provider, e.node_pool) for e in nodes}
+    drawn = attribute_draw(series, workloads, pods, node_pool_of, gpu_type_of)
+    return {
+        k: dataclasses.replace(o, watts_per_gpu=frozen_map(drawn[k])) if k in drawn else o
+        for k, o in pool_obs.items()
+    }
 
 
 _Sampled = Mapping[str, tuple[float | None, Problem | None]]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.api.common import Model
-from gpufleet.api.pool import BurstReference, ServingPoolSpec
+from gpufleet.api.pool import BurstReference, ServingPoolSpec, ServingPoolStatus
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
@@ -145,35 +145,52 @@ class Reporter:
             conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
-            # Metrics and the Event first: they do not depend on the status being writable.
-            self._pool_metrics(key, pool_plan, observed)
-            await self._scale_event(entry, pool_plan, self.drains.get(key))
-            conds = st.pool_conditions(
-                spec,
-                pool_plan,
-                observed.metrics_errors.get(key),
-                None,
-                self.drains.get(key),
-                self.refusals.get(key),
+            status = await self._planned_status(
+                entry, spec, pool_plan, fleet, observed, now, granted
             )
-            priority = granted.priorities.get(key)
-            if priority is not None:
-                conds.append(priority_condition(priority))
-            status = st.pool_status(
-                entry.status,
-                entry.generation,
-                conds,
-                now,
-                pool_plan,
-                observed.queue.get(key),
-                fleet.providers,
-                observed.current_by_provider.get(key),
-                observed.arrival.get(key),
-                self._burst_references(key, spec, fleet),
-            )
-            if priority is not None:
-                status = status.model_copy(update={"priority": priority_status(priority)})
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
+
+    async def _planned_status(
+        self,
+        entry: PoolEntry,
+        spec: ServingPoolSpec,
+        pool_plan: PoolPlan,
+        fleet: Fleet,
+        observed: Observed,
+        now: float,
+        granted: Grants,
+    ) -> ServingPoolStatus:
+        """A planned pool's status; its metrics and scale Event on the way (they do not
+        depend on the status being writable)."""
+        key = pool_plan.key
+        self._pool_metrics(key, pool_plan, observed)
+        await self._scale_event(entry, pool_plan, self.drains.get(key))
+        conds = st.pool_conditions(
+            spec,
+            pool_plan,
+            observed.metrics_errors.get(key),
+            None,
+            self.drains.get(key),
+            self.refusals.get(key),
+        )
+        priority = granted.priorities.get(key)
+        if priority is not None:
+            conds.append(priority_condition(priority))
+        status = st.pool_status(
+            entry.status,
+            entry.generation,
+            conds,
+            now,
+            pool_plan,
+            observed.queue.get(key),
+            fleet.providers,
+            observed.current_by_provider.get(key),
+            observed.arrival.get(key),
+            self._burst_references(key, spec, fleet),
+        )
+        if priority is not None:
+            status = status.model_copy(update={"priority": priority_status(priority)})
+        return status
 
     def _burst_references(
         self, key: PoolKey, spec: ServingPoolSpec, fleet: Fleet
