@@ -314,13 +314,37 @@ def test_a_successors_scale_between_the_read_and_the_write_refuses_the_stale_wri
     apps = MemoryApps(12)
 
     def successor_scales() -> None:
+        # b took the Lease (a new term, its holder) and then scaled.
+        assert lease.body is not None
+        lease.body["spec"]["holderIdentity"] = "b"
+        lease.body["spec"]["leaseTransitions"] = lease.body["spec"].get("leaseTransitions", 0) + 1
+        lease.version += 1
+        lease.body["metadata"]["resourceVersion"] = str(lease.version)
         apps.replicas, apps.version = 8, apps.version + 1
 
     apps.between_read_and_write.append(successor_scales)
 
-    with pytest.raises(Conflict):
+    # The write under the version a read is refused; a's next try finds the Lease gone to b.
+    with pytest.raises((Conflict, Deposed)):
         run(fenced_kube(apps, a).scale("Deployment", "ns", "chat", 4))
     assert apps.replicas == 8
+
+
+def test_a_status_update_between_the_read_and_the_write_is_retried() -> None:
+    """The workload's resourceVersion moves with its status (pods starting): a conflict
+    while the Lease is still held is read again and written, not reported."""
+    lease, clock = MemoryLease(), Clock()
+    a = elector(lease, "a", clock)
+    run(a.step())
+    apps = MemoryApps(12)
+
+    def controller_updates_status() -> None:
+        apps.version += 1
+
+    apps.between_read_and_write.append(controller_updates_status)
+
+    run(fenced_kube(apps, a).scale("Deployment", "ns", "chat", 4))
+    assert apps.replicas == 4
 
 
 def test_a_scale_already_at_its_size_writes_nothing() -> None:

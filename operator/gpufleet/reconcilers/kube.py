@@ -138,6 +138,7 @@ class Workloads(Protocol):
 
 
 CLUSTER_EVENTS_NAMESPACE = "default"
+SCALE_TRIES = 3  # reads and writes of a scale subresource before a conflict is reported
 
 
 class Kube:
@@ -188,17 +189,27 @@ class Kube:
             raise ValueError(
                 f"scaleTargetRef.kind {kind} is not supported yet (Deployment, StatefulSet)"
             )
-        found = await asyncio.to_thread(read, name, namespace)
-        if found.spec is not None and found.spec.replicas == replicas:
-            return
-        await self._confirm()
-        body = {"metadata": {"resourceVersion": _version(found)}, "spec": {"replicas": replicas}}
-        try:
-            await self._write(call, name, namespace, body, field_manager=FIELD_MANAGER)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(f"{kind} {namespace}/{name} changed since it was read") from exc
-            raise
+        # The workload's resourceVersion moves with every status update (pods starting),
+        # so a conflict is mostly the controller's, not a successor's: read, confirm the
+        # Lease and write again, a few times. Each try confirms the Lease anew, so a
+        # deposed leader still stops at the confirmation.
+        for attempt in range(SCALE_TRIES):
+            found = await asyncio.to_thread(read, name, namespace)
+            if found.spec is not None and found.spec.replicas == replicas:
+                return
+            await self._confirm()
+            body = {
+                "metadata": {"resourceVersion": _version(found)},
+                "spec": {"replicas": replicas},
+            }
+            try:
+                await self._write(call, name, namespace, body, field_manager=FIELD_MANAGER)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                if attempt == SCALE_TRIES - 1:
+                    raise Conflict(f"{kind} {namespace}/{name} changed since it was read") from exc
 
     async def patch_status(
         self,
