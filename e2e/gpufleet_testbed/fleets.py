@@ -311,3 +311,15 @@ def priority_ladder(namespace: str, values: Mapping[str, int]) -> list[dict[str,
 
 def ladder_class(namespace: str, pool: str) -> str:
     return f"{namespace}-{pool}"
+
+
+def kubeconfig_secret(remote: Kubectl, name: str) -> dict[str, Any]:
+    """A Secret (in the operator's namespace, key `kubeconfig`) holding `remote`'s admin
+    kubeconfig with its certificates embedded: a Secret holds no file paths."""
+    config = remote.run("config", "view", "--raw", "--flatten", "--minify").stdout
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+        "stringData": {"kubeconfig": config},
+    }

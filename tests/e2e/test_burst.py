@@ -127,14 +127,7 @@ def fleet(
     secondary.run("create", "namespace", "gpufleet-system", check=False)
     # The user's namespace: a copy may go into it, but gpufleet never deletes it.
     secondary.run("create", "namespace", NS, check=False)
-    # The secondary's admin kubeconfig, certificates embedded (a Secret holds no file paths).
-    config = secondary.run("config", "view", "--raw", "--flatten", "--minify").stdout
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": "gpufleet-system"},
-        "stringData": {"kubeconfig": config},
-    }
+    secret = fleets.kubeconfig_secret(secondary, SECRET)
     fleets.apply(kubectl, [secret, *_objects()])
     exporter = testbed.exporter()
     exporter.set_queue(NS, "chat", 2)  # 1 replica

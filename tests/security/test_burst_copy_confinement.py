@@ -439,13 +439,7 @@ def confined_fleet(
     secondary.run("create", "namespace", "gpufleet-system", check=False)
     secondary.run("create", "namespace", EXISTING_NS, check=False)
     secondary.run("label", "namespace", EXISTING_NS, "team=theirs", "--overwrite")
-    config = secondary.run("config", "view", "--raw", "--flatten", "--minify").stdout
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": "gpufleet-system"},
-        "stringData": {"kubeconfig": config},
-    }
+    secret = fleets.kubeconfig_secret(secondary, SECRET)
     fleets.apply(kubectl, [secret, *_e2e_objects()])
     exporter = testbed.exporter()
     for namespace in NAMESPACES:

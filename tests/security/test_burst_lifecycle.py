@@ -338,13 +338,7 @@ def lifecycle_fleet(
     fleets.install_crds(kubectl)
     secondary.run("create", "namespace", "gpufleet-system", check=False)
     fleets.apply(secondary, _their_objects())
-    config = secondary.run("config", "view", "--raw", "--flatten", "--minify").stdout
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": "gpufleet-system"},
-        "stringData": {"kubeconfig": config},
-    }
+    secret = fleets.kubeconfig_secret(secondary, SECRET)
     pool = fleets.serving_pool(
         NS,
         "chat",
