@@ -31,6 +31,9 @@ UPSTREAM: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
             (
                 "core/config/crd/bases/cluster.x-k8s.io_machinedeployments.yaml",
                 "core/config/crd/bases/cluster.x-k8s.io_machines.yaml",
+                # The same CRD name as CAPG's companion below (v1.13.2): the driver contract
+                # suite runs MachinePools against both, installing one at a time.
+                "core/config/crd/bases/cluster.x-k8s.io_machinepools.yaml",
             ),
         ),
     ),

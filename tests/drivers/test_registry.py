@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.clusterapi import ClusterApiDriver
+from gpufleet.drivers.clusterapi_pool import ClusterApiMachinePoolDriver
 from gpufleet.drivers.eks import EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
 from gpufleet.drivers.karpenter import KarpenterDriver
@@ -45,6 +46,13 @@ def spec(driver: dict[str, Any]) -> CloudProviderSpec:
         (
             {"type": "ClusterAPI", "clusterAPI": {"namespace": "capi", "clusterName": "c1"}},
             ClusterApiDriver,
+        ),
+        (
+            {
+                "type": "ClusterAPI",
+                "clusterAPI": {"namespace": "capi", "clusterName": "c1", "kind": "MachinePool"},
+            },
+            ClusterApiMachinePoolDriver,
         ),
         ({"type": "Karpenter"}, KarpenterDriver),
         ({"type": "EKS", "eks": {"region": "eu-central-1", "clusterName": "c1"}}, EksDriver),

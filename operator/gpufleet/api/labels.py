@@ -26,5 +26,8 @@ INSTALLATION_LABEL = f"{GROUP}/installation"
 REMOTE_COPIES_FINALIZER = f"{GROUP}/remote-copies"
 # The id of the action that last resized a backend object (intent record, drivers).
 ACTION_ANNOTATION = f"{GROUP}/action-id"
+# On a Cluster API MachinePool: the instances (provider IDs, comma-separated) a scale-down
+# has counted, so that a retry does not count them again while the provider removes some.
+REMOVING_NODES_ANNOTATION = f"{GROUP}/removing-nodes"
 # A simulated node's ordinal in its node pool.
 ORDINAL_ANNOTATION = f"{GROUP}/ordinal"

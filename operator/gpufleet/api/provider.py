@@ -43,6 +43,13 @@ class DriverType(StrEnum):
     EKS = "EKS"
 
 
+class ClusterApiKind(StrEnum):
+    """Which Cluster API object a node pool's `externalName` names."""
+
+    MACHINE_DEPLOYMENT = "MachineDeployment"
+    MACHINE_POOL = "MachinePool"
+
+
 class PodSecurityLevel(StrEnum):
     """A Pod Security Standards level a burst copy must meet (reconcilers/burst/podsecurity.py)."""
 
@@ -154,10 +161,17 @@ class SimulatedDriver(Model):
 
 
 class ClusterApiDriver(Model):
-    """Settings of the Cluster API driver: node pools map to MachineDeployments."""
+    """Settings of the Cluster API driver: node pools map to MachineDeployments or MachinePools."""
 
-    namespace: Name = Field(description="Namespace of the MachineDeployments.")
+    namespace: Name = Field(description="Namespace of the MachineDeployments or MachinePools.")
     cluster_name: Name = Field(description="The Cluster API Cluster that owns them.")
+    kind: ClusterApiKind = Field(
+        default=ClusterApiKind.MACHINE_DEPLOYMENT,
+        description="What each node pool's externalName names: MachineDeployment (Cluster API "
+        "creates a Machine per node) or MachinePool (the infrastructure provider runs the group, "
+        "for example a GKE node pool through CAPG's GCPManagedMachinePool; scale-down removes "
+        "nodes of the provider's choosing).",
+    )
 
 
 class KarpenterDriver(Model):
@@ -261,8 +275,8 @@ class NodePool(Model):
     )
     external_name: Name | None = Field(
         default=None,
-        description="Name of the pool in the backend (MachineDeployment, Karpenter NodePool, "
-        "EKS node group); defaults to name.",
+        description="Name of the pool in the backend (MachineDeployment or MachinePool, "
+        "Karpenter NodePool, EKS node group); defaults to name.",
     )
     gpu_type: GpuType = Field(description="GPU type of every node, for example H100.")
     gpus_per_node: int = Field(ge=1, le=64, description="GPUs on each node.")

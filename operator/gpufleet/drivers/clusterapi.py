@@ -1,5 +1,7 @@
 """The ClusterAPI driver: a node pool is a Cluster API MachineDeployment.
 
+(With `clusterAPI.kind: MachinePool` it is a MachinePool instead: clusterapi_pool.py.)
+
 Only Cluster API's own objects are touched, as the Cluster Autoscaler's clusterapi
 provider does, so the MachineDeployment controller stays the one that creates and
 deletes Machines:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +40,11 @@ from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, No
 from gpufleet.drivers.kube_objects import dig, is_deleting, name_of, ready_node_names
 
 GROUP = "cluster.x-k8s.io"
-VERSION = "v1beta2"  # the storage version since Cluster API v1.11
+# The storage version since Cluster API v1.11. For MachinePools as well in v1.13.2 (which
+# CAPG v1.13.1 is built on) and v1.14.2; both also serve v1beta1, deprecated.
+VERSION = "v1beta2"
 MACHINE_DEPLOYMENTS = "machinedeployments"
+MACHINE_POOLS = "machinepools"
 MACHINES = "machines"
 CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
 DEPLOYMENT_NAME_LABEL = "cluster.x-k8s.io/deployment-name"
@@ -53,6 +59,10 @@ CALLS = (
     (GROUP, "machines", "list"),
     (GROUP, "machines", "patch"),
     ("", "nodes", "get"),
+    # clusterapi_pool.py, for `clusterAPI.kind: MachinePool`: one patch sets replicas and
+    # the record of nodes already counted together.
+    (GROUP, "machinepools", "get"),
+    (GROUP, "machinepools", "patch"),
 )
 READS = tuple(c for c in CALLS if c[2] in ("get", "list"))
 
@@ -70,6 +80,9 @@ class ClusterApiDriver:
         self._spec = spec
         self._namespace = settings.namespace
         self._cluster = settings.cluster_name
+        self._where = GroupOf(
+            MACHINE_DEPLOYMENTS, "MachineDeployment", self._namespace, self._cluster
+        )
 
     # -- the Protocol ---------------------------------------------------------------
 
@@ -81,7 +94,7 @@ class ClusterApiDriver:
         with_nodes = [str(dig(m, "status", "nodeRef", "name")) for m in live if _has_node(m)]
         ready = await ready_node_names(self._core, with_nodes)
         return NodePoolState(
-            target_size=_replicas(deployment),
+            target_size=replicas_of(deployment),
             ready_nodes=tuple(sorted(ready)),
             all_nodes=tuple(sorted(names)),
         )
@@ -107,43 +120,17 @@ class ClusterApiDriver:
         if marked:
             # Read again after marking: another writer may have moved replicas meanwhile,
             # and lowering the value we read at the start would undo that.
-            current = _replicas(await self._deployment(ref))
+            current = replicas_of(await self._deployment(ref))
             await self._scale(ref, max(current - marked, 0))
 
     # -- Cluster API objects ------------------------------------------------------------
 
-    def _check_pool(self, ref: NodePoolRef) -> None:
-        known = ref.provider == self._provider and any(
-            p.name == ref.node_pool for p in self._spec.node_pools
-        )
-        if not known:
-            raise NodePoolNotFound(f"provider {self._provider} has no node pool {ref.node_pool!r}")
-
     async def _deployment(self, ref: NodePoolRef) -> dict[str, Any]:
-        self._check_pool(ref)
-        try:
-            found: Any = await asyncio.to_thread(
-                self._objects.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                self._namespace,
-                MACHINE_DEPLOYMENTS,
-                ref.external_name,
-            )
-        except ApiException as error:
-            if error.status == 404:
-                raise NodePoolNotFound(self._missing(ref)) from None
-            raise
-        if dig(found, "spec", "clusterName") != self._cluster:
-            # Same name in another Cluster: never resize what belongs to someone else.
-            raise NodePoolNotFound(self._missing(ref))
-        return dict(found)
+        check_pool(self._provider, self._spec, ref)
+        return await read_group(self._objects, self._where, ref)
 
     def _missing(self, ref: NodePoolRef) -> str:
-        return (
-            f"no MachineDeployment {ref.external_name} of Cluster {self._cluster} "
-            f"in namespace {self._namespace}"
-        )
+        return self._where.missing(ref)
 
     async def _machines(self, ref: NodePoolRef) -> list[dict[str, Any]]:
         selector = (
@@ -199,6 +186,50 @@ class ClusterApiDriver:
                 raise
 
 
+@dataclass(frozen=True)
+class GroupOf:
+    """Where a node pool's Cluster API object lives: its kind, namespace and Cluster."""
+
+    plural: str
+    kind: str
+    namespace: str
+    cluster: str
+
+    def missing(self, ref: NodePoolRef) -> str:
+        return (
+            f"no {self.kind} {ref.external_name} of Cluster {self.cluster} "
+            f"in namespace {self.namespace}"
+        )
+
+
+async def read_group(objects: CustomObjectsApi, where: GroupOf, ref: NodePoolRef) -> dict[str, Any]:
+    """The MachineDeployment or MachinePool behind `ref`, or NodePoolNotFound."""
+    try:
+        found: Any = await asyncio.to_thread(
+            objects.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            where.namespace,
+            where.plural,
+            ref.external_name,
+        )
+    except ApiException as error:
+        if error.status == 404:
+            raise NodePoolNotFound(where.missing(ref)) from None
+        raise
+    if dig(found, "spec", "clusterName") != where.cluster:
+        # Same name in another Cluster: never resize what belongs to someone else.
+        raise NodePoolNotFound(where.missing(ref))
+    return dict(found)
+
+
+def check_pool(provider: str, spec: CloudProviderSpec, ref: NodePoolRef) -> None:
+    """NodePoolNotFound unless `ref` names one of this provider's node pools."""
+    known = ref.provider == provider and any(p.name == ref.node_pool for p in spec.node_pools)
+    if not known:
+        raise NodePoolNotFound(f"provider {provider} has no node pool {ref.node_pool!r}")
+
+
 def _has_node(machine: dict[str, Any]) -> bool:
     return bool(dig(machine, "status", "nodeRef", "name"))
 
@@ -210,8 +241,9 @@ def _node_name(machine: dict[str, Any]) -> str:
     return name_of(machine)
 
 
-def _replicas(deployment: dict[str, Any]) -> int:
-    replicas = dig(deployment, "spec", "replicas")
+def replicas_of(group: dict[str, Any]) -> int:
+    """`spec.replicas` of a MachineDeployment or MachinePool."""
+    replicas = dig(group, "spec", "replicas")
     # Cluster API's defaulting webhook fills in replicas (1 unless autoscaler annotations
     # say otherwise); where no webhook ran, absent is read as that default.
     return int(replicas) if isinstance(replicas, int) else 1

@@ -36,21 +36,26 @@ def node_is_ready(node: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
-async def ready_node_names(core: CoreV1Api, names: Iterable[str]) -> set[str]:
-    """Which of `names` are Nodes that exist and are Ready.
+async def read_nodes(core: CoreV1Api, names: Iterable[str]) -> dict[str, Any]:
+    """The Nodes of `names` that exist, by name.
 
     Reads each Node by name instead of listing all Nodes: a pool has tens of nodes, a
     cluster may have thousands, and the chart then needs only `get` on nodes.
     """
 
-    async def ready(name: str) -> str | None:
+    async def read(name: str) -> Any:
         try:
-            node = await asyncio.to_thread(core.read_node, name)
+            return await asyncio.to_thread(core.read_node, name)
         except ApiException as error:
             if error.status == 404:  # not registered yet, or already gone
                 return None
             raise
-        return name if node_is_ready(node) else None
 
-    found = await asyncio.gather(*(ready(n) for n in sorted(set(names))))
-    return {n for n in found if n is not None}
+    wanted = sorted(set(names))
+    found = await asyncio.gather(*(read(n) for n in wanted))
+    return {name: node for name, node in zip(wanted, found, strict=True) if node is not None}
+
+
+async def ready_node_names(core: CoreV1Api, names: Iterable[str]) -> set[str]:
+    """Which of `names` are Nodes that exist and are Ready."""
+    return {name for name, node in (await read_nodes(core, names)).items() if node_is_ready(node)}

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from kubernetes.client import ApiClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from gpufleet.api.provider import CloudProviderSpec, DriverType
+from gpufleet.api.provider import CloudProviderSpec, ClusterApiKind, DriverType
 from gpufleet.drivers.base import DriverError, NodePoolDriver
 from gpufleet.drivers.clusterapi import ClusterApiDriver
+from gpufleet.drivers.clusterapi_pool import ClusterApiMachinePoolDriver
 from gpufleet.drivers.eks import AwsCredentials, ClientFactory, EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
 from gpufleet.drivers.karpenter import KarpenterDriver
@@ -55,7 +56,11 @@ def make_driver(
             api_client, provider, spec, namespace=simulated_namespace, clock=clock
         )
     elif kind == DriverType.CLUSTER_API:
-        inner = ClusterApiDriver(api_client, provider, spec)
+        settings = spec.driver.cluster_api
+        if settings is not None and settings.kind == ClusterApiKind.MACHINE_POOL:
+            inner = ClusterApiMachinePoolDriver(api_client, provider, spec)
+        else:
+            inner = ClusterApiDriver(api_client, provider, spec)
     elif kind == DriverType.KARPENTER:
         inner = KarpenterDriver(api_client, provider, spec)
     elif kind == DriverType.EKS:

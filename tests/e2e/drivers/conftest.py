@@ -13,6 +13,7 @@ import pytest
 from driver_harness import DriverHarness, SimulatedHarness
 from kubernetes.client import ApiClient
 from kubernetes.config import new_client_from_config
+from machinepool_harness import MachinePoolHarness
 from upstream_harness import ClusterApiHarness, KarpenterHarness
 
 from gpufleet_testbed import Testbed
@@ -50,6 +51,13 @@ HARNESSES: dict[str, HarnessFactory] = {
     "Simulated": lambda client, kubectl, namespace: SimulatedHarness(client, kubectl, namespace),
     "ClusterAPI": lambda client, kubectl, namespace: ClusterApiHarness(client, kubectl, namespace),
     "Karpenter": lambda client, kubectl, namespace: KarpenterHarness(client, kubectl, namespace),
+    # GKE through CAPG, against Cluster API v1.13.2's MachinePool CRD (CAPG's) and v1.14.2's.
+    "ClusterAPIMachinePool-capi1.13": lambda client, kubectl, namespace: MachinePoolHarness(
+        client, kubectl, namespace
+    ),
+    "ClusterAPIMachinePool-capi1.14": lambda client, kubectl, namespace: MachinePoolHarness(
+        client, kubectl, namespace, capi="cluster-api"
+    ),
     "EKS": eks_harness,
 }
 

@@ -14,6 +14,9 @@ one would, and the driver under test reads and writes only the real objects:
   launches for pending pods: the limit is an upper bound), registers a kwok Node for
   each (`status.nodeName`), and removes the Node of a deleted NodeClaim.
 
+MachinePools (GKE through CAPG) have their own harness, machinepool_harness.py, built
+on the helpers here.
+
 Nodes boot at once ("a real backend by waiting"), so `finish_boot` has nothing to do, and
 these backends inject no capacity failures, so `inject` skips.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,18 +46,30 @@ from gpufleet_testbed.kubectl import Kubectl
 from gpufleet_testbed.nodes import GpuNode, Taint
 
 HARNESS_LABEL = "gpufleet.io/contract-harness"
-_installed: set[str] = set()
+# CRD name -> the pinned file applied last in this session. Two pins may hold the same CRD
+# (MachinePool of Cluster API v1.13.2 and v1.14.2): the one a harness asks for replaces
+# the other on the shared test bed.
+_installed: dict[str, Path] = {}
 
 
-def ensure_crds(kubectl: Kubectl, tools_dir: str) -> None:
-    """Applies the pinned upstream CRDs once per session and waits until they serve."""
-    if tools_dir in _installed:
-        return
-    for path in crd_files(tools_dir):
-        kubectl.apply(path.read_text(), "--force-conflicts")
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+def upstream_crds(tools_dir: str, *files: str) -> list[Path]:
+    """The cached CRD files of `tools_dir` named `files` (all of them without names)."""
+    found = crd_files(tools_dir)
+    picked = [p for p in found if not files or p.name in files]
+    assert len(picked) == (len(files) or len(found)), f"{tools_dir} lacks one of {files}"
+    return picked
+
+
+def ensure_crds(kubectl: Kubectl, paths: list[Path]) -> None:
+    """Applies each pinned upstream CRD unless it is installed already; waits until it serves."""
+    for path in paths:
+        text = path.read_text()
+        name = yaml.safe_load(text)["metadata"]["name"]
+        if _installed.get(name) == path:
+            continue
+        kubectl.apply(text, "--force-conflicts")
         kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
-    _installed.add(tools_dir)
+        _installed[name] = path
 
 
 def provider_spec(driver: dict[str, Any]) -> CloudProviderSpec:
@@ -156,7 +172,14 @@ class ClusterApiHarness:
         labels = {HARNESS_LABEL: self.provider, "gpufleet.io/contract": "yes"}
         self.expected = ExpectedNode(labels=labels, taints=[GPU_TAINT], gpus=2)
         self.node_selector = {HARNESS_LABEL: self.provider}
-        ensure_crds(self.kubectl, "cluster-api")
+        ensure_crds(
+            self.kubectl,
+            upstream_crds(
+                "cluster-api",
+                "cluster.x-k8s.io_machinedeployments.yaml",
+                "cluster.x-k8s.io_machines.yaml",
+            ),
+        )
         self.objects = CustomObjectsApi(self.api_client)
         self.objects.create_namespaced_custom_object(
             capi.GROUP, capi.VERSION, self.namespace, capi.MACHINE_DEPLOYMENTS, self._deployment()
@@ -344,7 +367,7 @@ class KarpenterHarness:
         labels = {HARNESS_LABEL: self.provider, karp.NODE_POOL_LABEL: pool.external_name}
         self.expected = ExpectedNode(labels=labels, taints=[GPU_TAINT], gpus=2)
         self.node_selector = {HARNESS_LABEL: self.provider}
-        ensure_crds(self.kubectl, "karpenter")
+        ensure_crds(self.kubectl, upstream_crds("karpenter"))
         self.objects = CustomObjectsApi(self.api_client)
         self.objects.create_cluster_custom_object(
             karp.GROUP, karp.VERSION, karp.NODE_POOLS, self._node_pool()
