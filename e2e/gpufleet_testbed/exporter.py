@@ -5,6 +5,7 @@ Prometheus scrapes it like the real ones; tests set values over HTTP:
     GET    /metrics
     GET    /control/state
     PUT    /control/queue?namespace=N&pool=P&value=V     (DELETE: drop the series)
+    PUT    /control/endpoint-picker?namespace=N&pool=P&average=A&ready=R   (DELETE: drop)
     PUT    /control/power?node=X&watts=W[&gpu=I][&gpus=K][&model=M][&namespace=N&pod=P]
     DELETE /control/power?node=X
     PUT    /control/scenario   body: scenario (JSON/YAML), replaces all values
@@ -12,7 +13,14 @@ Prometheus scrapes it like the real ones; tests set values over HTTP:
 
 Scenario (file via --scenario or PUT body):
     queue: [{namespace: default, pool: llama, value: 12}]
+    endpointPicker: [{namespace: default, pool: llama, average: 3, ready: 4}]
     power: [{node: gpu-0, gpus: 8, watts: 350, modelName: NVIDIA H100 80GB HBM3}]
+
+The endpoint picker of a Gateway API Inference Extension InferencePool exports its pool's
+queue as `inference_pool_average_queue_size` and `inference_pool_ready_pods`, labelled `name`
+(the InferencePool's); the scrape adds the namespace of the EPP pod, in `namespace` under a
+ServiceMonitor. One exporter plays every EPP here, so it writes `namespace` itself (the scrape
+honours its labels), as the scrape would have.
 
 A GPU set with a namespace and pod carries them as labels, as the DCGM exporter's Kubernetes
 mapping labels the GPUs a pod holds; setting it without them clears them.
@@ -42,6 +50,9 @@ QUEUE_METRIC = "inference_queue_depth"
 # The DCGM exporter's name and labels, so PowerBudget queries written for real
 # clusters (e.g. sum(DCGM_FI_DEV_POWER_USAGE)/1000) run unchanged here.
 POWER_METRIC = "DCGM_FI_DEV_POWER_USAGE"
+# GIE's endpoint picker (pkg/epp/metrics/metrics.go, v1.0 to v1.5): per InferencePool `name`.
+EPP_AVERAGE_QUEUE_METRIC = "inference_pool_average_queue_size"
+EPP_READY_PODS_METRIC = "inference_pool_ready_pods"
 DEFAULT_MODEL = "NVIDIA H100 80GB HBM3"
 _UUID_NAMESPACE = uuid.UUID("6f1d2a0c-7c5e-4c55-9a3c-6a0d1f0e2b11")
 
@@ -58,9 +69,19 @@ class Gpu:
     pod: str = ""
 
 
+@dataclass(frozen=True)
+class EndpointPicker:
+    """What one InferencePool's endpoint picker reports: the average queue of its pods
+    with fresh metrics, and how many they are."""
+
+    average: float
+    ready: float
+
+
 @dataclass
 class State:
     queue: dict[tuple[str, str], float] = field(default_factory=dict)
+    pickers: dict[tuple[str, str], EndpointPicker] = field(default_factory=dict)
     power: dict[str, list[Gpu]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +92,14 @@ class State:
     def drop_queue(self, namespace: str, pool: str) -> None:
         with self.lock:
             self.queue.pop((namespace, pool), None)
+
+    def set_picker(self, namespace: str, pool: str, average: float, ready: float) -> None:
+        with self.lock:
+            self.pickers[(namespace, pool)] = EndpointPicker(average, ready)
+
+    def drop_picker(self, namespace: str, pool: str) -> None:
+        with self.lock:
+            self.pickers.pop((namespace, pool), None)
 
     def set_power(
         self,
@@ -106,8 +135,15 @@ class State:
             (str(q["namespace"]), str(q["pool"])): float(q["value"])
             for q in scenario.get("queue", [])
         }
+        pickers = {
+            (str(e["namespace"]), str(e["pool"])): EndpointPicker(
+                float(e["average"]), float(e["ready"])
+            )
+            for e in scenario.get("endpointPicker", [])
+        }
         with self.lock:
             self.queue = queue
+            self.pickers = pickers
             self.power = {}
         for p in scenario.get("power", []):
             self.set_power(
@@ -124,6 +160,10 @@ class State:
                 "queue": [
                     {"namespace": ns, "pool": pool, "value": v}
                     for (ns, pool), v in sorted(self.queue.items())
+                ],
+                "endpointPicker": [
+                    {"namespace": ns, "pool": pool, "average": e.average, "ready": e.ready}
+                    for (ns, pool), e in sorted(self.pickers.items())
                 ],
                 "power": [
                     {
@@ -163,9 +203,23 @@ class StateCollector(Collector):
                 "pod",
             ],
         )
+        average = GaugeMetricFamily(
+            EPP_AVERAGE_QUEUE_METRIC,
+            "Requests waiting per model server of the InferencePool, averaged over the "
+            "servers whose metrics are fresh.",
+            labels=["name", "namespace"],
+        )
+        ready = GaugeMetricFamily(
+            EPP_READY_PODS_METRIC,
+            "Model servers of the InferencePool whose metrics are fresh.",
+            labels=["name", "namespace"],
+        )
         with self.state.lock:
             for (namespace, pool), value in self.state.queue.items():
                 queue.add_metric([namespace, pool], value)
+            for (namespace, pool), picker in self.state.pickers.items():
+                average.add_metric([pool, namespace], picker.average)
+                ready.add_metric([pool, namespace], picker.ready)
             for node, gpus in self.state.power.items():
                 for i, device in enumerate(gpus):
                     gpu_uuid = f"GPU-{uuid.uuid5(_UUID_NAMESPACE, f'{node}/{i}')}"
@@ -174,6 +228,8 @@ class StateCollector(Collector):
                     labels = [str(i), gpu_uuid, f"nvidia{i}", device.model, node, bus]
                     power.add_metric([*labels, device.namespace, device.pod], device.watts)
         yield queue
+        yield average
+        yield ready
         yield power
 
 
@@ -224,6 +280,15 @@ def make_handler(state: State, registry: CollectorRegistry) -> type[BaseHTTPRequ
                     )
                 elif url.path == "/control/queue" and method == "DELETE":
                     state.drop_queue(str(_one(query, "namespace")), str(_one(query, "pool")))
+                elif url.path == "/control/endpoint-picker" and method == "PUT":
+                    state.set_picker(
+                        str(_one(query, "namespace")),
+                        str(_one(query, "pool")),
+                        _number(_one(query, "average"), "average"),
+                        _number(_one(query, "ready"), "ready"),
+                    )
+                elif url.path == "/control/endpoint-picker" and method == "DELETE":
+                    state.drop_picker(str(_one(query, "namespace")), str(_one(query, "pool")))
                 elif url.path == "/control/power" and method == "PUT":
                     gpu = _one(query, "gpu", required=False)
                     gpus = _one(query, "gpus", required=False)

@@ -47,6 +47,19 @@ class ExporterClient:
     def drop_queue(self, namespace: str, pool: str) -> None:
         self._call("DELETE", "/control/queue", {"namespace": namespace, "pool": pool})
 
+    def set_endpoint_picker(self, namespace: str, pool: str, average: float, ready: int) -> None:
+        """What InferencePool `pool`'s endpoint picker reports: `average` requests waiting
+        per model server, over `ready` of them (`inference_pool_average_queue_size`,
+        `inference_pool_ready_pods`)."""
+        self._call(
+            "PUT",
+            "/control/endpoint-picker",
+            {"namespace": namespace, "pool": pool, "average": average, "ready": ready},
+        )
+
+    def drop_endpoint_picker(self, namespace: str, pool: str) -> None:
+        self._call("DELETE", "/control/endpoint-picker", {"namespace": namespace, "pool": pool})
+
     def set_power(
         self,
         node: str,

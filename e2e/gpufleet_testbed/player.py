@@ -3,7 +3,9 @@
 Every step, each pool's queue grows by its arrivals and shrinks by what its Running pods
 serve; the exporter publishes the queue, and per-GPU power for every GPU node (idle, or
 loaded where a replica runs), so the operator sees what it would see from real servers
-and the DCGM exporter. Demand follows a surge profile: baseline, ramp, hold, fall.
+and the DCGM exporter. A pool behind a GIE InferencePool also gets its endpoint picker's
+pair: the queue averaged over the Running replicas, and how many they are. Demand follows a
+surge profile: baseline, ramp, hold, fall.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class PoolPlay:
     app_label: str  # pods of the pool carry app=<app_label>
     demand: Surge
     per_replica: float  # requests/s one Running replica serves
+    inference_pool: str | None = None  # the GIE InferencePool in front, if any
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Player:
         self.replicas = {(p.namespace, p.pool): 0 for p in self.pools}
         self.served = dict.fromkeys(self.queues, 0.0)
         self.arrived = dict.fromkeys(self.queues, 0.0)
+        self.averages: dict[tuple[str, str], float] = {}
 
     def step(self, t: float, dt: float) -> None:
         pods = self.kubectl.json("get", "pods", "-A").get("items", [])
@@ -138,7 +142,20 @@ class Player:
             self.arrived[key] += arrivals
             self.served[key] += served
             self.exporter.set_queue(play.namespace, play.pool, round(self.queues[key], 3))
+            if play.inference_pool is not None:
+                self._endpoint_picker(play, self.queues[key], replicas)
         self._power(_gpu_pods(pods))
+
+    def _endpoint_picker(self, play: PoolPlay, queue: float, replicas: int) -> None:
+        """As GIE's EPP reports the InferencePool: with no server up it reports 0 ready and
+        keeps its last average (the product, the queue it sees, is 0)."""
+        assert play.inference_pool is not None
+        last = self.averages.get((play.namespace, play.inference_pool), 0.0)
+        average = queue / replicas if replicas else last
+        self.averages[(play.namespace, play.inference_pool)] = average
+        self.exporter.set_endpoint_picker(
+            play.namespace, play.inference_pool, round(average, 3), replicas
+        )
 
     def _power(self, pods_by_node: Mapping[str, Sequence[tuple[str, str, int]]]) -> None:
         nodes = self.kubectl.json("get", "nodes", "-l", "gpufleet.io/node-pool").get("items", [])

@@ -103,14 +103,32 @@ class ScaleTargetRef(Model):
         return self
 
 
+class InferencePoolRef(Model):
+    """A Gateway API Inference Extension InferencePool (inference.networking.k8s.io/v1) that
+    routes to the workload. It has no scale subresource: scaleTargetRef is still what is
+    scaled. Its selector says which of the workload's pods serve, and its endpoint picker's
+    metrics give the queue when queue.query is unset (docs/gateway.md)."""
+
+    name: Name = Field(description="Name of the InferencePool, in the pool's namespace.")
+
+
+# The one API version InferencePools are watched at (reconcilers/handlers.py).
+INFERENCE_POOL_GROUP = "inference.networking.k8s.io"
+INFERENCE_POOL_VERSION = "v1"
+
+
 class QueueSignal(Model):
     """The queue-depth signal, read from Prometheus."""
 
-    query: str = Field(
+    query: str | None = Field(
+        default=None,
         min_length=1,
         max_length=QUERY_MAX,
         description="PromQL returning the pool's total queue depth (requests waiting) as one "
-        "sample. A missing, empty, NaN or stale result holds capacity; it never scales down.",
+        "sample. A missing, empty, NaN or stale result holds capacity; it never scales down. "
+        "Required unless inferencePoolRef is set; then, unset, the queue is the endpoint "
+        "picker's: inference_pool_average_queue_size times inference_pool_ready_pods of that "
+        "InferencePool, in the pool's namespace.",
     )
     target_per_replica: int = Field(
         ge=1,
@@ -319,6 +337,9 @@ class WarmSpares(Model):
     )
 
 
+_QUERY_REQUIRED = "`queue.query` is required unless `inferencePoolRef` is set"
+
+
 class ServingPoolSpec(Model):
     """Desired behaviour of a serving pool."""
 
@@ -341,12 +362,24 @@ class ServingPoolSpec(Model):
                         "`burst.maxReplicas` must be less than or equal to `maxReplicas`",
                         ".burst.maxReplicas",
                     ),
+                    cel(
+                        "has(self.queue.query) || has(self.inferencePoolRef)",
+                        _QUERY_REQUIRED,
+                        ".queue.query",
+                    ),
                 ]
             }
         )
     }
 
     scale_target_ref: ScaleTargetRef = Field(description="The workload gpufleet scales.")
+    inference_pool_ref: InferencePoolRef | None = Field(
+        default=None,
+        description="The Gateway API Inference Extension InferencePool in front of the "
+        "workload, if any: its selector finds the serving pods, and its endpoint picker's "
+        "queue is the signal when queue.query is unset. The workload's pod template must "
+        "carry the selector's labels, and no other workload's pods may match it.",
+    )
     gpus_per_replica: int = Field(default=1, ge=1, le=64, description="GPUs each replica requests.")
     gpu_types: list[GpuType] = Field(
         min_length=1,
@@ -421,6 +454,8 @@ class ServingPoolSpec(Model):
             )
         if self.burst.max_replicas is not None and self.burst.max_replicas > self.max_replicas:
             raise ValueError("`burst.maxReplicas` must be less than or equal to `maxReplicas`")
+        if self.queue.query is None and self.inference_pool_ref is None:
+            raise ValueError(_QUERY_REQUIRED)
         return self
 
     @field_validator("gpu_types")

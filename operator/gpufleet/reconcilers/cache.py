@@ -127,6 +127,31 @@ class WorkloadEntry:
     source: str = ""
     # The PriorityClass its pods run with (`template.spec.priorityClassName`); None: none.
     priority_class: str | None = None
+    # The pod template's labels, sorted: what its new pods carry (an InferencePool's
+    # selector must match them, reconcilers/inference_pools.py).
+    template_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class InferencePoolEntry:
+    """A Gateway API Inference Extension InferencePool: which pods it routes to. Its
+    selector is `matchLabels` only (GIE api/v1 LabelSelector, at least one label)."""
+
+    namespace: str
+    name: str
+    match_labels: tuple[tuple[str, str], ...]
+
+    @property
+    def selector(self) -> Selector:
+        return from_label_selector({"matchLabels": dict(self.match_labels)})
+
+
+def inference_pool_entry(namespace: str, name: str, body: Mapping[str, Any]) -> InferencePoolEntry:
+    selector = ((body.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    labels = selector if isinstance(selector, Mapping) else {}
+    return InferencePoolEntry(
+        namespace, name, tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    )
 
 
 def node_entry(name: str, body: Mapping[str, Any]) -> NodeEntry:
@@ -245,6 +270,8 @@ def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]
             (c.get("metadata") or {}).get("name") for c in spec.get("volumeClaimTemplates") or ()
         )
         source["volumeClaimNames"] = sorted(str(name) for name in claims if name)
+    template = spec.get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
     return WorkloadEntry(
         namespace,
         kind,
@@ -252,7 +279,8 @@ def workload_entry(kind: str, namespace: str, name: str, body: Mapping[str, Any]
         1 if replicas is None else int(replicas),
         from_label_selector(spec.get("selector")),
         json.dumps(source, sort_keys=True),
-        ((spec.get("template") or {}).get("spec") or {}).get("priorityClassName") or None,
+        (template.get("spec") or {}).get("priorityClassName") or None,
+        tuple(sorted((str(k), str(v)) for k, v in labels.items())),
     )
 
 
@@ -270,3 +298,5 @@ class View:
     tenant_policies: Sequence[TenantPolicyEntry] = ()
     priority_classes: Mapping[str, PriorityClassInfo] = field(default_factory=dict)
     quotas: Mapping[str, Sequence[QuotaEntry]] = field(default_factory=dict)
+    # GIE InferencePools by (namespace, name): empty where GIE is not installed.
+    inference_pools: Mapping[tuple[str, str], InferencePoolEntry] = field(default_factory=dict)

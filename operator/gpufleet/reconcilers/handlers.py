@@ -22,6 +22,7 @@ from kubernetes.client import ApiClient
 from gpufleet.api.common import GROUP, VERSION
 from gpufleet.api.labels import NODE_POOL_LABEL
 from gpufleet.api.parse import parse_budget, parse_pool, parse_provider, parse_tenant_policy
+from gpufleet.api.pool import INFERENCE_POOL_GROUP, INFERENCE_POOL_VERSION
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.api.tenancy import PriorityClassInfo
 from gpufleet.drivers.base import NodePoolDriver
@@ -38,6 +39,7 @@ from gpufleet.reconcilers.cache import (
     ProviderEntry,
     TenantPolicyEntry,
     View,
+    inference_pool_entry,
     named_namespaces,
     node_entry,
     pod_entry,
@@ -73,6 +75,7 @@ WATCHED = (
     (GROUP, "tenantpolicies"),
     ("scheduling.k8s.io", "priorityclasses"),
     ("", "resourcequotas"),
+    (INFERENCE_POOL_GROUP, "inferencepools"),
 )
 # (api group, resource, verb) kopf itself calls: it watches CRDs to notice new resources.
 KOPF_CALLS = (
@@ -219,6 +222,7 @@ async def _fleet_loop(
         gateway=gateway,
         power_query=config.power_query,
         namespace_label=config.query_namespace_label if config.confine_queries else None,
+        series_label=config.query_namespace_label,
     )
 
 
@@ -390,6 +394,20 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
             )
         }
 
+    # GIE's InferencePools (spec.inferencePoolRef). Where their CRD is missing kopf only logs
+    # that it cannot serve them and the index stays empty; a CRD added later is watched then.
+    @kopf.index(
+        INFERENCE_POOL_GROUP,
+        INFERENCE_POOL_VERSION,
+        "inferencepools",
+        id="gpufleet_inference_pools",
+        registry=registry,
+    )
+    def gpufleet_inference_pools(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        return {(namespace, name): inference_pool_entry(namespace or "", name, body)}
+
     @kopf.index("apps", "v1", "statefulsets", id="gpufleet_statefulsets", registry=registry)
     def gpufleet_statefulsets(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
@@ -412,6 +430,7 @@ INDEXES = (
     "gpufleet_quotas",
     "gpufleet_deployments",
     "gpufleet_statefulsets",
+    "gpufleet_inference_pools",
 )
 
 
@@ -460,4 +479,7 @@ def _view(indices: dict[str, Any]) -> View:
             info.name: info for info in _values(indices["gpufleet_priority_classes"])
         },
         quotas={ns: list(quotas[ns]) for ns in quotas},
+        inference_pools={
+            (e.namespace, e.name): e for e in _values(indices["gpufleet_inference_pools"])
+        },
     )

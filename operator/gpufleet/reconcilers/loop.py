@@ -34,6 +34,7 @@ from gpufleet.reconcilers.cache import NodeEntry, PodEntry, View, WorkloadEntry
 from gpufleet.reconcilers.changes import Copies, Inputs, local_replicas, plan_changes
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
+from gpufleet.reconcilers.inference_pools import serving, unserved
 from gpufleet.reconcilers.intent import Journal
 from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Fence, Kube
@@ -67,7 +68,8 @@ def scale_targets(
     """The valid pools whose workload exists and is theirs to scale, their workloads, and why
     the others have none. Of the pools that name one workload the oldest scales it
     (reconcilers/targets.py); the others are left out of the plan like an invalid pool,
-    and say which pool holds it."""
+    and say which pool holds it. A pool behind an InferencePool must agree with it
+    (reconcilers/inference_pools.py); its workload then counts only the pods it selects."""
     pools: dict[PoolKey, ServingPoolSpec] = {}
     targets: dict[PoolKey, WorkloadEntry] = {}
     errors: dict[PoolKey, Problem] = {}
@@ -95,8 +97,14 @@ def scale_targets(
                 "this pool scales nothing while both name it",
             )
             continue
+        served = serving(
+            entry.namespace, spec, workload, view.inference_pools, view.pods.get(key.namespace, ())
+        )
+        if isinstance(served, Problem):
+            errors[key] = served
+            continue
         pools[key] = spec
-        targets[key] = workload
+        targets[key] = served
     return pools, targets, errors
 
 
@@ -164,6 +172,9 @@ class FleetLoop:
     power_query: str | None = None
     # Confine pools' queries to their namespace's series by this label (--confine-queries).
     namespace_label: str | None = None
+    # The label of a series' namespace (--query-namespace-label), which the queries gpufleet
+    # writes itself (an InferencePool's queue) select by, confined or not.
+    series_label: str = "namespace"
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -210,6 +221,7 @@ class FleetLoop:
         # Pools left out of the plan keep their replicas, and so the nodes under them.
         # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
         left_out = [targets[k] for k in unplanned if k in targets]
+        left_out += unserved(view, target_errors)  # at odds with their InferencePool
         await self._actuate(
             plan,
             fleet,
@@ -268,6 +280,7 @@ class FleetLoop:
             self.source,
             self.power_query,
             namespace_label=self.namespace_label,
+            series_label=self.series_label,
         )
         observed = dataclasses.replace(
             observed, driver_errors={**observed.driver_errors, **reach.copy_errors}

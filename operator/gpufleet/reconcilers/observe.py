@@ -17,6 +17,7 @@ from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.power import MeasurementType, PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
+from gpufleet.metrics import endpoint_picker
 from gpufleet.metrics.confine import confine
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.source import MetricsSource, SeriesSource
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 16
 _NO_PROMETHEUS = Problem(MetricsReason.NOT_CONFIGURED.value, "the operator has no Prometheus URL")
 QUEUE_FIELD = "spec.queue.query"
+# Without a query: the endpoint picker's queue of the InferencePool (docs/gateway.md).
+EPP_QUEUE_FIELD = "spec.inferencePoolRef (its endpoint picker's queue metrics)"
 BUDGET_FIELD = "spec.measurement.prometheus.query"
 
 
@@ -150,6 +153,17 @@ def _confined(query: str, namespace: str, label: str | None) -> str | Problem:
 _Query = str | Problem
 
 
+def queue_query(key: PoolKey, spec: ServingPoolSpec, series_label: str) -> tuple[str, str]:
+    """The pool's queue PromQL and the field a condition names for it: its own query, else
+    its InferencePool's endpoint picker's (metrics/endpoint_picker.py), whose series carry
+    their namespace in `series_label`."""
+    if spec.queue.query is not None:
+        return spec.queue.query, QUEUE_FIELD
+    ref = spec.inference_pool_ref
+    assert ref is not None  # the model requires one of the two
+    return endpoint_picker.queue_query(key.namespace, ref.name, series_label), EPP_QUEUE_FIELD
+
+
 @dataclass(frozen=True)
 class _Queries:
     """Every PromQL query of the tick, by what it measures. Pools' queries are the tenants':
@@ -160,6 +174,8 @@ class _Queries:
     arrival: dict[PoolKey, _Query]
     tier: dict[tuple[PoolKey, str], _Query]
     budget: dict[str, str]
+    # The field each pool's queue query comes from, for its condition's message.
+    queue_field: dict[PoolKey, str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -167,14 +183,16 @@ class _Queries:
         pools: Mapping[PoolKey, ServingPoolSpec],
         budgets: Mapping[str, PowerBudgetSpec],
         namespace_label: str | None = None,
+        series_label: str = "namespace",
     ) -> _Queries:
         keys = sorted(pools)
 
         def pool(key: PoolKey, query: str) -> _Query:
             return _confined(query, key.namespace, namespace_label)
 
+        queues = {k: queue_query(k, pools[k], namespace_label or series_label) for k in keys}
         return cls(
-            {k: pool(k, pools[k].queue.query) for k in keys},
+            {k: pool(k, queues[k][0]) for k in keys},
             {k: pool(k, q) for k in keys if (q := pools[k].queue.arrival_rate_query)},
             {
                 (k, t.name): pool(k, t.arrival_rate_query)
@@ -187,6 +205,7 @@ class _Queries:
                 for n, b in sorted(budgets.items())
                 if b.measurement.type == MeasurementType.PROMETHEUS and b.measurement.prometheus
             },
+            {k: queues[k][1] for k in keys},
         )
 
     def all(self) -> list[str]:
@@ -208,12 +227,15 @@ async def observe(
     source: MetricsSource | None,
     power_query: str | None = None,
     namespace_label: str | None = None,
+    series_label: str = "namespace",
 ) -> Observed:
     """Prometheus and the drivers, read concurrently, with the indexes' nodes and pods.
     `power_query`: the admin's per-pod power query (None: pools count at the nameplate).
-    `namespace_label`: confine each pool's queries to its namespace's series (None: not)."""
+    `namespace_label`: confine each pool's queries to its namespace's series (None: not).
+    `series_label`: the label of a series' namespace, which the queries gpufleet writes
+    (an InferencePool's queue) always select by; `namespace_label` where that is set."""
     gate = asyncio.Semaphore(CONCURRENCY)
-    queries = _Queries.of(pools, budgets, namespace_label)
+    queries = _Queries.of(pools, budgets, namespace_label, series_label)
     down = set(unreachable)
     refs = [
         (name, ref_for(name, spec, np.name))
@@ -226,12 +248,7 @@ async def observe(
         asyncio.gather(*(_state(drivers[name], ref, gate) for name, ref in refs)),
         _series(source, power_query),
     )
-    metrics_errors = {
-        k: _naming(QUEUE_FIELD, e) for k, q in queries.queue.items() if (e := _read(sampled, q)[1])
-    }
-    budget_errors = {
-        n: _naming(BUDGET_FIELD, e) for n, q in queries.budget.items() if (e := sampled[q][1])
-    }
+    metrics_errors, budget_errors = _errors(queries, sampled)
     node_obs, node_states, driver_errors = _node_pools(refs, states, nodes, capacity_errors, down)
     pool_obs, current = _pools(queries, sampled, workloads, nodes, pods, last_placements)
     series, power_error = power
@@ -254,6 +271,21 @@ async def observe(
         current_by_provider=current,
         power_error=power_error,
     )
+
+
+def _errors(
+    queries: _Queries, sampled: _Sampled
+) -> tuple[dict[PoolKey, Problem], dict[str, Problem]]:
+    """Each pool's queue problem and each budget's, naming the field the query came from."""
+    pools = {
+        k: _naming(queries.queue_field.get(k, QUEUE_FIELD), e)
+        for k, q in queries.queue.items()
+        if (e := _read(sampled, q)[1])
+    }
+    budgets = {
+        n: _naming(BUDGET_FIELD, e) for n, q in queries.budget.items() if (e := sampled[q][1])
+    }
+    return pools, budgets
 
 
 def _with_draw(

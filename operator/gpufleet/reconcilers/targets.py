@@ -31,9 +31,10 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 def target_of(entry: PoolEntry) -> TargetKey | None:
     """The workload the pool's replicas are set on; None without a valid spec.
 
-    Hook for the serving-stack issue: a pool scales its workload directly, or through the
-    same GIE InferencePool once that lands. Then two pools behind one InferencePool conflict
-    too, and this key becomes the InferencePool's (namespace, kind, name)."""
+    A GIE InferencePool (spec.inferencePoolRef) has no scale subresource, so the key stays
+    the workload's even behind one. Two pools behind one InferencePool with two workloads
+    do not conflict here: each sees the other's pods in its selector, and neither is planned
+    (reconcilers/inference_pools.py)."""
     spec = entry.parsed.value
     if spec is None:
         return None
