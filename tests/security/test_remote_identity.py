@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import CREATED_BY_LABEL, INSTALLATION_LABEL, PROVIDER_LABEL
+from gpufleet.api.labels import CREATED_BY_LABEL, FIELD_MANAGER, INSTALLATION_LABEL, PROVIDER_LABEL
 from gpufleet.api.provider import ClusterAccess
 from gpufleet.planner.types import PoolKey
 from gpufleet.reconcilers.burst.contents import COUNTED, QUOTA_NAME, quota_manifest
@@ -32,7 +32,6 @@ from gpufleet.reconcilers.burst.kubeconfig import client_from
 from gpufleet.reconcilers.burst.namespaces import ensure_namespace, read_quota, settle
 from gpufleet.reconcilers.burst.remote import REMOTE_CALLS
 from gpufleet.reconcilers.cache import workload_entry
-from gpufleet.reconcilers.kube import FIELD_MANAGER
 from gpufleet_testbed.kubectl import Kubectl
 from gpufleet_testbed.polling import until
 from gpufleet_testbed.testbed import Testbed

@@ -31,3 +31,6 @@ ACTION_ANNOTATION = f"{GROUP}/action-id"
 REMOVING_NODES_ANNOTATION = f"{GROUP}/removing-nodes"
 # A simulated node's ordinal in its node pool.
 ORDINAL_ANNOTATION = f"{GROUP}/ordinal"
+# The field manager of every write the operator and its drivers make, so that GitOps tools
+# can tell the operator's fields from theirs (docs/gitops.md).
+FIELD_MANAGER = "gpufleet"

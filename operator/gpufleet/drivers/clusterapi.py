@@ -34,7 +34,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import ACTION_ANNOTATION
+from gpufleet.api.labels import ACTION_ANNOTATION, FIELD_MANAGER
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, NodePoolState
 from gpufleet.drivers.kube_objects import dig, is_deleting, name_of, ready_node_names
@@ -157,6 +157,7 @@ class ClusterApiDriver:
                 ref.external_name,
                 {"spec": {"replicas": size}},
                 _content_type=MERGE_PATCH,
+                field_manager=FIELD_MANAGER,
             )
         except ApiException as error:
             if error.status == 404:  # deleted between the read and the write
@@ -180,6 +181,7 @@ class ClusterApiDriver:
                 name_of(machine),
                 patch,
                 _content_type=MERGE_PATCH,
+                field_manager=FIELD_MANAGER,
             )
         except ApiException as error:
             if error.status != 404:  # gone meanwhile: the goal is reached

@@ -35,7 +35,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import ACTION_ANNOTATION, REMOVING_NODES_ANNOTATION
+from gpufleet.api.labels import ACTION_ANNOTATION, FIELD_MANAGER, REMOVING_NODES_ANNOTATION
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, NodePoolState
 from gpufleet.drivers.clusterapi import (
@@ -220,6 +220,7 @@ class ClusterApiMachinePoolDriver:
                 ref.external_name,
                 patch,
                 _content_type=MERGE_PATCH,
+                field_manager=FIELD_MANAGER,
             )
         except ApiException as error:
             if error.status == 404:  # deleted between the read and the write

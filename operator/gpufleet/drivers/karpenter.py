@@ -33,7 +33,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import ACTION_ANNOTATION
+from gpufleet.api.labels import ACTION_ANNOTATION, FIELD_MANAGER
 from gpufleet.api.provider import CloudProviderSpec, NodePool, Role
 from gpufleet.drivers.base import DriverError, NodePoolNotFound, NodePoolRef, NodePoolState
 from gpufleet.drivers.kube_objects import dig, is_deleting, name_of, ready_node_names
@@ -184,6 +184,7 @@ class KarpenterDriver:
                 ref.external_name,
                 patch,
                 _content_type=MERGE_PATCH,
+                field_manager=FIELD_MANAGER,
             )
         except ApiException as error:
             if error.status == 404:

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.labels import (
     ACTION_ANNOTATION,
+    FIELD_MANAGER,
     GPU_TYPE_LABEL,
     NODE_POOL_LABEL,
     ORDINAL_ANNOTATION,
@@ -278,6 +279,7 @@ class SimulatedDriver:
                     self._core.create_namespaced_config_map,
                     self._namespace,
                     V1ConfigMap.model_validate(body),
+                    field_manager=FIELD_MANAGER,
                 )
             else:
                 body["metadata"]["resourceVersion"] = snap.resource_version
@@ -286,6 +288,7 @@ class SimulatedDriver:
                     self._config_map,
                     self._namespace,
                     V1ConfigMap.model_validate(body),
+                    field_manager=FIELD_MANAGER,
                 )
         except ApiException as error:
             if error.status == 409:
@@ -301,7 +304,7 @@ class SimulatedDriver:
         for launch in plan.create:
             node = V1Node.model_validate(node_manifest(self._provider, pool, launch))
             try:
-                await asyncio.to_thread(self._core.create_node, node)
+                await asyncio.to_thread(self._core.create_node, node, field_manager=FIELD_MANAGER)
             except ApiException as error:
                 if error.status != 409:  # another instance created it first
                     raise

@@ -15,10 +15,10 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.common import GROUP, VERSION
+from gpufleet.api.labels import FIELD_MANAGER
 
 TERM_ANNOTATION = f"{GROUP}/leader-term"  # reconcilers/leader.py
 
-FIELD_MANAGER = "gpufleet"
 
 # (api group, resource, verb) of every call below; the Helm chart's RBAC is checked against it.
 CALLS = (

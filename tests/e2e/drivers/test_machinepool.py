@@ -16,6 +16,7 @@ from driver_harness import eventually
 from kubernetes.client import ApiClient
 from machinepool_harness import MachinePoolHarness
 
+from gpufleet.api.labels import FIELD_MANAGER
 from gpufleet.drivers import clusterapi as capi
 from gpufleet.drivers.base import NodePoolState
 from gpufleet_testbed.kubectl import Kubectl
@@ -72,6 +73,28 @@ async def test_a_retried_delete_lowers_the_pool_once_whichever_node_gke_removes(
     await driver.delete_nodes(gke.ref, [kept], action_id="del-2")  # a new decision
     emptied = await eventually(lambda: nodes(0), what="no nodes left")
     assert emptied.target_size == 0
+
+
+@pytest.mark.asyncio
+async def test_resizes_are_written_under_the_operators_field_manager(
+    gke: MachinePoolHarness,
+) -> None:
+    """GitOps tools tell the operator's fields from theirs by manager (docs/gitops.md)."""
+    await gke.new_driver().set_target_size(gke.ref, 1, action_id="up")
+    pool: Any = await asyncio.to_thread(
+        gke.objects.get_namespaced_custom_object,
+        capi.GROUP,
+        capi.VERSION,
+        gke.namespace,
+        capi.MACHINE_POOLS,
+        gke.ref.external_name,
+    )
+    owners = {
+        entry["manager"]
+        for entry in pool["metadata"]["managedFields"]
+        if "f:replicas" in json.dumps(entry.get("fieldsV1", {}))
+    }
+    assert owners == {FIELD_MANAGER}
 
 
 def docs_objects() -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import CREATED_BY_LABEL, INSTALLATION_LABEL
+from gpufleet.api.labels import CREATED_BY_LABEL, FIELD_MANAGER, INSTALLATION_LABEL
 from gpufleet.api.provider import ClusterAccess
 from gpufleet.reconcilers.burst.contents import QUOTA_NAME, quota_manifest
 from gpufleet.reconcilers.burst.copies import (
@@ -48,7 +48,7 @@ from gpufleet.reconcilers.burst.copies import (
 )
 from gpufleet.reconcilers.burst.kubeconfig import Connection
 from gpufleet.reconcilers.burst.lifecycle import created_by
-from gpufleet.reconcilers.kube import FIELD_MANAGER, api_reason
+from gpufleet.reconcilers.kube import api_reason
 
 log = logging.getLogger(__name__)
 

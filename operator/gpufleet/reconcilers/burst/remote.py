@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from gpufleet.api.labels import POOL_LABEL, SOURCE_HASH_ANNOTATION
+from gpufleet.api.labels import FIELD_MANAGER, POOL_LABEL, SOURCE_HASH_ANNOTATION
 from gpufleet.api.provider import CloudProviderSpec, ClusterAccess
 from gpufleet.drivers.base import NodePoolDriver
 from gpufleet.planner.types import PoolKey
@@ -60,7 +60,7 @@ from gpufleet.reconcilers.burst.namespaces import (
 )
 from gpufleet.reconcilers.burst.podsecurity import check
 from gpufleet.reconcilers.cache import WorkloadEntry
-from gpufleet.reconcilers.kube import FIELD_MANAGER, Kube, api_reason
+from gpufleet.reconcilers.kube import Kube, api_reason
 from gpufleet.reconcilers.problems import Problem
 
 log = logging.getLogger(__name__)
