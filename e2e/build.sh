@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the e2e test bed's binaries (etcd, Kubernetes control plane, kubectl,
-# kwok, helm) from the Go modules pinned under e2e/tools/ into a cache keyed by
-# version, so a warm machine skips the build entirely:
+# kwok, helm) and our lua-health from the Go modules pinned under e2e/tools/
+# into a cache keyed by version, so a warm machine skips the build entirely:
 #   ${GPUFLEET_CACHE:-$HOME/.cache/gpufleet}/bin/<tool>-<version>/<tool>
 # Usage: e2e/build.sh [tool...]   (default: all tools)
 # Prints one timing line per tool and prints the bin directories of all tools
@@ -30,13 +30,26 @@ declare -A spec=(
   [kwok]="kwok sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok"
   [helm]="helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3"
   [kubeconform]="kubeconform github.com/yannh/kubeconform/cmd/kubeconform github.com/yannh/kubeconform"
+  # Our own program (main package "."): runs Argo CD health checks on gopher-lua.
+  [lua-health]="lua-health . github.com/yuin/gopher-lua"
 )
-order=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+order=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler kubectl helm lua-health)
 
 # The pinned version comes from go.mod, so bumping a pin rebuilds on next run.
 module_version() { # <module dir> <module path>
   awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' \
     "$tools_dir/$1/go.mod"
+}
+
+# A pinned module's version; for our own program (package "."), the engine's version plus
+# a hash of its Go files, so an edit rebuilds.
+tool_version() { # <tool>
+  local dir pkg mod; read -r dir pkg mod <<<"${spec[$1]}"
+  local version; version="$(module_version "$dir" "$mod")"
+  if [[ "$pkg" == . ]]; then
+    version="$version-$(cat "$tools_dir/$dir"/*.go | sha256sum | cut -c1-12)"
+  fi
+  echo "$version"
 }
 
 ldflags_for() { # <tool> <version>
@@ -56,13 +69,12 @@ ldflags_for() { # <tool> <version>
 }
 
 bin_dir() { # <tool> -> cache directory of its pinned version
-  local tool=$1; read -r dir _ mod <<<"${spec[$tool]}"
-  echo "$cache/$tool-$(module_version "$dir" "$mod")"
+  echo "$cache/$1-$(tool_version "$1")"
 }
 
 build_one() {
-  local tool=$1; read -r dir pkg mod <<<"${spec[$tool]}"
-  local version; version="$(module_version "$dir" "$mod")"
+  local tool=$1; read -r dir pkg _ <<<"${spec[$tool]}"
+  local version; version="$(tool_version "$tool")"
   local out="$cache/$tool-$version"
   if [[ -x "$out/$tool" ]]; then
     printf 'build %-24s %-10s cached        %s\n' "$tool" "$version" "$out/$tool"

@@ -1,7 +1,32 @@
--- Argo CD health of a gpufleet.io CloudProvider, from its status.conditions (Ready).
+-- Argo CD health of a gpufleet.io CloudProvider, from its status.conditions: Ready, and
+-- Deleting while its finalizer removes its burst copies from the remote cluster.
 -- Install: argocd-cm key resource.customizations.health.gpufleet.io_CloudProvider (see ../README.md).
+-- Argo CD runs it on Lua 5.1 with only the base, table and package libraries: no string.*.
 local hs = {status = "Progressing", message = "Waiting for the gpufleet operator"}
 if obj.status == nil or obj.status.conditions == nil then
+  return hs
+end
+local function condition(kind)
+  for _, c in ipairs(obj.status.conditions) do
+    if c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+local function describe(c)
+  local reason = c.reason or c.type
+  if c.message == nil or c.message == "" then
+    return reason
+  end
+  return reason .. ": " .. c.message
+end
+-- Deletion bumps metadata.generation, so this comes before the generation check.
+-- deletionMessage replaces Argo CD's "Pending deletion" (read by v3.6.2; older ignore it).
+local deleting = condition("Deleting")
+if obj.metadata.deletionTimestamp ~= nil and deleting ~= nil and deleting.status == "True" then
+  hs.message = describe(deleting)
+  hs.deletionMessage = hs.message
   return hs
 end
 local generation = obj.metadata.generation
@@ -10,16 +35,14 @@ if generation ~= nil and obj.status.observedGeneration ~= nil
   hs.message = "The operator has not seen generation " .. generation .. " yet"
   return hs
 end
-for _, condition in ipairs(obj.status.conditions) do
-  if condition.type == "Ready" then
-    local text = (condition.reason or "") .. ": " .. (condition.message or "")
-    if condition.status == "True" then
-      hs.status = "Healthy"
-    elseif condition.status == "False" then
-      hs.status = "Degraded"
-    end
-    hs.message = text
-    return hs
-  end
+local ready = condition("Ready")
+if ready == nil then
+  return hs
+end
+hs.message = describe(ready)
+if ready.status == "False" then
+  hs.status = "Degraded"
+elseif ready.status == "True" then
+  hs.status = "Healthy"
 end
 return hs
