@@ -186,7 +186,7 @@ def _operator_kubeconfig(bed: tb.Testbed) -> Path:
     return path
 
 
-def _flow_schema(name: str, precedence: int, verbs: Iterable[str]) -> dict[str, Any]:
+def flow_schema(name: str, precedence: int, verbs: Iterable[str]) -> dict[str, Any]:
     return {
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
         "kind": "FlowSchema",
@@ -235,8 +235,8 @@ def prepare_operator_identity(bed: tb.Testbed, kubectl: Kubectl) -> Path:
         kubectl,
         [
             binding,
-            _flow_schema(WRITES_SCHEMA, 100, WRITE_VERBS),
-            _flow_schema(READS_SCHEMA, 101, READ_VERBS),
+            flow_schema(WRITES_SCHEMA, 100, WRITE_VERBS),
+            flow_schema(READS_SCHEMA, 101, READ_VERBS),
         ],
     )
     return _operator_kubeconfig(bed)

@@ -53,3 +53,18 @@ def test_footprint_quick_measures_rss_and_writes_nothing_when_quiet(
     assert 20 < figures["rss_mib"] < 2000
     assert figures["steady_writes"] == 0, figures["writes_to_operator_resources_by_all_clients"]
     assert figures["tick"]["count"] > 0
+
+
+def test_fleet_scale_quick_times_ticks_and_counts_requests_by_verb(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = _load("fleet_scale").main(["--quick", "--testbed", f"bench-scale-{os.getpid()}"])
+    assert _last_json_line(capsys.readouterr().out) == json.loads(json.dumps(figures))
+    assert (figures["nodes"], figures["pods"], figures["pools"]) == (16, 128, 16)
+    assert figures["nodes_at_end"] >= 16
+    assert 0 < figures["first_plan_s"] <= figures["scale_out_s"]
+    quiet = figures["quiet"]
+    assert quiet["writes"] == 0, quiet["requests"]
+    assert quiet["timed"] > 0 and 0 < quiet["p50_s"] <= quiet["p95_s"]
+    # The surge doubles some queues: the operator writes scales, nodes and status.
+    assert figures["surge"]["requests"]["patch"] > 0

@@ -1,0 +1,371 @@
+"""Fleet scale on the real control plane (issue 20): one operator over many GPU nodes, pods,
+pools and providers on the test bed, through a scale-out from one replica per pool, a quiet
+period and a surge.
+
+The fleet: `--providers` simulated clouds of 8-GPU nodes (1 s boot), `--pools` ServingPools
+of one-GPU replicas, each with its own Deployment and a queue on the test bed's exporter.
+Every queue asks for `--nodes` x 8 / `--pools` replicas, so the operator itself buys the
+`--nodes` kwok nodes and the controllers start `--nodes` x 8 pods. Then:
+
+- first_plan_s: from the operator's start to its first finished tick (a tick plans every pool
+  or none: the loop starts only once every index is filled).
+- scale_out_s: from the operator's start until every node is Ready and every pod Running.
+- quiet: after the writes stop, `--quiet-seconds` with nothing changing. RSS (VmRSS, the
+  most seen), CPU seconds per tick (utime + stime of the process over ticks), ticks per
+  second, and the writes of the operator (its own user, counted by FlowSchema, so no other
+  client's writes count).
+- ticks: each tick's own duration, from the operator's histogram `_sum` and `_count` read
+  every `--sample-seconds`: an interval in which exactly one tick ended gives that tick's
+  duration exactly; intervals with two or more (rare at a 1 s period) are left out, and
+  `exact_share` says how many ticks were timed. p50/p95 are nearest-rank, never bucket edges.
+- surge: a tenth of the pools' queues double; the same tick figures while the fleet grows.
+- requests_per_second by verb, for the operator's user alone (one FlowSchema per verb), and
+  watch events sent per second by the API server to all its watchers (from
+  `apiserver_watch_events_total`; the operator's share is not separable there).
+
+Ends with one JSON line of the figures.
+
+    python benchmarks/fleet_scale.py                      # 2,000 nodes, 1,000 pools, 20 providers
+    python benchmarks/fleet_scale.py --nodes 500          # the same fleet, smaller
+    python benchmarks/fleet_scale.py --quick              # 16 nodes, 16 pools, 2 providers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+from gpufleet_testbed import fleets
+
+GPUS_PER_NODE = 8
+POOLS_PER_NAMESPACE = 50
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
+TARGETS = {
+    "rss_mib": 600,
+    "tick_p95_s": 1.0,
+    "ticks_per_second": 0.95,
+    "quiet_writes": 0,
+    "first_plan_s": 60,
+}
+TICK = "gpufleet_reconcile_duration_seconds"
+
+
+@dataclass(frozen=True)
+class Shape:
+    nodes: int
+    pools: int
+    providers: int
+
+    @property
+    def replicas_per_pool(self) -> int:
+        return max(1, self.nodes * GPUS_PER_NODE // self.pools)
+
+    @property
+    def pods(self) -> int:
+        return self.replicas_per_pool * self.pools
+
+
+def _fleet(
+    shape: Shape,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[str, str]]]:
+    """Namespaces and providers, then Deployments and pools, and the pools' names."""
+    # A tenth spare on each provider, so that packing never needs the last node of every one.
+    per_provider = math.ceil(shape.nodes * 1.1 / shape.providers)
+    providers = [
+        fleets.cloud_provider(
+            f"scale-{p:02d}",
+            legal_entity=f"Scale Cloud {p}",
+            gpu_quota=per_provider * GPUS_PER_NODE,
+            node_pools=[
+                fleets.node_pool(
+                    "h100",
+                    gpu_type="H100",
+                    site=f"site-{p % 4}",
+                    max_nodes=per_provider,
+                    boot_seconds=1,
+                    watts_per_gpu=300,
+                    idle_watts_per_gpu=50,
+                    node_overhead_watts=500,
+                )
+            ],
+        )
+        for p in range(shape.providers)
+    ]
+    names = [(f"scale-{i // POOLS_PER_NAMESPACE:02d}", f"pool-{i:04d}") for i in range(shape.pools)]
+    objects = [fleets.deployment(ns, name) for ns, name in names]
+    objects += [
+        common.pool(ns, name, name, max_replicas=shape.replicas_per_pool * 3) for ns, name in names
+    ]
+    namespaces = [common.namespace(ns) for ns in sorted({ns for ns, _ in names})]
+    return [*namespaces, *providers], objects, names
+
+
+def _verb_schemas() -> list[dict[str, Any]]:
+    return [
+        # Before common.py's two schemas (100, 101), so each request counts here by its verb.
+        common.flow_schema(f"gpufleet-scale-{verb}", 90 + i, (verb,))
+        for i, verb in enumerate(VERBS)
+    ]
+
+
+def _requests_by_verb(bed: Any) -> dict[str, float]:
+    text = common.apiserver_metrics(bed)
+    counts = dict.fromkeys(VERBS, 0.0)
+    for labels, value in common.samples(text, "apiserver_flowcontrol_dispatched_requests_total"):
+        schema = labels.get("flow_schema", "")
+        if schema.startswith("gpufleet-scale-"):
+            counts[schema.removeprefix("gpufleet-scale-")] += value
+    counts["watch_events_all_clients"] = sum(
+        v for _, v in common.samples(text, "apiserver_watch_events_total")
+    )
+    return counts
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class TickSampler:
+    """Reads the operator's tick histogram every `interval` seconds in a thread and keeps
+    each tick's duration where one interval saw exactly one tick end."""
+
+    operator: Any
+    interval: float
+    ticks: list[tuple[float, float]] = field(default_factory=list)  # (time, seconds)
+    ended: int = 0  # every tick seen to end, timed or not
+    first_tick_at: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> TickSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _read(self) -> tuple[float, float] | None:
+        try:
+            figures = common.histogram(self.operator.metrics(), TICK)
+        except OSError:
+            return None
+        return figures.get("count", 0.0), figures.get("sum", 0.0)
+
+    def _run(self) -> None:
+        last = self._read()
+        while not self._stop.wait(self.interval):
+            now = self._read()
+            if now is None or last is None:
+                last = now
+                continue
+            ended = int(now[0] - last[0])
+            if ended and self.first_tick_at is None:
+                self.first_tick_at = time.monotonic()
+            if ended == 1:
+                self.ticks.append((time.monotonic(), now[1] - last[1]))
+            self.ended += max(0, ended)
+            last = now
+
+    def window(self, start: float, end: float) -> list[float]:
+        return [seconds for at, seconds in self.ticks if start <= at <= end]
+
+
+def _tick_figures(sampler: TickSampler, start: float, end: float, ended: int) -> dict[str, Any]:
+    timed = sampler.window(start, end)
+    return {
+        "count": ended,
+        "per_second": round(ended / max(end - start, 1e-9), 3),
+        "timed": len(timed),
+        "exact_share": round(len(timed) / ended, 3) if ended else None,
+        "p50_s": round(common.quantile(timed, 0.5), 3) if timed else None,
+        "p95_s": round(common.quantile(timed, 0.95), 3) if timed else None,
+        "max_s": round(max(timed), 3) if timed else None,
+    }
+
+
+def _fleet_ready(kubectl: Any, shape: Shape) -> bool:
+    nodes = kubectl.json("get", "nodes", "-l", fleets.PROVIDER_LABEL)["items"]
+    ready = sum(
+        1
+        for n in nodes
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (n.get("status") or {}).get("conditions") or []
+        )
+    )
+    running = len(
+        kubectl.json("get", "pods", "-A", "--field-selector=status.phase=Running")["items"]
+    )
+    common.log(f"ready nodes {ready}, running pods {running} of {shape.pods}")
+    return running >= shape.pods
+
+
+WRITE_VERBS = ("create", "update", "patch", "delete")
+
+
+def _writes(bed: Any) -> float:
+    counts = _requests_by_verb(bed)
+    return sum(counts[v] for v in WRITE_VERBS)
+
+
+def _settle(bed: Any, quiet: float, timeout: float) -> bool:
+    """Waits until the operator has written nothing for `quiet` seconds."""
+    started = time.monotonic()
+    last, since = _writes(bed), time.monotonic()
+    while time.monotonic() - started < timeout:
+        time.sleep(2)
+        now = _writes(bed)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return True
+    return False
+
+
+def _measure_window(
+    bed: Any, pid: int, sampler: TickSampler, seconds: float
+) -> tuple[dict[str, Any], float]:
+    """Tick and CPU figures and the operator's requests by verb over `seconds`, and the most
+    RSS seen."""
+    requests = _requests_by_verb(bed)
+    cpu, ended, start = _cpu_seconds(pid), sampler.ended, time.monotonic()
+    rss = _rss_mib(pid)
+    while time.monotonic() - start < seconds:
+        time.sleep(min(2.0, max(0.0, seconds - (time.monotonic() - start))))
+        rss = max(rss, _rss_mib(pid))
+    end = time.monotonic()
+    after = _requests_by_verb(bed)
+    ticks = sampler.ended - ended
+    figures = _tick_figures(sampler, start, end, ticks)
+    figures["cpu_s_per_tick"] = round((_cpu_seconds(pid) - cpu) / ticks, 4) if ticks else None
+    figures["seconds"] = round(end - start, 1)
+    figures["requests"] = {k: int(after[k] - requests[k]) for k in after}
+    figures["requests_per_second"] = {
+        k: round((after[k] - requests[k]) / (end - start), 2) for k in after
+    }
+    return figures, rss
+
+
+def run(shape: Shape, quiet: float, surge: float, sample: float, bed_name: str) -> dict[str, Any]:
+    bed = common.start_bed(bed_name)
+    operator = sampler = None
+    try:
+        kubectl = bed.kubectl(timeout=900)
+        common.install_crds(kubectl)
+        kubeconfig = common.prepare_operator_identity(bed, kubectl)
+        common.apply_list(kubectl, _verb_schemas())
+        setup, objects, names = _fleet(shape)
+        exporter = bed.exporter()
+        want = shape.replicas_per_pool
+        exporter.load_scenario(
+            {"queue": [{"namespace": n, "pool": p, "value": want} for n, p in names]}
+        )
+        common.apply_list(kubectl, setup)
+        common.apply_list(kubectl, objects, batch=250)
+        started = time.monotonic()
+        operator = common.start_operator(bed, kubeconfig, "operator-fleet-scale.log")
+        pid = operator.process.pid if operator.process else 0
+        sampler = TickSampler(operator, sample).start()
+        common.until(
+            lambda: _fleet_ready(kubectl, shape), max(300, shape.pods * 0.2), "scale-out", 10
+        )
+        scale_out_s = time.monotonic() - started
+        first_plan_s = (sampler.first_tick_at or time.monotonic()) - started
+        settled = _settle(bed, min(20.0, quiet / 2), timeout=max(120, shape.pools * 0.6))
+        quiet_figures, quiet_rss = _measure_window(bed, pid, sampler, quiet)
+        for ns, pool in names[::10]:
+            exporter.set_queue(ns, pool, want * 2)
+        surge_figures, surge_rss = _measure_window(bed, pid, sampler, surge)
+        nodes = len(kubectl.json("get", "nodes", "-l", fleets.PROVIDER_LABEL)["items"])
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if operator is not None:
+            operator.stop()
+        common.stop_bed(bed_name)
+    quiet_figures["writes"] = sum(quiet_figures["requests"][v] for v in WRITE_VERBS)
+    figures = {
+        "benchmark": "fleet_scale",
+        "nodes": shape.nodes,
+        "nodes_at_end": nodes,
+        "pods": shape.pods,
+        "pools": shape.pools,
+        "providers": shape.providers,
+        "first_plan_s": round(first_plan_s, 1),
+        "scale_out_s": round(scale_out_s, 1),
+        "settled": settled,
+        "rss_mib": round(max(quiet_rss, surge_rss), 1),
+        "quiet": quiet_figures,
+        "surge": surge_figures,
+        "targets": TARGETS,
+        "cpus": os.cpu_count(),
+    }
+    figures["meets_targets"] = _meets(figures)
+    return figures
+
+
+def _meets(figures: dict[str, Any]) -> dict[str, bool]:
+    quiet = figures["quiet"]
+    p95 = [t["p95_s"] for t in (quiet, figures["surge"]) if t["p95_s"] is not None]
+    return {
+        "rss_mib": figures["rss_mib"] <= TARGETS["rss_mib"],
+        "tick_p95_s": bool(p95) and max(p95) <= TARGETS["tick_p95_s"],
+        "ticks_per_second": quiet["per_second"] >= TARGETS["ticks_per_second"],
+        "quiet_writes": quiet["writes"] == TARGETS["quiet_writes"],
+        "first_plan_s": figures["first_plan_s"] <= TARGETS["first_plan_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=2000)
+    parser.add_argument("--pools", type=int, default=1000)
+    parser.add_argument("--providers", type=int, default=20)
+    parser.add_argument("--quiet-seconds", type=float, default=120.0)
+    parser.add_argument("--surge-seconds", type=float, default=60.0)
+    parser.add_argument("--sample-seconds", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="16 nodes, 16 pools, 2 providers")
+    parser.add_argument("--testbed", default="bench-fleet-scale", help="test bed name")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        shape, quiet, surge = Shape(16, 16, 2), 10.0, 10.0
+    else:
+        shape, quiet, surge = (
+            Shape(args.nodes, args.pools, args.providers),
+            args.quiet_seconds,
+            args.surge_seconds,
+        )
+    figures = run(shape, quiet, surge, args.sample_seconds, args.testbed)
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
