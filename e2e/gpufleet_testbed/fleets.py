@@ -262,6 +262,36 @@ def install_crds(kubectl: Kubectl, *manifests: str) -> None:
     kubectl.run("create", "namespace", OPERATOR_NAMESPACE, check=False)
 
 
+def install_gie_crds(kubectl: Kubectl) -> None:
+    """GIE's InferencePool CRD, as pinned under e2e/tools/; applying it twice changes
+    nothing."""
+    from gpufleet_testbed.crds_upstream import crd_files
+
+    for path in crd_files("gateway-api-inference-extension"):
+        kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    kubectl.run(
+        "wait",
+        "--for=condition=Established",
+        "crd/inferencepools.inference.networking.k8s.io",
+        "--timeout=30s",
+    )
+
+
+def inference_pool(namespace: str, name: str, **labels: str) -> dict[str, Any]:
+    """A GIE InferencePool selecting pods by `labels`; its endpoint picker runs nowhere (the
+    test bed's exporter plays its metrics)."""
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "targetPorts": [{"number": 8000}],
+            "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": 9002}},
+        },
+    }
+
+
 def delete(kubectl: Kubectl, items: Sequence[Mapping[str, Any]]) -> None:
     """A teardown: deletes the cluster-scoped objects among `items` (a namespace takes what
     is in it along), in order, without waiting and ignoring errors."""

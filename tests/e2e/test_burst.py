@@ -1,5 +1,6 @@
 """Issue 8 on two test beds: a surge past the primary's quota bursts into a second cluster
-(the secondary test bed), only to the provider the pool's data policy allows, and the burst
+(the secondary test bed), for a pool behind a GIE InferencePool (issue 19) whose copies keep
+the selector's labels, only to the provider the pool's data policy allows, and the burst
 copy is removed when demand falls. A StatefulSet-backed pool bursts the same way; a namespace
 gpufleet created for a copy goes with the burst, one that existed before stays. Waits poll
 to a deadline; no fixed sleeps."""
@@ -81,7 +82,9 @@ def _objects() -> list[dict[str, Any]]:
         _provider(US, "US", False, "burst-us", role="Secondary", **remote),
         # The GPU type, not the provider: the same template runs in both clusters.
         fleets.deployment(NS, "chat", node_selector={fleets.GPU_TYPE_LABEL: GPU}),
-        _pool(NS),
+        # Behind a GIE InferencePool: its copies must keep the labels the selector needs.
+        fleets.inference_pool(NS, "chat", app="chat"),
+        _pool(NS, inferencePoolRef={"name": "chat"}),
     ]
 
 
@@ -123,6 +126,7 @@ def fleet(
 ) -> Iterator[OperatorProcess]:
     secondary = secondary_testbed.kubectl()
     fleets.install_crds(kubectl)
+    fleets.install_gie_crds(kubectl)
     # The simulated cloud keeps its launches in a ConfigMap beside the nodes it makes.
     secondary.run("create", "namespace", "gpufleet-system", check=False)
     # The user's namespace: a copy may go into it, but gpufleet never deletes it.
@@ -205,6 +209,9 @@ def test_a_surge_bursts_only_to_the_approved_secondary_and_drains(
     )
     _assert_nl_copy_of(copy, NS, "Deployment")
     assert copy["spec"]["template"]["spec"]["nodeSelector"] == {"gpufleet.io/gpu-type": GPU}
+    # The InferencePool's selector still matches the copy's pods (docs/burst.md routes to them).
+    selector = kubectl.json("get", "inferencepool", "-n", NS, "chat")["spec"]["selector"]
+    assert selector["matchLabels"].items() <= copy["spec"]["template"]["metadata"]["labels"].items()
     wait_for(lambda: _nodes(secondary, NL), 60, "NL nodes in the secondary cluster", fleet)
     status = wait_for(
         lambda: (

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from gpufleet_testbed import exporter as exporter_server
 from gpufleet_testbed import fleets, probe
-from gpufleet_testbed.crds_upstream import crd_files
 from gpufleet_testbed.exporter_client import ExporterClient
 from gpufleet_testbed.kubectl import Kubectl
 from gpufleet_testbed.operator import OperatorProcess, wait_for
@@ -35,24 +33,11 @@ TARGET_PER_REPLICA = 2
 
 
 def install_gie_crds(kubectl: Kubectl) -> None:
-    """GIE's InferencePool CRD, as pinned; applying it twice changes nothing."""
-    for path in crd_files("gateway-api-inference-extension"):
-        kubectl.apply(path.read_text(), "--force-conflicts")
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+    fleets.install_gie_crds(kubectl)
 
 
 def inference_pool(name: str, **labels: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "inference.networking.k8s.io/v1",
-        "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "selector": {"matchLabels": labels},
-            "targetPorts": [{"number": 8000}],
-            "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": 9002}},
-        },
-    }
+    return fleets.inference_pool(NS, name, **labels)
 
 
 def _pool(name: str, inference_pool_ref: str) -> dict[str, Any]:
