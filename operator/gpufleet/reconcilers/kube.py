@@ -138,7 +138,7 @@ class Workloads(Protocol):
 
 
 CLUSTER_EVENTS_NAMESPACE = "default"
-SCALE_TRIES = 3  # reads and writes of a scale subresource before a conflict is reported
+SCALE_TRIES = 5  # reads and writes of a scale subresource before a conflict is reported
 
 
 class Kube:
