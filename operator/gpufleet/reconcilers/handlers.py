@@ -58,6 +58,7 @@ from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.leader import Elector, Timing
 from gpufleet.reconcilers.liveness import TickWatch
 from gpufleet.reconcilers.loop import FleetLoop
+from gpufleet.reconcilers.pod_index import PodIndex
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.runner import Runner
 
@@ -472,7 +473,7 @@ def _view(indices: dict[str, Any]) -> View:
         providers=sorted(_values(indices["gpufleet_providers"]), key=lambda e: e.name),
         budgets=sorted(_values(indices["gpufleet_budgets"]), key=lambda e: e.name),
         nodes=_values(indices["gpufleet_nodes"]),
-        pods={ns: list(pods[ns]) for ns in pods},
+        pods=PodIndex({ns: tuple(pods[ns]) for ns in pods}),
         workloads=workloads,
         tenant_policies=sorted(_values(indices["gpufleet_policies"]), key=lambda e: e.name),
         priority_classes={

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from gpufleet.api.pool import INFERENCE_POOL_GROUP, INFERENCE_POOL_VERSION, ServingPoolSpec
 from gpufleet.planner.types import PoolKey
 from gpufleet.reconcilers.cache import InferencePoolEntry, PodEntry, View, WorkloadEntry
+from gpufleet.reconcilers.pod_index import selected
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.selectors import Selector
 
@@ -46,7 +47,7 @@ def mismatch(
     workload: WorkloadEntry, inference_pool: InferencePoolEntry, pods: Iterable[PodEntry]
 ) -> Problem | None:
     """Why the workload's pods and the InferencePool's selector disagree; None if they
-    do not. `pods`: the namespace's GPU pods."""
+    do not. `pods`: the namespace's GPU pods (those the InferencePool selects suffice)."""
     name = f"InferencePool {inference_pool.namespace}/{inference_pool.name}"
     target = f"{workload.kind} {workload.name}"
     if not inference_pool.match_labels:
@@ -84,7 +85,7 @@ def serving(
     spec: ServingPoolSpec,
     workload: WorkloadEntry,
     inference_pools: Mapping[tuple[str, str], InferencePoolEntry],
-    pods: Sequence[PodEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
 ) -> WorkloadEntry | Problem:
     """The workload as the plan counts its pods: unchanged without an inferencePoolRef;
     behind one, only the pods its InferencePool selects. Or why the pool cannot be planned."""
@@ -99,7 +100,7 @@ def serving(
             f"({INFERENCE_POOL_GROUP}/{INFERENCE_POOL_VERSION}: is the Gateway API Inference "
             "Extension installed?)",
         )
-    problem = mismatch(workload, found, pods)
+    problem = mismatch(workload, found, selected(pods, namespace, found.selector))
     if problem is not None:
         return problem
     narrowed = Selector(workload.selector.requirements + found.selector.requirements)

@@ -40,6 +40,7 @@ from gpufleet.reconcilers.isolation import plan_isolated
 from gpufleet.reconcilers.kube import Fence, Kube
 from gpufleet.reconcilers.leader import NotLeading
 from gpufleet.reconcilers.observe import Observed, observe, ref_for, replicas_by_node_pool
+from gpufleet.reconcilers.pod_index import selected
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.reporting.reporter import Reporter
@@ -97,9 +98,7 @@ def scale_targets(
                 "this pool scales nothing while both name it",
             )
             continue
-        served = serving(
-            entry.namespace, spec, workload, view.inference_pools, view.pods.get(key.namespace, ())
-        )
+        served = serving(entry.namespace, spec, workload, view.inference_pools, view.pods)
         if isinstance(served, Problem):
             errors[key] = served
             continue
@@ -473,7 +472,7 @@ def node_pools_under(
         key
         for workload in workloads
         for key in replicas_by_node_pool(
-            workload, pods.get(workload.namespace, ()), node_pool_of, {}
+            workload, selected(pods, workload.namespace, workload.selector), node_pool_of, {}
         )[0]
     }
 
@@ -489,10 +488,8 @@ def _unscheduled_counter(
             return 0
         return sum(
             1
-            for pod in pods.get(pool_key.namespace, ())
-            if pod.node_name is None
-            and not pod.terminating
-            and workload.selector.matches(pod.labels)
+            for pod in selected(pods, pool_key.namespace, workload.selector)
+            if pod.node_name is None and not pod.terminating
         )
 
     return unscheduled

@@ -31,6 +31,7 @@ from gpufleet.planner.types import (
     frozen_map,
 )
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry
+from gpufleet.reconcilers.pod_index import selected
 from gpufleet.reconcilers.power_draw import Labelled, attribute_draw
 from gpufleet.reconcilers.problems import Problem
 
@@ -383,7 +384,10 @@ def _pools(
         ready: int | None = None
         if workload:
             placed, ready = replicas_by_node_pool(
-                workload, pods.get(key.namespace, ()), node_pool_of, last_placements.get(key, {})
+                workload,
+                selected(pods, key.namespace, workload.selector),
+                node_pool_of,
+                last_placements.get(key, {}),
             )
         by_provider: dict[str, int] = {}
         for np_key, count in placed.items():

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.reconcilers.cache import PodEntry, WorkloadEntry
+from gpufleet.reconcilers.pod_index import selected
 
 # The labels the DCGM exporter's Kubernetes mapping sets on a GPU's series.
 NAMESPACE_LABEL = "namespace"
@@ -50,12 +51,10 @@ def attribute_draw(
         return {}
     out: dict[PoolKey, dict[str, float]] = {}
     for key, workload in workloads.items():
-        for pod in pods.get(key.namespace, ()):
+        for pod in selected(pods, key.namespace, workload.selector):
             watts = peaks.get((pod.namespace, pod.name))
             # A terminating pod's peak still shows what the pool draws: it counts.
             if watts is None or pod.node_name is None:
-                continue
-            if not workload.selector.matches(pod.labels):
                 continue
             node_pool = node_pool_of.get(pod.node_name)
             gpu_type = gpu_type_of.get(node_pool) if node_pool is not None else None
