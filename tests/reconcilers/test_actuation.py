@@ -24,12 +24,16 @@ from gpufleet.planner.types import (
     frozen_map,
 )
 from gpufleet.reconcilers.actuation import (
+    WRITE_CONCURRENCY,
     ApplyCopy,
     Change,
     DeleteCopy,
     MoveReplicas,
+    ResizeNodePool,
     ScaleWorkload,
+    batches,
     execute,
+    ordered,
 )
 from gpufleet.reconcilers.apply import Effects
 from gpufleet.reconcilers.burst.copies import Copy, source_hash
@@ -381,3 +385,53 @@ def test_nothing_is_applied_when_another_writer_recorded_first() -> None:
     log, done, _ = _run(changes, journal)
 
     assert done is None and log == []
+
+
+class SlowKube(MemoryKube):
+    """Scales that each wait on the API server: how many are in flight at once."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(log)
+        self.in_flight = self.most = 0
+
+    async def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.in_flight -= 1
+        await super().scale(kind, namespace, name, replicas)
+
+
+def _scales(count: int) -> list[Change]:
+    return [
+        ScaleWorkload(PoolKey("ns", f"p{i:03}"), _workload(f"p{i:03}", 1), 1, 2)
+        for i in range(count)
+    ]
+
+
+def test_workload_scales_go_out_together_bounded_after_the_nodes_grow() -> None:
+    grow = ResizeNodePool(GROW, NodePoolRef("cloud", "grow", "grow"), 2, 4)
+    log: list[str] = []
+    kube = SlowKube(log)
+    effects = Effects(
+        kube, {"cloud": MemoryDriver(log, {"grow": 2})}, Drainer(), None, OperatorMetrics(), {}, 0.0
+    )
+
+    done = asyncio.run(execute([*_scales(40), grow], effects, None, 0.0))
+
+    assert done is not None and len(done) == 41
+    assert log[0] == "nodes grow -> 4"  # its phase first, and alone
+    assert sorted(log[1:]) == [f"scale p{i:03} -> 2" for i in range(40)]
+    assert 1 < kube.most <= WRITE_CONCURRENCY
+
+
+def test_only_plain_scales_of_one_phase_share_a_batch() -> None:
+    drained = ScaleWorkload(CHAT, _workload("chat", 3), 3, 1, DrainRequest({}, 30))
+    grow = ResizeNodePool(GROW, NodePoolRef("cloud", "grow", "grow"), 2, 4)
+    shrink = ResizeNodePool(SHRINK, NodePoolRef("cloud", "shrink", "shrink"), 5, 2)
+    plain = _scales(3)
+
+    found = batches(ordered([*plain, drained, grow, shrink]))
+
+    assert found == [(grow,), (drained,), tuple(plain), (shrink,)]
