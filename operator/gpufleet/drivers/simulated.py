@@ -13,6 +13,7 @@ driver instances never overwrite each other; the loser re-reads and recomputes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ from gpufleet.drivers.base import (
     NodePoolState,
     ProviderUnavailable,
 )
+from gpufleet.drivers.kube_objects import dig
 
 DEFAULT_NAMESPACE = "gpufleet-system"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -116,15 +118,20 @@ def node_manifest(provider: str, pool: NodePool, launch: sim.Pending) -> dict[st
     }
 
 
-def _observed(node: Any) -> sim.ObservedNode:
-    annotations = node.metadata.annotations or {}
+def _observed(node: Mapping[str, Any]) -> sim.ObservedNode:
+    """A listed Node as its JSON (not the client's model: building a V1Node per node per
+    tick was a tenth of the operator's CPU at 20 providers and 250 nodes)."""
+    annotations = dig(node, "metadata", "annotations") or {}
     try:
         ordinal = int(annotations.get(ORDINAL_ANNOTATION, "-1"))
-    except ValueError:
+    except (TypeError, ValueError):
         ordinal = -1
-    conditions = (node.status.conditions if node.status else None) or []
-    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-    return sim.ObservedNode(node.metadata.name, ordinal, ready)
+    conditions = dig(node, "status", "conditions") or []
+    ready = any(
+        isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
+        for c in conditions
+    )
+    return sim.ObservedNode(str(dig(node, "metadata", "name") or ""), ordinal, ready)
 
 
 @dataclass
@@ -255,8 +262,12 @@ class SimulatedDriver:
                 raise
             data, version = {}, None
         selector = f"{PROVIDER_LABEL}={self._provider},{NODE_POOL_LABEL}={pool.name}"
-        listed = await asyncio.to_thread(self._core.list_node, label_selector=selector)
-        return _Snapshot(data, version, [_observed(n) for n in listed.items])
+        # Without preloading, the client returns the HTTP response, not its typed model.
+        listed: Any = await asyncio.to_thread(
+            self._core.list_node, label_selector=selector, _preload_content=False
+        )
+        items = json.loads(listed.data).get("items") or []
+        return _Snapshot(data, version, [_observed(n) for n in items])
 
     async def _write(self, snap: _Snapshot, state: sim.PoolState, pool: str) -> bool:
         """Writes the pool's keys; False when someone else wrote first."""
