@@ -251,3 +251,27 @@ def test_steady_state_writes_nothing(
     assert (
         kubectl.json("get", "deployment", "-n", NS, "surge")["metadata"]["generation"] == deployment
     )
+
+
+def test_a_status_edited_by_hand_is_put_back_while_nothing_else_moves(
+    operator: OperatorProcess, testbed: Testbed, kubectl: Kubectl
+) -> None:
+    testbed.exporter().set_queue(NS, "surge", 2)
+    wait_for(
+        lambda: _pool(kubectl, "surge")["status"].get("queueDepth") == 2,
+        60,
+        "a settled pool",
+        operator,
+    )
+    kubectl.run(
+        "patch", "servingpool", "-n", NS, "surge", "--subresource=status", "--type=merge",
+        "-p", '{"status": {"queueDepth": 97}}',
+    )  # fmt: skip
+    # The plan, the queue and every other input are as they were: only the stored status
+    # differs from what the operator last wrote, and that alone must bring it back.
+    wait_for(
+        lambda: _pool(kubectl, "surge")["status"].get("queueDepth") == 2,
+        30,
+        "the status put back",
+        operator,
+    )

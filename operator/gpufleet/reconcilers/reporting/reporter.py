@@ -23,6 +23,7 @@ from gpufleet.reconcilers.observe import Observed
 from gpufleet.reconcilers.problems import Problem
 from gpufleet.reconcilers.reporting import status as st
 from gpufleet.reconcilers.reporting.conditions import Cond, ready
+from gpufleet.reconcilers.reporting.series import PoolSeries
 from gpufleet.reconcilers.reporting.tenancy import (
     policy_status,
     priority_condition,
@@ -49,6 +50,10 @@ class Reporter:
     # Providers being deleted while their remote copies go (reconcilers/burst/teardown.py):
     # reason, message of their Deleting condition.
     deleting: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Per planned pool, what its last status was built from and the status itself: while
+    # neither moved, the same status would be built again (`_unchanged`).
+    _reported: dict[PoolKey, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    series: PoolSeries = field(default_factory=PoolSeries)
 
     async def report(
         self,
@@ -81,6 +86,10 @@ class Reporter:
                 )
 
         await asyncio.gather(*(pool(entry) for entry in view.pools))
+        present = {PoolKey(e.namespace, e.name) for e in view.pools}
+        for gone in set(self._reported) - present:
+            del self._reported[gone]
+        self.series.forget(present)
         for policy in view.tenant_policies:
             status = policy_status(policy, policy.status, granted.governed.get(policy.name, 0), now)
             await self._guard(
@@ -105,7 +114,7 @@ class Reporter:
         self,
         kind: str,
         name: str,
-        work: Awaitable[None],
+        work: Awaitable[object],
         fallback: Callable[[Problem], Awaitable[None]] | None = None,
     ) -> None:
         try:
@@ -155,10 +164,54 @@ class Reporter:
             conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
+            inputs = self._inputs(key, entry, spec, pool_plan, fleet, observed, granted)
+            if self._unchanged(key, entry, inputs):
+                return
             status = await self._planned_status(
                 entry, spec, pool_plan, fleet, observed, now, granted
             )
+            body = await self._write(
+                "servingpools", entry.namespace, entry.name, entry.status, status
+            )
+            self._reported[key] = (inputs, body)
+            return
+        self._reported.pop(key, None)
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
+
+    def _inputs(
+        self,
+        key: PoolKey,
+        entry: PoolEntry,
+        spec: ServingPoolSpec,
+        pool_plan: PoolPlan,
+        fleet: Fleet,
+        observed: Observed,
+        granted: Grants,
+    ) -> tuple[Any, ...]:
+        """Everything a planned pool's status, metrics and scale Event are made of, but the
+        stored status and the clock: the spec by its generation, the rest by value."""
+        current = observed.current_by_provider.get(key) or {}
+        return (
+            entry.generation,
+            pool_plan,
+            observed.metrics_errors.get(key),
+            observed.queue.get(key),
+            observed.arrival.get(key),
+            tuple(sorted(current.items())),
+            self.drains.get(key),
+            self.refusals.get(key),
+            granted.priorities.get(key),
+            st.burst_percent(pool_plan, fleet.providers),
+            tuple(self._burst_references(key, spec, fleet)),
+        )
+
+    def _unchanged(self, key: PoolKey, entry: PoolEntry, inputs: tuple[Any, ...]) -> bool:
+        """Whether the pool's last status was built from these inputs and is the one stored.
+        Then building it again gives the same status (time enters only where a condition or
+        the desired size changes), its gauges hold their values and no Event is due: at
+        1,000 pools that building was a third of a quiet tick (benchmarks/fleet_scale.py)."""
+        last = self._reported.get(key)
+        return last is not None and last[0] == inputs and st.same(entry.status, last[1])
 
     async def _planned_status(
         self,
@@ -303,31 +356,27 @@ class Reporter:
         await self._write("powerbudgets", None, budget_entry.name, budget_entry.status, status)
 
     def _pool_metrics(self, key: PoolKey, plan: Any, observed: Observed) -> None:
+        m = self.metrics
         desired = plan.replicas_by_provider()
         current = observed.current_by_provider.get(key, {})
+        values: dict[tuple[Any, tuple[str, ...]], float] = {}
         for provider in sorted(set(desired) | set(current)):
-            self.metrics.desired_replicas.labels(key.namespace, key.name, provider).set(
-                desired.get(provider, 0)
-            )
-            self.metrics.current_replicas.labels(key.namespace, key.name, provider).set(
-                current.get(provider, 0)
-            )
+            values[m.desired_replicas, (provider,)] = desired.get(provider, 0)
+            values[m.current_replicas, (provider,)] = current.get(provider, 0)
         queue = observed.queue.get(key)
-        self.metrics.metrics_available.labels(key.namespace, key.name).set(
-            0 if queue is None else 1
-        )
+        values[m.metrics_available, ()] = 0 if queue is None else 1
         if queue is not None:
-            self.metrics.queue_depth.labels(key.namespace, key.name).set(queue)
-        self.metrics.pool_watts.labels(key.namespace, key.name).set(plan.planned_watts)
-        self.metrics.burst_replicas.labels(key.namespace, key.name).set(plan.burst_replicas)
+            values[m.queue_depth, ()] = queue
+        values[m.pool_watts, ()] = plan.planned_watts
+        values[m.burst_replicas, ()] = plan.burst_replicas
         throttle = plan.throttle
-        sustainable = self.metrics.sustainable_rate
         if throttle is None:
-            sustainable.labels(key.namespace, key.name, "").set(float("nan"))
+            values[m.sustainable_rate, ("",)] = float("nan")
         else:
-            sustainable.labels(key.namespace, key.name, "").set(throttle.sustainable)
+            values[m.sustainable_rate, ("",)] = throttle.sustainable
             for tier in throttle.tiers:
-                sustainable.labels(key.namespace, key.name, tier.name).set(tier.allowed)
+                values[m.sustainable_rate, (tier.name,)] = tier.allowed
+        self.series.report(key, values)
 
     async def _scale_event(
         self, entry: PoolEntry, plan: PoolPlan, drain: DrainOutcome | None
@@ -338,7 +387,7 @@ class Reporter:
         if previous == plan.desired_replicas:
             return  # already told: one Event per decision, not per tick
         reason, message = scale_event(plan, drain)
-        self.metrics.decisions.labels(entry.namespace, entry.name, reason).inc()
+        self.series.count(PoolKey(entry.namespace, entry.name), self.metrics.decisions, reason)
         log.info(
             "pool %s/%s: %s",
             entry.namespace,
@@ -363,17 +412,19 @@ class Reporter:
         name: str,
         previous: Mapping[str, Any] | None,
         status: Model,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Write `status` (built as its CRD's model: a field it lacks or a value out of range
-        failed when it was built) where it changes what the stored one says."""
+        failed when it was built) where it changes what the stored one says; the status as
+        written."""
         body = st.wire(status)
         if st.same(previous, body):
-            return
+            return body
         try:
             await self.kube.patch_status(plural, namespace, name, previous or {}, body)
         except Exception as exc:
             self.metrics.reconcile_errors.labels("status").inc()
             log.warning("status of %s %s not written: %s", plural, name, exc)
+        return body
 
 
 def _empty_provider() -> CloudProviderSpec:

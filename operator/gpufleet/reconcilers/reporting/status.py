@@ -310,7 +310,7 @@ def pool_status(
             )
             for n in names
         ],
-        burst_percent=_burst_percent(plan, providers or {}),
+        burst_percent=burst_percent(plan, providers or {}),
         power_watts=round(plan.planned_watts),
         power=[
             PowerStatus(gpu_type=f.gpu_type, watts_per_gpu=round(f.watts_per_gpu), source=f.source)
@@ -341,7 +341,7 @@ def _service_rate_status(rate: ServiceRate | None) -> ServiceRateStatus | None:
     )
 
 
-def _burst_percent(plan: PoolPlan, providers: Mapping[str, CloudProviderSpec]) -> int:
+def burst_percent(plan: PoolPlan, providers: Mapping[str, CloudProviderSpec]) -> int:
     if plan.desired_replicas <= 0:
         return 0
     burst = sum(
