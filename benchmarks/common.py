@@ -243,13 +243,18 @@ def prepare_operator_identity(bed: tb.Testbed, kubectl: Kubectl) -> Path:
 
 
 def start_operator(
-    bed: tb.Testbed, kubeconfig: Path, log_name: str, period: float = 1.0
+    bed: tb.Testbed,
+    kubeconfig: Path,
+    log_name: str,
+    period: float = 1.0,
+    extra_args: tuple[str, ...] = (),
 ) -> OperatorProcess:
     return OperatorProcess(
         bed,
         bed.directory / "logs" / log_name,
         period=period,
         env={"KUBECONFIG": str(kubeconfig)},
+        extra_args=extra_args,
     ).start(timeout=120)
 
 

@@ -3,7 +3,8 @@ pools and providers on the test bed, through a scale-out from one replica per po
 period and a surge.
 
 The fleet: `--providers` simulated clouds of 8-GPU nodes (1 s boot), `--pools` ServingPools
-of one-GPU replicas, each with its own Deployment and a queue on the test bed's exporter.
+of one-GPU replicas, each with its own Deployment (its pods labelled `gpufleet.io/serving`,
+which the operator watches pods by) and a queue on the test bed's exporter.
 Every queue asks for `--nodes` x 8 / `--pools` replicas, so the operator itself buys the
 `--nodes` kwok nodes and the controllers start `--nodes` x 8 pods. Then:
 
@@ -19,6 +20,9 @@ Every queue asks for `--nodes` x 8 / `--pools` replicas, so the operator itself 
   duration exactly; intervals with two or more (rare at a 1 s period) are left out, and
   `exact_share` says how many ticks were timed. p50/p95 are nearest-rank, never bucket edges.
 - surge: a tenth of the pools' queues double; the same tick figures while the fleet grows.
+- restart: the operator is stopped once the surge settles and another started: seconds to
+  its first finished tick and its requests by verb over its first `--restart-seconds`. It
+  finds every status, workload and node as it left them: it should write none of them.
 - requests_per_second by verb, for the operator's user alone (one FlowSchema per verb), and
   watch events sent per second by the API server to all its watchers (from
   `apiserver_watch_events_total`; the operator's share is not separable there).
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
+from gpufleet.api.labels import SERVING_LABEL
 from gpufleet_testbed import fleets
 
 GPUS_PER_NODE = 8
@@ -60,6 +65,8 @@ TARGETS = {
     "first_plan_s": 60,
 }
 TICK = "gpufleet_reconcile_duration_seconds"
+# Pods filtered by the API server (docs/install.md, "What the operator watches").
+OPERATOR_ARGS = (f"--pod-label-selector={SERVING_LABEL}=true",)
 
 
 @dataclass(frozen=True)
@@ -104,12 +111,18 @@ def _fleet(
         for p in range(shape.providers)
     ]
     names = [(f"scale-{i // POOLS_PER_NAMESPACE:02d}", f"pool-{i:04d}") for i in range(shape.pools)]
-    objects = [fleets.deployment(ns, name) for ns, name in names]
+    objects = [_labelled(fleets.deployment(ns, name)) for ns, name in names]
     objects += [
         common.pool(ns, name, name, max_replicas=shape.replicas_per_pool * 3) for ns, name in names
     ]
     namespaces = [common.namespace(ns) for ns in sorted({ns for ns, _ in names})]
     return [*namespaces, *providers], objects, names
+
+
+def _labelled(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment with the label the operator watches pods by (`OPERATOR_ARGS`)."""
+    deployment["spec"]["template"]["metadata"]["labels"][SERVING_LABEL] = "true"
+    return deployment
 
 
 def _verb_schemas() -> list[dict[str, Any]]:
@@ -273,7 +286,44 @@ def _measure_window(
     return figures, rss
 
 
-def run(shape: Shape, quiet: float, surge: float, sample: float, bed_name: str) -> dict[str, Any]:
+def _restart(
+    bed: Any, kubeconfig: Path, operator: Any, sample: float, window: float
+) -> tuple[Any, dict[str, Any]]:
+    """Stop the settled operator and start another: seconds from its start to its first
+    finished tick, and its requests by verb over its first `window` seconds (a restart
+    must find the fleet as it left it and write nothing of it again)."""
+    _settle(bed, 10.0, timeout=300)
+    operator.stop()
+    before = _requests_by_verb(bed)
+    started = time.monotonic()
+    operator = common.start_operator(
+        bed, kubeconfig, "operator-fleet-scale-restart.log", extra_args=OPERATOR_ARGS
+    )
+    sampler = TickSampler(operator, sample).start()
+    try:
+        common.until(lambda: sampler.first_tick_at is not None, 600, "first tick after restart")
+        first = (sampler.first_tick_at or time.monotonic()) - started
+        time.sleep(max(0.0, window - (time.monotonic() - started)))
+    finally:
+        sampler.stop()
+    after = _requests_by_verb(bed)
+    requests = {k: int(after[k] - before[k]) for k in VERBS}
+    return operator, {
+        "first_plan_s": round(first, 1),
+        "window_s": window,
+        "requests": requests,
+        "writes": sum(requests[v] for v in WRITE_VERBS),
+    }
+
+
+def run(
+    shape: Shape,
+    quiet: float,
+    surge: float,
+    sample: float,
+    bed_name: str,
+    restart_window: float = 60.0,
+) -> dict[str, Any]:
     bed = common.start_bed(bed_name)
     operator = sampler = None
     try:
@@ -290,7 +340,9 @@ def run(shape: Shape, quiet: float, surge: float, sample: float, bed_name: str) 
         common.apply_list(kubectl, setup)
         common.apply_list(kubectl, objects, batch=250)
         started = time.monotonic()
-        operator = common.start_operator(bed, kubeconfig, "operator-fleet-scale.log")
+        operator = common.start_operator(
+            bed, kubeconfig, "operator-fleet-scale.log", extra_args=OPERATOR_ARGS
+        )
         pid = operator.process.pid if operator.process else 0
         sampler = TickSampler(operator, sample).start()
         common.until(
@@ -303,6 +355,8 @@ def run(shape: Shape, quiet: float, surge: float, sample: float, bed_name: str) 
         for ns, pool in names[::10]:
             exporter.set_queue(ns, pool, want * 2)
         surge_figures, surge_rss = _measure_window(bed, pid, sampler, surge)
+        sampler.stop()
+        operator, restart = _restart(bed, kubeconfig, operator, sample, restart_window)
         nodes = len(kubectl.json("get", "nodes", "-l", fleets.PROVIDER_LABEL)["items"])
     finally:
         if sampler is not None:
@@ -324,6 +378,7 @@ def run(shape: Shape, quiet: float, surge: float, sample: float, bed_name: str) 
         "rss_mib": round(max(quiet_rss, surge_rss), 1),
         "quiet": quiet_figures,
         "surge": surge_figures,
+        "restart": restart,
         "targets": TARGETS,
         "cpus": os.cpu_count(),
     }
@@ -351,19 +406,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quiet-seconds", type=float, default=120.0)
     parser.add_argument("--surge-seconds", type=float, default=60.0)
     parser.add_argument("--sample-seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--restart-seconds", type=float, default=60.0, help="a restarted operator's window"
+    )
     parser.add_argument("--quick", action="store_true", help="16 nodes, 16 pools, 2 providers")
     parser.add_argument("--testbed", default="bench-fleet-scale", help="test bed name")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
-        shape, quiet, surge = Shape(16, 16, 2), 10.0, 10.0
+        shape, quiet, surge, restart = Shape(16, 16, 2), 10.0, 10.0, 10.0
     else:
-        shape, quiet, surge = (
+        shape, quiet, surge, restart = (
             Shape(args.nodes, args.pools, args.providers),
             args.quiet_seconds,
             args.surge_seconds,
+            args.restart_seconds,
         )
-    figures = run(shape, quiet, surge, args.sample_seconds, args.testbed)
+    figures = run(shape, quiet, surge, args.sample_seconds, args.testbed, restart)
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures), flush=True)

@@ -68,3 +68,7 @@ def test_fleet_scale_quick_times_ticks_and_counts_requests_by_verb(
     assert quiet["timed"] > 0 and 0 < quiet["p50_s"] <= quiet["p95_s"]
     # The surge doubles some queues: the operator writes scales, nodes and status.
     assert figures["surge"]["requests"]["patch"] > 0
+    # A restarted operator plans the fleet it finds and rewrites none of it.
+    restart = figures["restart"]
+    assert restart["first_plan_s"] > 0
+    assert restart["requests"]["patch"] == 0, restart["requests"]

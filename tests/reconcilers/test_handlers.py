@@ -27,3 +27,20 @@ def test_kopf_builds_no_copy_of_a_watched_object() -> None:
     body = kopf.Body({"metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"x": [1, 2]}})
 
     assert settings.persistence.diffbase_storage.build(body=body) == {}
+
+
+def test_pods_are_filtered_by_the_api_server_only_when_the_admin_asks() -> None:
+    pods = kopf_resource("", "v1", "pods")
+    deployments = kopf_resource("apps", "v1", "deployments")
+    plain, filtered = kopf.OperatorSettings(), kopf.OperatorSettings()
+    _configure(plain)
+    _configure(filtered, "gpufleet.io/serving=true")
+
+    assert list(plain.watching.label_selectors.collect(pods)) == []
+    assert list(filtered.watching.label_selectors.collect(pods)) == ["gpufleet.io/serving=true"]
+    assert list(filtered.watching.label_selectors.collect(deployments)) == []
+
+
+def kopf_resource(group: str, version: str, plural: str) -> kopf.Resource:
+    kind = plural.title().rstrip("s")
+    return kopf.Resource(group, version, plural, kind=kind, singular=kind.lower(), namespaced=True)

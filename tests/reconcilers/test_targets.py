@@ -5,7 +5,7 @@ from __future__ import annotations
 from gpufleet.api import parse_pool
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, PoolEntry, View, workload_entry
-from gpufleet.reconcilers.loop import node_pools_under, scale_targets
+from gpufleet.reconcilers.loop import PODS_NOT_WATCHED, node_pools_under, scale_targets
 from gpufleet.reconcilers.targets import TARGET_CONFLICT
 from gpufleet_testbed import fleets
 
@@ -59,3 +59,15 @@ def test_only_the_node_pools_under_a_left_out_workload_are_held() -> None:
     held = node_pools_under([view.workloads["ns", "Deployment", "chat"]], pods, nodes)
 
     assert held == {NodePoolKey("de", "h100")}
+
+
+def test_with_pods_watched_by_label_a_pool_whose_template_lacks_it_is_left_out() -> None:
+    view = _view(("a", "chat"))
+
+    pools, _, errors = scale_targets(view, "app=image")
+    assert not pools
+    assert errors[PoolKey("ns", "a")].reason == PODS_NOT_WATCHED
+    assert "app=image" in errors[PoolKey("ns", "a")].message
+
+    pools, _, errors = scale_targets(view, "app in (chat,image)")
+    assert set(pools) == {PoolKey("ns", "a")} and not errors

@@ -257,3 +257,25 @@ def test_a_quota_scoped_to_the_default_class_binds_pods_that_name_none() -> None
         _view([entry], quotas=scoped), {key: spec}, {key: _workload("chat", "llm", None)}
     )
     assert granted.quotas["chat"].gpus == 2
+
+
+def test_gpus_the_quota_charges_to_pods_the_operator_does_not_watch_are_others() -> None:
+    # With --pod-label-selector, a notebook without the label is never seen; the quota's
+    # status.used still counts its 3 GPUs beside the pool's 2.
+    entry, spec = _pool("chat", "llm", "llm")
+    key = PoolKey("chat", "llm")
+    quotas = {"chat": [QuotaEntry("chat", "gpus", 16, used=5)]}
+    pods = {"chat": [_pod("llm-1", "llm", 2, "ReplicaSet/llm-5d9f8")]}
+    granted = grants(
+        _view([entry], quotas=quotas, pods=pods), {key: spec}, {key: _workload("chat", "llm", None)}
+    )
+    quota = granted.quotas["chat"]
+    assert (quota.gpus, quota.others) == (13, 3)
+
+
+def test_quota_objects_read_what_they_charge_now() -> None:
+    body = {
+        "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+        "status": {"used": {"requests.nvidia.com/gpu": "5"}},
+    }
+    assert quota_entry("chat", "gpus", body) == QuotaEntry("chat", "gpus", 8, None, 5)

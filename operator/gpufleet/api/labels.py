@@ -24,6 +24,9 @@ INSTALLATION_LABEL = f"{GROUP}/installation"
 # own finalizer (`gpufleet.io/finalizer`): kopf removes that one from kinds it has no
 # deletion handlers for.
 REMOTE_COPIES_FINALIZER = f"{GROUP}/remote-copies"
+# The label the docs advise on every pooled workload's pod template, for an operator that
+# watches only labelled pods (`--pod-label-selector gpufleet.io/serving=true`).
+SERVING_LABEL = f"{GROUP}/serving"
 # The id of the action that last resized a backend object (intent record, drivers).
 ACTION_ANNOTATION = f"{GROUP}/action-id"
 # On a Cluster API MachinePool: the instances (provider IDs, comma-separated) a scale-down

@@ -8,9 +8,12 @@ from typing import Annotated
 
 import typer
 
+from gpufleet.reconcilers import selectors
 from gpufleet.reconcilers.config import DEFAULT_POWER_QUERY
 
 log = logging.getLogger("gpufleet")
+# What a label selector is made of: keys and values, = == != , ! and set syntax.
+_SELECTOR = re.compile(r"^[A-Za-z0-9./_\-=!,() ]+$")
 
 
 def run(
@@ -137,6 +140,17 @@ def run(
             "(kube-state-metrics, DCGM: namespace; some setups: exported_namespace).",
         ),
     ] = "namespace",
+    pod_label_selector: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUFLEET_POD_LABEL_SELECTOR",
+            help="Watch only the pods with these labels, filtered by the API server (e.g. "
+            "gpufleet.io/serving=true): on a cluster of many pods the operator then receives "
+            "and keeps only its pools' pods. Every pooled workload's pod template must carry "
+            "them; a pool whose template does not scales nothing and says PodsNotWatched "
+            "(docs/install.md). Empty: every pod (GPU pods are kept).",
+        ),
+    ] = "",
     allow_private_remote_servers: Annotated[
         bool,
         typer.Option(
@@ -222,6 +236,7 @@ def run(
         power_query=power_query.strip() or None,
         confine_queries=confine_queries,
         query_namespace_label=query_namespace_label,
+        pod_label_selector=_pod_selector(pod_label_selector),
     )
     if settings.gateway_config_map == settings.anchor:
         raise typer.BadParameter(f"the gateway ConfigMap cannot be the anchor {settings.anchor}")
@@ -247,6 +262,7 @@ def run(
             "allowPrivateRemoteServers": settings.allow_private_remote_servers,
             "installation": settings.installation,
             "confineQueries": settings.query_namespace_label if confine_queries else None,
+            "podLabelSelector": settings.pod_label_selector,
         },
     )
     kopf.run(
@@ -257,3 +273,17 @@ def run(
         standalone=True,
         liveness_endpoint=f"http://{bind_address}:{health_port}/healthz",
     )
+
+
+def _pod_selector(text: str) -> str | None:
+    """The selector as the API server takes it, or a clear error before anything starts (the
+    API server would refuse the watch, and the operator would wait on it forever)."""
+    text = text.strip()
+    if not text:
+        return None
+    parsed = selectors.parse(text).requirements
+    if not parsed or not all(r.key for r in parsed) or not _SELECTOR.match(text):
+        raise typer.BadParameter(
+            f"--pod-label-selector {text!r} is not a label selector (e.g. gpufleet.io/serving=true)"
+        )
+    return text

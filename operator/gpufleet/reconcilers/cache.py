@@ -81,6 +81,9 @@ class QuotaEntry:
     name: str
     gpus: int
     classes: frozenset[str] | None = None
+    # What the quota charges now (`status.used`, the API server's count): None before the
+    # quota controller first counts. It sees the pods the operator may not watch.
+    used: int | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,10 @@ def _count(value: Any) -> int:
         return 0
 
 
+def _gpus(value: Any) -> int | None:
+    return None if value is None else _count(value)
+
+
 def _container_gpus(container: Mapping[str, Any]) -> int:
     resources = container.get("resources") or {}
     value = (resources.get("requests") or {}).get(GPU_RESOURCE)
@@ -248,7 +255,8 @@ def quota_entry(namespace: str, name: str, body: Mapping[str, Any]) -> QuotaEntr
         return None
     # Other PriorityClass operators (NotIn, Exists, DoesNotExist) are taken as applying to
     # every pod: that can only make the plan ask for fewer GPUs than the quota allows.
-    return QuotaEntry(namespace, name, _count(hard), classes)
+    used = ((body.get("status") or {}).get("used") or {}).get(QUOTA_RESOURCE)
+    return QuotaEntry(namespace, name, _count(hard), classes, _gpus(used))
 
 
 def ready_condition(body: Mapping[str, Any], missing: bool = False) -> bool:

@@ -42,6 +42,9 @@ class RunConfig:
     # (metrics/confine.py); off: a tenant's query can read any series in Prometheus.
     confine_queries: bool = False
     query_namespace_label: str = "namespace"
+    # Watch only the pods with these labels, filtered by the API server (docs/install.md,
+    # "What the operator watches"); None: every pod, GPU pods kept.
+    pod_label_selector: str | None = None
 
     @property
     def anchor(self) -> str:

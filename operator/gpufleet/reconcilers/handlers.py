@@ -224,6 +224,7 @@ async def _fleet_loop(
         power_query=config.power_query,
         namespace_label=config.query_namespace_label if config.confine_queries else None,
         series_label=config.query_namespace_label,
+        pod_label_selector=config.pod_label_selector,
     )
 
 
@@ -237,7 +238,7 @@ def _register_startup(
 ) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-        _configure(settings)
+        _configure(settings, config.pod_label_selector)
         kube = Kube(api, config.operator_namespace)
         elector = (
             Elector(
@@ -283,7 +284,7 @@ class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
         return kopf.BodyEssence()
 
 
-def _configure(settings: kopf.OperatorSettings) -> None:
+def _configure(settings: kopf.OperatorSettings, pod_label_selector: str | None = None) -> None:
     # Our prefix, not kopf's, on anything kopf stores; no kopf log lines posted as Events.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -291,6 +292,10 @@ def _configure(settings: kopf.OperatorSettings) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.enabled = False
+    if pod_label_selector:
+        # Filtered by the API server: pods without these labels never reach the operator
+        # (docs/install.md, "What the operator watches").
+        settings.watching.label_selectors["v1", "pods"] = pod_label_selector
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

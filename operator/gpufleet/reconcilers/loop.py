@@ -24,6 +24,7 @@ from gpufleet.planner.types import (
     PoolKey,
     frozen_map,
 )
+from gpufleet.reconcilers import selectors
 from gpufleet.reconcilers.actuation import execute
 from gpufleet.reconcilers.apply import Effects
 from gpufleet.reconcilers.burst.copies import Copy
@@ -48,6 +49,7 @@ from gpufleet.reconcilers.targets import TARGET_CONFLICT, claims
 from gpufleet.reconcilers.tenancy import Grants, grants
 
 log = logging.getLogger(__name__)
+PODS_NOT_WATCHED = "PodsNotWatched"
 DriverFactory = Callable[[str, CloudProviderSpec], NodePoolDriver]
 
 
@@ -64,13 +66,16 @@ class Reach:
 
 
 def scale_targets(
-    view: View,
+    view: View, pod_label_selector: str | None = None
 ) -> tuple[dict[PoolKey, ServingPoolSpec], dict[PoolKey, WorkloadEntry], dict[PoolKey, Problem]]:
     """The valid pools whose workload exists and is theirs to scale, their workloads, and why
     the others have none. Of the pools that name one workload the oldest scales it
     (reconcilers/targets.py); the others are left out of the plan like an invalid pool,
     and say which pool holds it. A pool behind an InferencePool must agree with it
-    (reconcilers/inference_pools.py); its workload then counts only the pods it selects."""
+    (reconcilers/inference_pools.py); its workload then counts only the pods it selects.
+    With `pod_label_selector` (the pods the operator watches), a workload whose pods lack
+    those labels is invisible: its pool is left out too."""
+    watched = selectors.parse(pod_label_selector) if pod_label_selector else None
     pools: dict[PoolKey, ServingPoolSpec] = {}
     targets: dict[PoolKey, WorkloadEntry] = {}
     errors: dict[PoolKey, Problem] = {}
@@ -96,6 +101,15 @@ def scale_targets(
                 f"spec.scaleTargetRef: {ref.kind} {entry.namespace}/{ref.name} is scaled by "
                 f"ServingPool {holder.name}, the older pool (creationTimestamp, then uid); "
                 "this pool scales nothing while both name it",
+            )
+            continue
+        if watched is not None and not watched.matches(dict(workload.template_labels)):
+            errors[key] = Problem(
+                PODS_NOT_WATCHED,
+                f"spec.scaleTargetRef: the pod template of {ref.kind} {entry.namespace}/"
+                f"{ref.name} lacks the labels the operator watches pods by "
+                f"({pod_label_selector}, set by the platform admin): gpufleet cannot see its "
+                "replicas, so this pool scales nothing. Add them to the template",
             )
             continue
         served = serving(entry.namespace, spec, workload, view.inference_pools, view.pods)
@@ -174,6 +188,8 @@ class FleetLoop:
     # The label of a series' namespace (--query-namespace-label), which the queries gpufleet
     # writes itself (an InferencePool's queue) select by, confined or not.
     series_label: str = "namespace"
+    # The pods the operator watches (--pod-label-selector); None: every GPU pod.
+    pod_label_selector: str | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -207,7 +223,7 @@ class FleetLoop:
     async def tick(self, view: View) -> FleetPlan:
         started = time.perf_counter()
         now = self.clock()
-        pools, targets, target_errors = scale_targets(view)
+        pools, targets, target_errors = scale_targets(view, self.pod_label_selector)
         providers, leaving = split_providers(view)
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}
         known = {PoolKey(e.namespace, e.name) for e in view.pools}

@@ -68,11 +68,18 @@ def _namespace_quota(
     # share their labels) are what the plan sizes; every other GPU pod in the namespace
     # counts against the quota as it stands, terminating ones too (quota charges them until
     # they are gone, and they are no longer replicas), finished ones not.
-    others = sum(
-        pod.gpus
-        for pod in pods
-        if not pod.finished and (pod.terminating or not any(pod.owned_by(w) for w in workloads))
-    )
+    others = pooled = 0
+    for pod in pods:
+        if pod.finished:
+            continue
+        if pod.terminating or not any(pod.owned_by(w) for w in workloads):
+            others += pod.gpus
+        else:
+            pooled += pod.gpus
+    # The quota's own count also holds GPU pods the operator does not watch (with
+    # --pod-label-selector): what it charges beyond the pools' replicas is held by others.
+    if tightest.used is not None:
+        others = max(others, tightest.used - pooled)
     return NamespaceQuota(max(0, tightest.gpus - others), tightest.name, tightest.gpus, others)
 
 
