@@ -193,6 +193,7 @@ def run(
 
     from gpufleet.metrics.auth import AUTH_MODES, CachedReviewer, KubeReviewer, serve_metrics
     from gpufleet.metrics.exporter import OperatorMetrics
+    from gpufleet.reconcilers import kopf_readiness
     from gpufleet.reconcilers.config import RunConfig
     from gpufleet.reconcilers.handlers import Election, identity, register
 
@@ -249,6 +250,7 @@ def run(
     election = Election(lease_name, lease_duration) if leader_election else None
     registry = kopf.OperatorRegistry()
     register(registry, settings, ApiClient(), metrics, election)
+    kopf_readiness.install()  # a start-up gate linear in the watched objects
     watched = [*settings.namespaces, operator_namespace] if settings.namespaces else []
     log.info(
         "starting",
