@@ -72,3 +72,16 @@ def test_fleet_scale_quick_times_ticks_and_counts_requests_by_verb(
     restart = figures["restart"]
     assert restart["first_plan_s"] > 0
     assert restart["requests"]["patch"] == 0, restart["requests"]
+
+
+def test_remote_reads_quick_counts_each_remote_clusters_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = _load("remote_reads").main(["--quick", "--testbed", f"bench-rr-{os.getpid()}"])
+    assert _last_json_line(capsys.readouterr().out) == json.loads(json.dumps(figures))
+    assert figures["remote_clusters"] == 2
+    for mode in ("every_tick", "bounded"):
+        assert all(c["reads"] > 0 for c in figures[mode].values()), figures[mode]
+    # Reading at a bound reads each remote cluster less than every tick does.
+    assert figures["reads_per_second_ratio"] < 1
+    assert figures["surge_to_remote_copy_s"] > 0

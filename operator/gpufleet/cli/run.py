@@ -151,6 +151,17 @@ def run(
             "(docs/install.md). Empty: every pod (GPU pods are kept).",
         ),
     ] = "",
+    remote_read_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="GPUFLEET_REMOTE_READ_SECONDS",
+            min=0,
+            max=300,
+            help="Seconds a remote cluster's burst copies and node pools are reused for before "
+            "they are read again; a write there by the operator is followed by a fresh read. "
+            "0: read every tick (docs/burst.md).",
+        ),
+    ] = 10.0,
     allow_private_remote_servers: Annotated[
         bool,
         typer.Option(
@@ -238,6 +249,7 @@ def run(
         confine_queries=confine_queries,
         query_namespace_label=query_namespace_label,
         pod_label_selector=_pod_selector(pod_label_selector),
+        remote_read_seconds=remote_read_seconds,
     )
     if settings.gateway_config_map == settings.anchor:
         raise typer.BadParameter(f"the gateway ConfigMap cannot be the anchor {settings.anchor}")

@@ -45,6 +45,9 @@ class RunConfig:
     # Watch only the pods with these labels, filtered by the API server (docs/install.md,
     # "What the operator watches"); None: every pod, GPU pods kept.
     pod_label_selector: str | None = None
+    # Seconds a remote cluster's copies and node pools are reused for, unless the operator
+    # wrote there (reconcilers/burst/reads.py); 0: read every tick.
+    remote_read_seconds: float = 10.0
 
     @property
     def anchor(self) -> str:

@@ -203,6 +203,7 @@ async def _fleet_loop(
         config.operator_namespace,
         config.namespaces,
         allow_private_servers=config.allow_private_remote_servers,
+        read_seconds=config.remote_read_seconds,
         installation=installation_id(
             config.installation or await default_installation(kube, config.operator_namespace)
         ),

@@ -59,6 +59,7 @@ from gpufleet.reconcilers.burst.namespaces import (
     read_metadata,
 )
 from gpufleet.reconcilers.burst.podsecurity import check
+from gpufleet.reconcilers.burst.reads import ReadLimitedDriver, Reused
 from gpufleet.reconcilers.cache import WorkloadEntry
 from gpufleet.reconcilers.kube import Kube, api_reason
 from gpufleet.reconcilers.problems import Problem
@@ -95,6 +96,9 @@ class RemoteClusters:
     allow_private_servers: bool = False
     # This installation's id (`--installation`): it touches only what carries it.
     installation: str = ""
+    # Seconds a remote cluster's copies and node pools are reused for (burst/reads.py); 0:
+    # read every tick.
+    read_seconds: float = 10.0
     connections: Connections = field(init=False)
     namespace_sweep: NamespaceSweep = field(default_factory=NamespaceSweep)
     # (provider, pool) -> why its copy was refused this tick (the pool's BurstActive).
@@ -104,9 +108,15 @@ class RemoteClusters:
 
     def __post_init__(self) -> None:
         self.connections = Connections(
-            self.kube, self.make_driver, self.operator_namespace, self.allow_private_servers
+            self.kube, self._limited_driver, self.operator_namespace, self.allow_private_servers
         )
+        # (provider, its ApiClient, the pools known when listed) -> the copies found.
+        self._listed: Reused[dict[PoolKey, Copy]] = Reused(self.read_seconds)
         self.namespace_sweep.installation = self.installation
+
+    def _limited_driver(self, name: str, spec: CloudProviderSpec, api: ApiClient) -> NodePoolDriver:
+        """The provider's driver, its node pools read at a bounded rate (burst/reads.py)."""
+        return ReadLimitedDriver(self.make_driver(name, spec, api), Reused(self.read_seconds))
 
     @property
     def errors(self) -> dict[str, str]:
@@ -151,6 +161,22 @@ class RemoteClusters:
 
     async def _list(self, name: str, known: Collection[PoolKey]) -> dict[PoolKey, Copy] | Problem:
         api = self.connections.by_provider[name].api
+        key = (name, api, frozenset(known))
+        found = self._listed.get(key)
+        if found is None:
+            listed = await self._list_now(name, api, known)
+            if isinstance(listed, Problem):
+                return listed
+            found = self._listed.put(key, listed)
+        return dict(found)
+
+    def _wrote(self, provider: str) -> None:
+        """This operator changed copies in `provider`'s cluster: the next tick reads them."""
+        self._listed.forget(lambda key: isinstance(key, tuple) and key[0] == provider)
+
+    async def _list_now(
+        self, name: str, api: ApiClient, known: Collection[PoolKey]
+    ) -> dict[PoolKey, Copy] | Problem:
         try:
             listed = await asyncio.gather(
                 *(
@@ -240,6 +266,7 @@ class RemoteClusters:
         api = self.connections.api(provider)
         if api is None:
             return False
+        self._wrote(provider)
         access = self.connections.by_provider[provider].spec.cluster
         facts = {"pool": str(key), "provider": provider, "actionId": action_id}
         try:
@@ -444,6 +471,7 @@ class RemoteClusters:
     async def delete_copies(self, api: ApiClient, provider: str, key: PoolKey) -> None:
         """Delete `provider`'s copies of the pool `key`, pods first, and look at their
         namespace once they are gone."""
+        self._wrote(provider)
         await self._delete_copies(api, provider, key)
         self.namespace_sweep.copy_gone(provider, key.namespace)
 
