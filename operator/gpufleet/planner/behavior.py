@@ -27,6 +27,9 @@ DEFAULT_UP_POLICIES = (
     ScalingPolicy(type=PolicyType.PERCENT, value=100, period_seconds=15),
 )
 DEFAULT_DOWN_POLICIES = (ScalingPolicy(type=PolicyType.PERCENT, value=100, period_seconds=15),)
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every pool of every plan are bound once.
+_DISABLED, _MAX, _LIMITED_BY_RATE = SelectPolicy.DISABLED, SelectPolicy.MAX, Reason.LIMITED_BY_RATE
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class Rules:
     window: int
     select: SelectPolicy
     policies: tuple[ScalingPolicy, ...]
+
+    @cached_property
+    def plain(self) -> tuple[tuple[bool, int, int], ...]:
+        """(type is Pods, value, period) per policy: read every tick of every pool that
+        scales, cheaper than from the models."""
+        return tuple((p.type == PolicyType.PODS, p.value, p.period_seconds) for p in self.policies)
 
 
 def _rules(rules: ScalingRules | None, window: int, policies: tuple[ScalingPolicy, ...]) -> Rules:
@@ -97,12 +106,14 @@ def stabilize(
     down: Rules,
 ) -> int:
     up_value = down_value = recommended
+    up_window, down_window = up.window, down.window
+    # Comparisons, not min() and max(): a pool carries one entry per tick of its windows.
     for time, value in history:
         age = now - time
-        if age < up.window:
-            up_value = min(up_value, value)
-        if age < down.window:
-            down_value = max(down_value, value)
+        if age < up_window and value < up_value:
+            up_value = value
+        if age < down_window and value > down_value:
+            down_value = value
     result = current
     if result < up_value:
         result = up_value
@@ -123,34 +134,40 @@ def _changes(events: tuple[tuple[float, int], ...], now: float, period: int) -> 
 
 
 def up_limit(current: int, events: tuple[tuple[float, int], ...], now: float, rules: Rules) -> int:
-    if rules.select == SelectPolicy.DISABLED:
+    if rules.select == _DISABLED:
         return current
     limits = []
-    for policy in rules.policies:
-        added, deleted = _changes(events, now, policy.period_seconds)
+    changes: dict[int, tuple[int, int]] = {}  # policies often share a period
+    for pods, value, period in rules.plain:
+        if period not in changes:
+            changes[period] = _changes(events, now, period)
+        added, deleted = changes[period]
         start = current - added + deleted
-        if policy.type == PolicyType.PODS:
-            limits.append(start + policy.value)
+        if pods:
+            limits.append(start + value)
         else:
-            limits.append(math.ceil(start * (1 + policy.value / 100) - 1e-9))
-    return max(limits) if rules.select == SelectPolicy.MAX else min(limits)
+            limits.append(math.ceil(start * (1 + value / 100) - 1e-9))
+    return max(limits) if rules.select == _MAX else min(limits)
 
 
 def down_limit(
     current: int, events: tuple[tuple[float, int], ...], now: float, rules: Rules
 ) -> int:
-    if rules.select == SelectPolicy.DISABLED:
+    if rules.select == _DISABLED:
         return current
     limits = []
-    for policy in rules.policies:
-        added, deleted = _changes(events, now, policy.period_seconds)
+    changes: dict[int, tuple[int, int]] = {}  # policies often share a period
+    for pods, value, period in rules.plain:
+        if period not in changes:
+            changes[period] = _changes(events, now, period)
+        added, deleted = changes[period]
         start = current + deleted - added
-        if policy.type == PolicyType.PODS:
-            limits.append(start - policy.value)
+        if pods:
+            limits.append(start - value)
         else:
-            limits.append(math.floor(start * (1 - policy.value / 100) + 1e-9))
+            limits.append(math.floor(start * (1 - value / 100) + 1e-9))
     # Max picks the policy that allows the most change: for scale down, the lowest floor.
-    limit = min(limits) if rules.select == SelectPolicy.MAX else max(limits)
+    limit = min(limits) if rules.select == _MAX else max(limits)
     return max(limit, 0)
 
 
@@ -180,10 +197,10 @@ def apply(
         limit = up_limit(current, events, now, up)
         if limit < stabilized:
             desired = max(limit, current)
-            notes.append(Note(Reason.LIMITED_BY_RATE, f"scale-up policies allow {desired} now"))
+            notes.append(Note(_LIMITED_BY_RATE, f"scale-up policies allow {desired} now"))
     elif stabilized < current:
         limit = down_limit(current, events, now, down)
         if limit > stabilized:
             desired = min(limit, current)
-            notes.append(Note(Reason.LIMITED_BY_RATE, f"scale-down policies allow {desired} now"))
+            notes.append(Note(_LIMITED_BY_RATE, f"scale-down policies allow {desired} now"))
     return desired, tuple(notes)

@@ -28,11 +28,17 @@ class BurstMemory:
 def observe(memory: BurstMemory, now: float, queue: float) -> BurstMemory:
     """`memory` with one more queue reading."""
     # Peaks from the future (the clock went back) are dropped with the old ones.
-    recent = tuple((t, q) for t, q in memory.peaks if 0 <= now - t < RECUR_SECONDS)
+    peaks = memory.peaks
+    recent = tuple([p for p in peaks if 0 <= now - p[0] < RECUR_SECONDS])
+    # Unchanged memory is handed back as it is: most pools' queues change seldom, and each
+    # tick would otherwise copy every pool's peaks.
+    unchanged = len(recent) == len(peaks)
     if queue < IDLE_QUEUE:
-        return BurstMemory(recent, False)
+        return memory if unchanged and not memory.in_burst else BurstMemory(recent, False)
     if memory.in_burst and recent:
         began, peak = recent[-1]
+        if unchanged and queue <= peak:
+            return memory
         return BurstMemory((*recent[:-1], (began, max(peak, queue))), True)
     return BurstMemory((*recent, (now, queue))[-MAX_PEAKS:], True)
 
@@ -40,9 +46,9 @@ def observe(memory: BurstMemory, now: float, queue: float) -> BurstMemory:
 def recurring_queue(memory: BurstMemory | None, now: float) -> float | None:
     """The backlog of a typical recent burst (the second highest peak, so that one outlier
     does not size the pool), or None unless bursts recur."""
-    if memory is None:
+    if memory is None or len(memory.peaks) < RECUR_COUNT:
         return None
-    peaks = sorted(q for t, q in memory.peaks if 0 <= now - t < RECUR_SECONDS)
+    peaks = sorted([q for t, q in memory.peaks if 0 <= now - t < RECUR_SECONDS])
     if len(peaks) < RECUR_COUNT:
         return None
     return peaks[-2]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.api.tenancy import UNGOVERNED, NamespaceTerms
+from gpufleet.planner.facts import facts_of
 from gpufleet.planner.placement import Catalog
 
 # Catalogs of recent provider sets, by the identity of their (immutable) specs. The fleet loop
@@ -35,18 +36,4 @@ def signature_of(
     """What decides a pool's candidate node pools; pools that share it share the list.
     `terms`: its namespace's (they narrow the data policy and name the policies in the
     reasons); `namespace`: its namespace where some provider admits only some, else None."""
-    policy, burst = spec.data_policy, spec.burst
-    return (
-        terms,
-        namespace,
-        frozenset(spec.gpu_types),
-        spec.gpus_per_replica,
-        spec.allow_spot,
-        spec.model_load_seconds,
-        policy.data_class,
-        tuple(policy.allowed_jurisdictions),
-        policy.approved_subprocessors_only,
-        burst.enabled,
-        tuple(burst.providers),
-        burst.max_lead_seconds,
-    )
+    return (terms, namespace, *facts_of(spec).signature)

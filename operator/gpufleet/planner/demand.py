@@ -11,10 +11,12 @@ clears before new nodes could serve is theirs alone (`Demand.lasting_replicas`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from gpufleet.api.pool import ServingPoolSpec
+from gpufleet.planner.facts import facts_of
 from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Settings
 
 # A forecast may not promise more than this multiple of the present: trend on a noisy signal
@@ -26,7 +28,9 @@ _MAX_SERVERS = 1_000_000
 BACKLOG_DRAIN_SECONDS = 120.0
 
 
-@dataclass(frozen=True)
+# Not frozen: one is built for every pool each tick and read once, and a frozen dataclass
+# sets each field through object.__setattr__ (several times the cost on Python 3.11).
+@dataclass
 class Demand:
     now_replicas: int
     ahead_replicas: int
@@ -44,10 +48,8 @@ class Demand:
 def service_rate_per_second(spec: ServingPoolSpec, factor: float = 1.0) -> float | None:
     """The slowest declared rate among the pool's GPU types (sizing must hold wherever it
     lands), times the work factor learnt from the queue (planner/service.py)."""
-    rates = [
-        r.requests_per_minute / 60.0 for r in spec.service_rates if r.gpu_type in spec.gpu_types
-    ]
-    return min(rates) * factor if rates else None
+    slowest = facts_of(spec).slowest
+    return slowest * factor if slowest is not None else None
 
 
 def erlang_tail(arrival: float, service: float, servers: int, wait_seconds: float) -> float:
@@ -64,6 +66,9 @@ def erlang_tail(arrival: float, service: float, servers: int, wait_seconds: floa
     return wait_probability * math.exp(-(servers * service - arrival) * wait_seconds)
 
 
+# Cached: a pool's arrivals change once a scrape while the loop ticks every second, so most
+# ticks ask again what the last one worked out, one step per server.
+@functools.lru_cache(maxsize=16384)
 def erlang_c_servers(arrival: float, service: float, wait_seconds: float, target: float) -> int:
     """Fewest servers c with P(wait > wait_seconds) <= 1 - target in an M/M/c queue.
 
@@ -90,7 +95,8 @@ def _from_queue(spec: ServingPoolSpec, queue: float) -> int:
     return math.ceil(queue / spec.queue.target_per_replica - 1e-9)
 
 
-@dataclass(frozen=True)
+# Not frozen: built for every pool with a model each tick and read once (see Demand).
+@dataclass
 class _Model:
     """Replicas for the wait SLO at one arrival rate, and to drain a backlog on top."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-from gpufleet.planner.catalogs import catalog_of, signature_of
+from gpufleet.api.pool import ServingPoolSpec
+from gpufleet.planner.catalogs import catalog_of
+from gpufleet.planner.facts import PoolFacts, facts_of
 from gpufleet.planner.ledger import Ledger, Slot
 from gpufleet.planner.nodes import (
     node_plans,
@@ -12,10 +15,11 @@ from gpufleet.planner.nodes import (
     record_needs,
     update_backoffs,
 )
-from gpufleet.planner.placement import Candidates, Progress, candidates
+from gpufleet.planner.placement import Candidates, Catalog, Progress, candidates
 from gpufleet.planner.placer import Placer
 from gpufleet.planner.pools import Sized, finish_pool, pool_placer, size_pool
 from gpufleet.planner.power import (
+    PoolDraw,
     allowed_watts,
     busy_watts,
     cap_in_force,
@@ -40,15 +44,15 @@ from gpufleet.planner.types import (
     Reason,
     Settings,
     Snapshot,
-    frozen_map,
 )
 
 _NO_METRICS = PoolObservation(queue_depth=None)
-_NONE: Mapping[NodePoolKey, int] = frozen_map()
+_NO_MEMORY = PoolMemory()
 
 
 def _open_ledger(
     fleet: Fleet,
+    catalog: Catalog,
     snapshot: Snapshot,
     backoffs: Mapping[NodePoolKey, Backoff],
     kept: Mapping[NodePoolKey, int],
@@ -65,38 +69,43 @@ def _open_ledger(
             by_site.setdefault(site, list(everywhere)).append(i)
     for site_list in by_site.values():
         site_list.sort()
+    # Where no budget names providers, a site's budgets cover all its node pools: one tuple
+    # each, shared, instead of testing every budget of the site for every node pool.
+    by_provider = any(b.scope.providers for b in budgets)
+    site_tuples = {site: tuple(site_list) for site, site_list in by_site.items()}
+    everywhere_tuple = tuple(everywhere)
+    unreachable, observed_nodes = snapshot.unreachable_providers, snapshot.node_pools
     slots: dict[NodePoolKey, Slot] = {}
-    for provider_name in sorted(fleet.providers):
-        provider = fleet.providers[provider_name]
-        held = provider_name in snapshot.unreachable_providers
-        for node_pool in provider.node_pools:
-            key = NodePoolKey(provider_name, node_pool.name)
-            observed = snapshot.node_pools.get(key)
-            ready = observed.ready_nodes if observed else 0
-            target = observed.target_nodes if observed else 0
-            in_backoff = key in backoffs and now < backoffs[key].until
+    for key, node_pool, provider in catalog.node_pools:
+        observed = observed_nodes.get(key)
+        ready = observed.ready_nodes if observed else 0
+        target = observed.target_nodes if observed else 0
+        in_backoff = key in backoffs and now < backoffs[key].until
+        if by_provider:
             covering = tuple(
                 i
                 for i in by_site.get(node_pool.site, everywhere)
                 if covers(budgets[i], key, node_pool)
             )
-            slots[key] = slot = Slot(
-                key=key,
-                spec=node_pool,
-                provider=provider,
-                budgets=covering,
-                # Nodes asked for but failing with a capacity error will not come: count ready.
-                existing_nodes=ready if in_backoff else max(target, ready),
-                node_limit=min(node_pool.max_nodes, max(ready, node_pool.min_nodes))
-                if in_backoff
-                else node_pool.max_nodes,
-                backoff=in_backoff,
-                held=held,
-                floor=node_pool.min_nodes,
-            )
-            if key in kept:
-                slot.kept = min(kept[key], slot.existing_nodes)
-                slot.floor = max(slot.floor, slot.kept)
+        else:  # the site's budgets, and those without sites, cover it
+            covering = site_tuples.get(node_pool.site, everywhere_tuple)
+        slots[key] = slot = Slot(
+            key=key,
+            spec=node_pool,
+            provider=provider,
+            budgets=covering,
+            # Nodes asked for but failing with a capacity error will not come: count ready.
+            existing_nodes=ready if in_backoff else max(target, ready),
+            node_limit=min(node_pool.max_nodes, max(ready, node_pool.min_nodes))
+            if in_backoff
+            else node_pool.max_nodes,
+            backoff=in_backoff,
+            held=key.provider in unreachable,
+            floor=node_pool.min_nodes,
+        )
+        if key in kept:
+            slot.kept = min(kept[key], slot.existing_nodes)
+            slot.floor = max(slot.floor, slot.kept)
     ledger = Ledger(
         slots=slots,
         quota={name: p.gpu_quota for name, p in fleet.providers.items()},
@@ -117,6 +126,8 @@ def _namespace_use(fleet: Fleet, snapshot: Snapshot) -> dict[str, int]:
     """GPUs the replicas that run now hold, per namespace with a quota: the API server
     counts them against it until they are gone, so more are charged only beyond them."""
     used: dict[str, int] = {}
+    if not fleet.namespace_gpus:
+        return used
     for key, spec in fleet.pools.items():
         if key.namespace in fleet.namespace_gpus:
             running = snapshot.pools.get(key, _NO_METRICS).total_replicas
@@ -190,6 +201,57 @@ def _budget_plans(
     return plans
 
 
+class _Shared:
+    """What pools with one candidate list share within a plan: the list, its `Progress`,
+    and the boot seconds of the first node pool it would grow (None: none can grow)."""
+
+    __slots__ = ("boot", "options", "progress")
+
+    def __init__(self, options: Candidates, ledger: Ledger) -> None:
+        self.options, self.progress = options, Progress(options)
+        # Which node pools are held is fixed for the plan, so this is too (pools._lead_seconds).
+        self.boot: int | None = None
+        for key in options.grow:
+            slot = ledger.slots.get(key)
+            if slot is not None and not slot.held:
+                self.boot = slot.spec.boot_seconds
+                break
+
+
+def _shared_lists(
+    fleet: Fleet, catalog: Catalog, ledger: Ledger
+) -> Callable[[PoolKey, ServingPoolSpec, PoolFacts], _Shared]:
+    """Each pool's candidate list, one per signature (catalogs.signature_of) and plan.
+
+    Hashing a whole signature per pool cost more than building the lists: pools are looked
+    up first by the identities of their namespace's terms and of their spec's signature
+    tuple (facts.PoolFacts; both held for the plan, so no other object can take their
+    identities), then by the signature itself, so that pools alike share one list and one
+    `Progress` however they were found."""
+    by_token: dict[tuple[int, str | None, int], tuple[tuple[object, ...], _Shared]] = {}
+    by_signature: dict[tuple[object, ...], _Shared] = {}
+    restricts = catalog.restricts_namespaces
+
+    def shared(key: PoolKey, spec: ServingPoolSpec, facts: PoolFacts) -> _Shared:
+        terms = fleet.terms_of(key.namespace)
+        namespace = key.namespace if restricts else None
+        token = (id(terms), namespace, id(facts.signature))
+        hit = by_token.get(token)
+        if hit is not None:
+            return hit[1]
+        signature = (terms, namespace, *facts.signature)
+        found = by_signature.get(signature)
+        if found is None:
+            options = catalog.memo.get(signature)
+            if options is None:
+                options = catalog.memo[signature] = candidates(spec, catalog, terms, namespace)
+            found = by_signature[signature] = _Shared(options, ledger)
+        by_token[token] = (facts.signature, found)  # holds the tuple: its id stays its own
+        return found
+
+    return shared
+
+
 def plan_fleet(
     fleet: Fleet,
     snapshot: Snapshot,
@@ -204,57 +266,58 @@ def plan_fleet(
     delays = catalog.delays
     needs = recent_needs(state.node_needs, delays, now)
     kept = {key: entries[0][1] for key, entries in needs.items()}
-    ledger, budget_names, caps = _open_ledger(fleet, snapshot, backoffs, kept, now)
-    order = sorted(fleet.pools, key=lambda k: (-fleet.priority(k), k.namespace, k.name))
-    cache: dict[tuple[object, ...], tuple[Candidates, Progress]] = {}
+    ledger, budget_names, caps = _open_ledger(fleet, catalog, snapshot, backoffs, kept, now)
+    priorities = fleet.priorities
+    # PoolKey orders as (namespace, name).
+    order = sorted(fleet.pools, key=lambda k: (-priorities.get(k, 0), k))
+    shared_list = _shared_lists(fleet, catalog, ledger)
+    specs, observed, remembered = fleet.pools, snapshot.pools, state.pools
     pool_plans: dict[PoolKey, PoolPlan] = {}
     memories: dict[PoolKey, PoolMemory] = {}
     options_of: dict[PoolKey, Candidates] = {}
-    fair: list[PoolKey] = []  # `order`, by hash within a priority: who gets spare room first
+    draws: dict[PoolKey, PoolDraw] = {}
+    # The pools that ask for warm spares, in the order they get spare room: `order`, by hash
+    # within a priority (the groups' order).
+    spare_takers: list[PoolKey] = []
     for group in priority_groups(order, fleet.priority):
-        fair.extend(group)
         sized: list[Sized] = []
         placers: list[Placer] = []
         for key in group:
-            spec = fleet.pools[key]
-            terms = fleet.terms_of(key.namespace)
-            namespace = key.namespace if catalog.restricts_namespaces else None
-            signature = signature_of(spec, terms, namespace)
-            if signature not in cache:
-                options = catalog.memo.get(signature)
-                if options is None:
-                    options = catalog.memo[signature] = candidates(spec, catalog, terms, namespace)
-                cache[signature] = (options, Progress(options))
-            options, progress = cache[signature]
+            spec = specs[key]
+            facts = facts_of(spec)
+            shared = shared_list(key, spec, facts)
+            options = shared.options
             one = size_pool(
                 key,
                 spec,
-                snapshot.pools.get(key, _NO_METRICS),
-                state.pools.get(key, PoolMemory()),
+                observed.get(key, _NO_METRICS),
+                remembered.get(key, _NO_MEMORY),
                 options,
                 ledger,
                 now,
                 settings,
+                shared.boot,
+                facts,
             )
             sized.append(one)
-            placers.append(pool_placer(one, ledger, progress))
-            options_of[key] = options
+            placer = pool_placer(one, ledger, shared.progress)
+            placers.append(placer)
+            if facts.warm_spares:  # add_spares reads these of the pools it gives to
+                spare_takers.append(key)
+                options_of[key] = options
+                draws[key] = placer.draw
         share(placers)
         for one, placer in zip(sized, placers, strict=True):
             pool_plans[one.key], memories[one.key] = finish_pool(one, placer, ledger, now)
     needs = record_needs(needs, ledger, delays, now)  # demand only: spares come next
-    draws = {
-        k: pool_draw(fleet.pools[k], snapshot.pools.get(k, _NO_METRICS).watts_per_gpu)
-        for k in order
-    }
-    add_spares(fair, fleet.pools, options_of, pool_plans, ledger, draws)
+    add_spares(spare_takers, fleet.pools, options_of, pool_plans, ledger, draws)
     return FleetPlan(
-        pools=frozen_map({k: pool_plans[k] for k in order}),
-        node_pools=frozen_map(node_plans(ledger, snapshot, needs)),
-        budgets=frozen_map(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
+        pools=MappingProxyType({k: pool_plans[k] for k in order}),
+        node_pools=MappingProxyType(node_plans(ledger, snapshot, needs)),
+        budgets=MappingProxyType(_budget_plans(fleet, snapshot, ledger, budget_names, caps)),
         state=PlannerState(
-            pools=frozen_map(memories),
-            backoffs=frozen_map(backoffs),
-            node_needs=frozen_map(needs),
+            pools=MappingProxyType(memories),
+            backoffs=MappingProxyType(backoffs),
+            node_needs=MappingProxyType(needs),
         ),
     )

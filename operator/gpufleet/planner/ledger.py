@@ -26,6 +26,12 @@ class Limit(StrEnum):
     HELD = "Held"
 
 
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every placement are bound once.
+_NODE_POOL_MAX, _QUOTA, _POWER = Limit.NODE_POOL_MAX, Limit.QUOTA, Limit.POWER
+_BACKOFF, _HELD = Limit.BACKOFF, Limit.HELD
+
+
 @dataclass
 class Slot:
     """One node pool's share of the ledger while a plan is built."""
@@ -105,17 +111,17 @@ class Ledger:
             return 0, None
         per_node = slot.spec.gpus_per_node // gpus
         if per_node == 0:
-            return 0, Limit.NODE_POOL_MAX
+            return 0, _NODE_POOL_MAX
         share = 1.0 / per_node
         nodes_now = slot.nodes
         gpn = slot.spec.gpus_per_node
         # Upper bound from node count: existing nodes only, or the pool's growth limit.
         limit_reason: Limit | None = None
         if slot.held:
-            cap_nodes, reason = nodes_now, Limit.HELD
+            cap_nodes, reason = nodes_now, _HELD
         elif new_nodes:
             cap_nodes = slot.node_limit
-            reason = Limit.BACKOFF if slot.backoff else Limit.NODE_POOL_MAX
+            reason = _BACKOFF if slot.backoff else _NODE_POOL_MAX
         else:
             cap_nodes, reason = max(slot.existing_nodes, slot.floor), None
         cap_nodes = max(cap_nodes, nodes_now)
@@ -123,7 +129,7 @@ class Ledger:
         if quota is not None and new_nodes and not slot.held:
             spare = (quota - self.provider_gpus.get(slot.key.provider, 0)) // gpn
             if nodes_now + max(spare, 0) < cap_nodes:
-                cap_nodes, reason = nodes_now + max(spare, 0), Limit.QUOTA
+                cap_nodes, reason = nodes_now + max(spare, 0), _QUOTA
         upper = max(0, math.floor((cap_nodes - slot.usage) / share + _EPS))
         if upper < want:
             limit_reason = reason
@@ -151,7 +157,7 @@ class Ledger:
                 else:
                     high = middle
             self.capped.update(over(high))
-            return low, Limit.POWER
+            return low, _POWER
         return upper, limit_reason
 
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:

@@ -32,7 +32,9 @@ def update_backoffs(
 ) -> dict[NodePoolKey, Backoff]:
     """Capacity back-off per node pool: doubling from the initial period up to the maximum."""
     result: dict[NodePoolKey, Backoff] = {}
-    for key in sorted(set(previous) | set(snapshot.node_pools)):
+    # Only node pools in back-off or with an error can have one: not every node pool.
+    erred = {k for k, o in snapshot.node_pools.items() if o.last_error is not None}
+    for key in sorted(erred.union(previous)):
         prior = previous.get(key)
         observed = snapshot.node_pools.get(key)
         error = observed.last_error if observed else None
@@ -98,9 +100,14 @@ def node_plans(
     needs: Mapping[NodePoolKey, tuple[tuple[float, int], ...]],
 ) -> dict[NodePoolKey, NodePoolPlan]:
     plans = {}
+    observed_nodes = snapshot.node_pools
     for key, slot in ledger.slots.items():
-        observed = snapshot.node_pools.get(key)
+        observed = observed_nodes.get(key)
         current = observed.target_nodes if observed else 0
+        nodes = slot.nodes
+        if not (slot.held or slot.backoff or slot.kept):  # no notes: most node pools
+            plans[key] = NodePoolPlan(key, nodes, current, slot.gpus_allocated, ())
+            continue
         notes: list[Note] = []
         if slot.held:
             notes.append(
@@ -116,7 +123,6 @@ def node_plans(
                     f"capacity error: no growth beyond {slot.existing_nodes} ready nodes",
                 )
             )
-        nodes = slot.nodes
         if slot.kept and nodes == slot.kept and not slot.held:
             entries = needs.get(key)
             needed = max(entries[-1][1] if entries else nodes, slot.spec.min_nodes)

@@ -230,6 +230,12 @@ class Catalog:
             for name, provider in providers.items()
             for node_pool in provider.node_pools
         }
+        # Every node pool with its key and provider, by provider name: the ledger's order.
+        self.node_pools = tuple(
+            (NodePoolKey(name, node_pool.name), node_pool, providers[name])
+            for name in sorted(providers)
+            for node_pool in providers[name].node_pools
+        )
         # Candidate lists by pool signature, filled by the planner (see catalogs.catalog_of).
         self.memo: dict[tuple[object, ...], Candidates] = {}
         # Whether any provider admits only some namespaces: then the namespace decides too.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.api.provider import Role
@@ -16,6 +17,12 @@ from gpufleet.planner.ledger import Ledger, Limit
 from gpufleet.planner.placement import Candidates, Progress
 from gpufleet.planner.power import NAMEPLATE_ONLY, PoolDraw, busy_watts
 from gpufleet.planner.types import NodePoolKey, Note, Reason
+
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every pool of every plan are bound once.
+_SECONDARY = Role.SECONDARY
+
+_NO_COUNTS: Mapping[NodePoolKey, int] = MappingProxyType({})
 
 _LIMIT_REASON = {
     Limit.NODE_POOL_MAX: Reason.LIMITED_BY_NODE_POOL_MAX,
@@ -26,7 +33,9 @@ _LIMIT_REASON = {
 }
 
 
-@dataclass(frozen=True)
+# Not frozen: one is built for every pool each tick and read once, and a frozen dataclass
+# sets each field through object.__setattr__ (several times the cost on Python 3.11).
+@dataclass
 class Placement:
     placements: dict[NodePoolKey, int]
     unplaced: int
@@ -77,11 +86,13 @@ class Placer:
         self.placed: dict[NodePoolKey, int] = {}
         self.total = 0  # replicas placed so far
         self.running = sum(current.values())  # already counted against the namespace quota
-        self.limits: dict[Reason, set[str]] = {}
+        # Created when first needed, as are `displaced` and `kept_count`: most pools have
+        # nothing to put in them, and a priority group's placers all live until it is placed.
+        self.limits: dict[Reason, set[str]] | None = None
         self.burst_room = pool.burst.max_replicas if pool.burst.max_replicas is not None else want
         self.burst = 0
-        self.displaced: dict[NodePoolKey, int] = {}
-        self.kept_count: dict[NodePoolKey, int] = {}
+        self.displaced: dict[NodePoolKey, int] | None = None
+        self.kept_count: Mapping[NodePoolKey, int] = _NO_COUNTS
         self.done = want <= 0
         self.quota_short = False  # the namespace's quota stopped an addition
         # (node pool, replicas still to keep) in preference order; None before `keep`.
@@ -92,6 +103,11 @@ class Placer:
     def remaining(self) -> int:
         return self.want - self.total
 
+    def _limited(self, reason: Reason, key: NodePoolKey) -> None:
+        if self.limits is None:
+            self.limits = {}
+        self.limits.setdefault(reason, set()).add(str(key))
+
     def _take(
         self, key: NodePoolKey, count: int, new_nodes: bool, keep: bool = False
     ) -> tuple[bool, Reason | None]:
@@ -99,22 +115,24 @@ class Placer:
         slot = self.ledger.slots[key]
         if slot.held and not keep:
             # An unreachable provider can neither start nor stop replicas: hold, never add.
-            self.limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))
+            self._limited(Reason.PROVIDER_UNAVAILABLE, key)
             return True, Reason.PROVIDER_UNAVAILABLE
-        secondary = slot.provider.role == Role.SECONDARY
+        secondary = slot.provider.role == _SECONDARY
         if secondary:
             count = min(count, self.burst_room - self.burst)
             if count <= 0:
-                self.limits.setdefault(Reason.LIMITED_BY_BURST_MAX, set()).add(str(key))
+                self._limited(Reason.LIMITED_BY_BURST_MAX, key)
                 return False, None
         asked = min(count, self._budget)
         busy = busy_watts(self.draw, slot.spec) if self.draw else None  # None: nameplate
         fitted, limit = self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
-            self.limits.setdefault(reason, set()).add(str(key))
+            self._limited(reason, key)
         if keep and limit is None and fitted < asked:
             # The existing nodes are full with replicas of pools placed before this one.
+            if self.displaced is None:
+                self.displaced = {}
             self.displaced[key] = asked - fitted
         if fitted:
             self.ledger.commit(slot, self.gpus, fitted, busy)
@@ -147,7 +165,7 @@ class Placer:
             if fitted < asked:
                 # The existing nodes are full: with pools placed before this one (higher
                 # priority) or beside it (equal, in turns); the rest of them go.
-                if key in self.displaced:
+                if self.displaced is not None and key in self.displaced:
                     self.displaced[key] = min(left, self.remaining + fitted) - fitted
                 self._to_keep[index] = (key, 0)
             else:
@@ -164,6 +182,9 @@ class Placer:
         return self.remaining > 0 and any(left > 0 for _, left in self._to_keep)
 
     def _start_keep(self) -> None:
+        if not self.current:  # nothing runs: nothing to keep, nor to sort
+            self._to_keep = []
+            return
         rank, current, ledger = self.options.rank, self.current, self.ledger
         kept = sorted((k for k in current if k in rank), key=rank.__getitem__)
         # An unreachable provider can be neither scaled down nor watched: its replicas stay.
@@ -173,7 +194,7 @@ class Placer:
                 ledger.commit(slot, self.gpus, current[key])  # held: at full load already
                 self.placed[key] = current[key]
                 self.total += current[key]
-                self.limits.setdefault(Reason.PROVIDER_UNAVAILABLE, set()).add(str(key))
+                self._limited(Reason.PROVIDER_UNAVAILABLE, key)
         self._to_keep = [(k, current[k]) for k in kept if k not in self.placed and current[k] > 0]
 
     def _end_keep(self) -> None:
@@ -218,12 +239,16 @@ class Placer:
         return placed
 
     def result(self) -> Placement:
-        pool, options, limits, placed = self.pool, self.options, self.limits, self.placed
+        pool, options, placed = self.pool, self.options, self.placed
         short = max(0, self.remaining)
         held = 0
         if self.grow_to is not None:
             held = min(short, max(0, self.want - self.grow_to))
         remaining = short - held
+        if remaining <= 0 and self.limits is None and not self.burst and not self.displaced:
+            # Placed in full, nothing to say: what most pools get, without the checks below.
+            return Placement({k: v for k, v in placed.items() if v}, remaining, 0, (), {}, held)
+        limits = self.limits if self.limits is not None else {}
         if remaining > 0:
             for reason, keys in self.progress.full.items():
                 limits.setdefault(reason, set()).update(keys)
@@ -273,7 +298,7 @@ class Placer:
             notes.append(Note(Reason.BURST_ACTIVE, f"{self.burst} replicas on secondary providers"))
         # Replicas placed there again go to new nodes of the same node pool: they still leave
         # the existing ones now (a move), or the higher-priority pool waits a boot for them.
-        displaced = self.displaced
+        displaced = self.displaced if self.displaced is not None else {}
         if displaced:
             moved = sum(min(n, placed.get(k, 0) - self.kept_count[k]) for k, n in displaced.items())
             notes.append(

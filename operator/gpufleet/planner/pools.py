@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from gpufleet.api.pool import Mode, ServingPoolSpec
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.planner import behavior
 from gpufleet.planner.bursts import BurstMemory, recurring_queue
 from gpufleet.planner.bursts import observe as observe_bursts
 from gpufleet.planner.demand import Demand, demand
+from gpufleet.planner.facts import PoolFacts
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates, Progress
 from gpufleet.planner.placer import Placer
@@ -39,6 +41,10 @@ from gpufleet.planner.types import (
 
 _NO_METRICS = PoolObservation(queue_depth=None)
 _NONE: Mapping[NodePoolKey, int] = frozen_map()
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every pool of every plan are bound once.
+_SCALED_UP, _SCALED_DOWN, _STEADY = Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.STEADY
+_LIMITED_BY_MAX = Reason.LIMITED_BY_MAX
 
 
 def _clamp(spec: ServingPoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]:
@@ -53,11 +59,11 @@ def _clamp(spec: ServingPoolSpec, replicas: int) -> tuple[int, tuple[Note, ...]]
     return replicas, ()
 
 
-def _lead_seconds(spec: ServingPoolSpec, options: Candidates, ledger: Ledger) -> float:
-    for key in options.grow:
-        slot = ledger.slots.get(key)
-        if slot is not None and not slot.held:
-            return float(slot.spec.boot_seconds + spec.model_load_seconds)
+def _lead_seconds(spec: ServingPoolSpec, boot: int | None) -> float:
+    """Seconds until new capacity serves: `boot`, the boot seconds of the first node pool the
+    pool would grow (None: none can grow), then the model's load."""
+    if boot is not None:
+        return float(boot + spec.model_load_seconds)
     return float(spec.model_load_seconds)
 
 
@@ -65,7 +71,7 @@ def _outside_data_policy(observation: PoolObservation, options: Candidates) -> N
     """Replicas the scheduler put on nodes of a provider the data policy refuses. The plan
     never places them there, but the pods are the user's: only their node affinity keeps
     them off, so the pool reports them instead of silently counting them."""
-    if not options.refused:
+    if not observation.replicas or not options.refused:
         return None
     outside = {
         key: count
@@ -104,14 +110,8 @@ class Sized:
     recommended: int
     desired: int
     grow_to: int | None
-
-    @property
-    def current(self) -> int:
-        return self.observation.total_replicas
-
-    @property
-    def dry_run(self) -> bool:
-        return self.spec.mode == Mode.DRY_RUN
+    dry_run: bool
+    current: int  # replicas that run now (observation.total_replicas)
 
 
 def size_pool(
@@ -123,11 +123,19 @@ def size_pool(
     ledger: Ledger,
     now: float,
     settings: Settings,
+    boot: int | None,
+    facts: PoolFacts,
 ) -> Sized:
+    """`boot`: the boot seconds of the first node pool of `options.grow` that can grow;
+    `facts`: the spec's (`facts.facts_of`)."""
     current = observation.total_replicas
-    rules = behavior.resolve(spec.behavior)
-    lead = _lead_seconds(spec, options, ledger)
-    service_memory, rate = learn_service(spec, observation, memory.service, ledger, now)
+    rules = facts.rules
+    lead = _lead_seconds(spec, boot)
+    service_memory, rate = (
+        learn_service(spec, observation, memory.service, ledger, now)
+        if facts.slowest is not None
+        else (None, None)  # what learn_service says of a pool without a declared rate
+    )
     factor = rate.used / rate.declared if rate is not None else 1.0
     bursts = memory.bursts
     if observation.queue_depth is not None and math.isfinite(observation.queue_depth):
@@ -168,7 +176,8 @@ def size_pool(
         # minReplicas and maxReplicas are hard bounds, above any rate policy (as in the HPA).
         desired = min(max(desired, spec.min_replicas), spec.max_replicas)
         horizon = rules.horizon
-        history = (*[(t, v) for t, v in history if now - t < horizon], (now, recommended))
+        # The entries are kept as they are: a pool carries one per tick of its horizon.
+        history = (*[e for e in history if now - e[0] < horizon], (now, recommended))
     grow_to = None
     if needed is not None and needed.lasting_replicas is not None:
         grow_to = max(_clamp(spec, needed.lasting_replicas)[0], current)
@@ -190,6 +199,8 @@ def size_pool(
         recommended,
         desired,
         grow_to,
+        facts.dry_run,
+        current,
     )
 
 
@@ -238,7 +249,7 @@ def finish_pool(
                 )
             )
     notes.extend(placement.notes)
-    if options.blocked or options.denied:
+    if (options.blocked or options.denied) and observation.replicas:
         outside = _outside_data_policy(observation, options)
         if outside is not None:
             notes.append(outside)
@@ -249,39 +260,47 @@ def finish_pool(
         notes.insert(
             0,
             Note(
-                Reason.SCALED_UP if final > current else Reason.SCALED_DOWN,
+                _SCALED_UP if final > current else _SCALED_DOWN,
                 f"{current} -> {final} replicas",
             ),
         )
         horizon = rules.horizon
-        events = (*[(t, d) for t, d in events if now - t < horizon], (now, final - current))
+        events = (*[e for e in events if now - e[0] < horizon], (now, final - current))
         last_scale = now
     elif not notes:
-        notes.append(Note(Reason.STEADY, f"{current} replicas meet demand"))
+        notes.append(Note(_STEADY, f"{current} replicas meet demand"))
     throttled = None
     if not dry_run and needed is not None:
-        short = placement.unplaced > 0 or any(n.reason == Reason.LIMITED_BY_MAX for n in notes)
-        throttled, note = plan_throttle(
-            spec,
-            final,
-            short,
-            observation.ready_replicas,
-            observation.arrival_rate,
-            observation.tier_rates,
-            factor,
-        )
-        if note is not None:
-            notes.append(note)
+        short = placement.unplaced > 0 or _LIMITED_BY_MAX in [n.reason for n in notes]
+        ready = observation.ready_replicas
+        if short or (ready is not None and ready < final):  # else plan_throttle has nothing
+            throttled, note = plan_throttle(
+                spec,
+                final,
+                short,
+                ready,
+                observation.arrival_rate,
+                observation.tier_rates,
+                factor,
+            )
+            if note is not None:
+                notes.append(note)
     measured = placer.draw
-    watts = sum(
-        count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
-        for k, count in placement.placements.items()
+    placements = placement.placements
+    watts = (
+        sum(
+            count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
+            for k, count in placements.items()
+        )
+        if placements
+        else 0
     )
     plan = PoolPlan(
         key=sized.key,
         desired_replicas=final,
         current_replicas=current,
-        placements=frozen_map(placement.placements),
+        # The placement's own dict, not a copy: nothing else holds it.
+        placements=MappingProxyType(placements) if placements else _NONE,
         recommended_replicas=sized.recommended,
         unplaced_replicas=placement.unplaced if not dry_run else 0,
         burst_replicas=placement.burst,

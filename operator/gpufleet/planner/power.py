@@ -11,8 +11,13 @@ from types import MappingProxyType
 from gpufleet.api.pool import PowerSource, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec, Window
 from gpufleet.api.provider import NodePool
+from gpufleet.planner.facts import facts_of
 from gpufleet.planner.types import NodePoolKey, PowerFigure
 
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every busy GPU are bound once.
+_MEASURED, _NAMEPLATE = PowerSource.MEASURED, PowerSource.NAMEPLATE
+_DECLARED = PowerSource.DECLARED
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -84,7 +89,7 @@ NAMEPLATE_ONLY = PoolDraw(_NOTHING, {})
 def pool_draw(pool: ServingPoolSpec, measured: Mapping[str, float]) -> PoolDraw:
     """The pool's figures; NAMEPLATE_ONLY (shared, no allocation) for the many pools that
     neither declare one nor were measured."""
-    declared = {r.gpu_type: r.watts_per_gpu for r in pool.service_rates if r.watts_per_gpu}
+    declared = facts_of(pool).watts
     if not declared and not measured:
         return NAMEPLATE_ONLY
     return PoolDraw(measured, declared)
@@ -101,12 +106,12 @@ def gpu_draw(draw: PoolDraw, node_pool: NodePool) -> tuple[float, PowerSource]:
     measured = draw.measured.get(node_pool.gpu_type)
     if measured is not None and math.isfinite(measured):
         base = min(max(measured, float(node_pool.idle_watts_per_gpu)), nameplate)
-        source = PowerSource.MEASURED
+        source = _MEASURED
     else:
-        base, source = nameplate, PowerSource.NAMEPLATE
+        base, source = nameplate, _NAMEPLATE
     declared = draw.declared.get(node_pool.gpu_type)
     if declared is not None and declared > base:
-        return float(declared), PowerSource.DECLARED
+        return float(declared), _DECLARED
     return base, source
 
 

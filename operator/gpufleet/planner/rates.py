@@ -7,7 +7,7 @@ import math
 from dataclasses import replace
 
 from gpufleet.api.pool import RateSource, ServingPoolSpec
-from gpufleet.planner.demand import service_rate_per_second
+from gpufleet.planner.facts import facts_of
 from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.service import FACTOR_STEP, Reading, ServiceMemory, work_factor
 from gpufleet.planner.service import observe as observe_service
@@ -24,17 +24,19 @@ def learn_service(
     """The pool's work factor with this tick's queue and arrivals folded in
     (planner/service.py), and the service rate it sizes with; None for a pool without a
     declared rate or measured arrivals (queue depth alone sizes it)."""
-    slowest = service_rate_per_second(spec)
+    facts = facts_of(spec)
+    slowest = facts.slowest
     if slowest is None:
         return None, None
-    declared = {r.gpu_type: r.requests_per_minute / 60.0 for r in spec.service_rates}
-    rates = tuple(sorted(declared.items()))
+    declared, rates = facts.declared, facts.rates
     if previous is not None and previous.rates != rates:
         previous = None  # what was learnt was against the rates the spec no longer declares
     arrival, queue = observation.arrival_rate, observation.queue_depth
     if not _usable(arrival) or not _usable(queue):
         # A gap in the metrics ends any window: what the queue did meanwhile is unknown.
-        kept = replace(previous, last=None, window=None) if previous is not None else None
+        kept = previous
+        if previous is not None and (previous.last is not None or previous.window is not None):
+            kept = replace(previous, last=None, window=None)
         return kept, _rate(slowest, kept, now)
     assert arrival is not None and queue is not None
     running = {

@@ -82,6 +82,36 @@ class ServiceMemory:
     mark: tuple[float, float] | None = None
 
 
+def _moved_on(
+    memory: ServiceMemory, last: Reading | None, window: BusyWindow | None
+) -> ServiceMemory:
+    """`memory` with another last reading and window: `dataclasses.replace` without its
+    cost, which every pool with a declared rate paid each tick."""
+    return ServiceMemory(
+        memory.factor,
+        memory.weight,
+        memory.updated,
+        last,
+        window,
+        memory.rates,
+        memory.growth,
+        memory.mark,
+    )
+
+
+def _marked(memory: ServiceMemory, growth: float, mark: tuple[float, float]) -> ServiceMemory:
+    return ServiceMemory(
+        memory.factor,
+        memory.weight,
+        memory.updated,
+        memory.last,
+        memory.window,
+        memory.rates,
+        growth,
+        mark,
+    )
+
+
 def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     """`memory` with one more tick's reading; a sample at the end of each busy window."""
     return _learn(_track_growth(memory, reading), reading)
@@ -94,21 +124,21 @@ def _track_growth(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     if mark is not None and reading.queue == mark[1] and reading.time >= mark[0]:
         return memory
     if mark is None or not 0 < reading.time - mark[0] <= MAX_GAP_SECONDS:
-        return replace(memory, growth=0.0, mark=(reading.time, reading.queue))
+        return _marked(memory, 0.0, (reading.time, reading.queue))
     dt = reading.time - mark[0]
     waiting = max(1, reading.servers)
     if mark[1] < waiting or reading.queue < waiting:  # not every replica busy throughout
-        return replace(memory, growth=0.0, mark=(reading.time, reading.queue))
+        return _marked(memory, 0.0, (reading.time, reading.queue))
     slope = (reading.queue - mark[1]) / dt
     alpha = 1.0 - math.exp(-dt / GROWTH_SECONDS)
     growth = alpha * slope + (1.0 - alpha) * memory.growth
-    return replace(memory, growth=growth, mark=(reading.time, reading.queue))
+    return _marked(memory, growth, (reading.time, reading.queue))
 
 
 def _learn(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     last = memory.last
     if last is None or reading.time < last.time or reading.time - last.time > MAX_GAP_SECONDS:
-        return replace(memory, last=reading, window=None)  # start afresh
+        return _moved_on(memory, reading, None)  # start afresh
     if reading.time == last.time:
         return memory
     # A queue shorter than the replicas may have emptied between two readings (a scrape
@@ -121,7 +151,7 @@ def _learn(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
         and math.isclose(reading.declared_capacity, last.declared_capacity, rel_tol=1e-6)
     )
     if not busy:
-        return replace(memory, last=reading, window=None)
+        return _moved_on(memory, reading, None)
     dt = reading.time - last.time
     window = memory.window or BusyWindow(last.time, last.queue)
     window = replace(
@@ -133,12 +163,12 @@ def _learn(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
     )
     length = reading.time - window.start
     if length < WINDOW_SECONDS:
-        return replace(memory, last=reading, window=window)
+        return _moved_on(memory, reading, window)
     moved = reading.queue - window.queue
     if window.high > window.low * (1.0 + STEADY_ARRIVALS) or abs(moved) < QUEUE_MOVED * max(
         window.arrived, 1.0
     ):  # a ramp, or a queue that tells nothing: start afresh
-        return replace(memory, last=reading, window=BusyWindow(reading.time, reading.queue))
+        return _moved_on(memory, reading, BusyWindow(reading.time, reading.queue))
     served = window.arrived - moved
     sample = min(max(served / window.promised, MIN_FACTOR), MAX_FACTOR)
     kept = _weight(memory, reading.time)

@@ -20,6 +20,24 @@ def stable_hash(key: PoolKey) -> int:
     return text_hash(f"{key.namespace}/{key.name}")
 
 
+# Every plan orders every pool and namespace by its hash, and byte by byte that cost more
+# than the rest of the ordering; the same keys come back each tick. Keyed by the pool's key
+# itself, so that a lookup builds no `namespace/name` string.
+_HASHES: dict[PoolKey | str, int] = {}
+_HASHES_KEPT = 65536
+
+
+def _cached_hash(key: PoolKey | str) -> int:
+    """`stable_hash` of a pool's key, `text_hash` of a namespace."""
+    value = _HASHES.get(key)
+    if value is None:
+        if len(_HASHES) >= _HASHES_KEPT:
+            _HASHES.clear()
+        value = text_hash(key) if isinstance(key, str) else stable_hash(key)
+        _HASHES[key] = value
+    return value
+
+
 def priority_groups(
     keys: Iterable[PoolKey], priority: Callable[[PoolKey], int]
 ) -> list[list[PoolKey]]:
@@ -30,7 +48,7 @@ def priority_groups(
     for key in keys:
         by_priority.setdefault(priority(key), []).append(key)
     return [
-        sorted(by_priority[p], key=lambda k: (stable_hash(k), k))
+        sorted(by_priority[p], key=lambda k: (_cached_hash(k), k))
         for p in sorted(by_priority, reverse=True)
     ]
 
@@ -64,9 +82,10 @@ def share(placers: list[Placer]) -> None:
 
 
 def _keep_in_turns(placers: list[Placer]) -> None:
-    active = [p for p in placers if p.keeping]
-    for placer in placers:
-        if placer not in active:
+    keeping = [p.keeping for p in placers]
+    active = [p for p, k in zip(placers, keeping, strict=True) if k]
+    for placer, k in zip(placers, keeping, strict=True):
+        if not k:
             placer.keep()  # nothing to keep: settles its state
     steps = [max(1, math.ceil(sum(p.current.values()) / ROUNDS)) for p in active]
     start = 0
@@ -76,9 +95,11 @@ def _keep_in_turns(placers: list[Placer]) -> None:
             j = (start + i) % count
             active[j].keep(steps[j])
         still = [i for i, p in enumerate(active) if p.keeping]
-        for i, placer in enumerate(active):
-            if i not in still:
-                placer.keep(0)  # done keeping: settles its state
+        if len(still) < count:  # a set: a large group would test every pool against each
+            left = set(still)
+            for i, placer in enumerate(active):
+                if i not in left:
+                    placer.keep(0)  # done keeping: settles its state
         active, steps = [active[i] for i in still], [steps[i] for i in still]
         start += 1
 
@@ -93,7 +114,7 @@ def _grow_by_namespace(placers: list[Placer]) -> None:
     for placer in placers:
         if not placer.done:
             groups.setdefault(placer.namespace, []).append(placer)
-    order = sorted(groups, key=lambda ns: (text_hash(ns), ns))
+    order = sorted(groups, key=lambda ns: (_cached_hash(ns), ns))
     rounds = 0
     while order:
         needs = [sum(p.remaining * p.gpus for p in groups[ns] if not p.done) for ns in order]

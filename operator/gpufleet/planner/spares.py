@@ -26,6 +26,9 @@ from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason,
 
 _EPS = 1e-9
 _SCALE_NOTES = (Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.STEADY)
+# An enum member read through its class costs several times a global's on Python 3.11 (the
+# enum metaclass defines __getattr__): members read for every pool of every plan are bound once.
+_SECONDARY = Role.SECONDARY
 
 
 def add_spares(
@@ -63,7 +66,7 @@ def add_spares(
                 continue
             free = math.floor((slot.nodes - slot.usage) * per_node + _EPS)
             want = min(free, room)
-            if slot.provider.role == Role.SECONDARY:
+            if slot.provider.role == _SECONDARY:
                 want = min(want, burst_room)
             if want <= 0:
                 continue
@@ -75,7 +78,7 @@ def add_spares(
             ledger.charge_namespace(key.namespace, fitted * gpus)
             added[node_pool] = fitted
             room -= fitted
-            if slot.provider.role == Role.SECONDARY:
+            if slot.provider.role == _SECONDARY:
                 burst_room -= fitted
         if added:
             plans[key] = _with_spares(plan, spec, added, ledger, draw)

@@ -9,6 +9,7 @@ rate, so the top tier keeps its SLO while capacity catches up.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -25,7 +26,13 @@ def sustainable_rate(spec: ServingPoolSpec, replicas: int, factor: float = 1.0) 
     if replicas <= 0:
         return 0.0
     allowed = 1.0 - min(spec.slo.target_percent / 100.0, 0.9999)
-    wait = float(spec.slo.queue_wait_seconds)
+    return _sustainable(service, replicas, float(spec.slo.queue_wait_seconds), allowed)
+
+
+# Cached: a short pool stays short for many ticks, and each bisection step is one step per
+# replica.
+@functools.lru_cache(maxsize=4096)
+def _sustainable(service: float, replicas: int, wait: float, allowed: float) -> float:
     low, high = 0.0, replicas * service
     for _ in range(40):  # bisection to well under a request per hour
         middle = (low + high) / 2
