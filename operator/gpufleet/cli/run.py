@@ -250,6 +250,7 @@ def run(
         query_namespace_label=query_namespace_label,
         pod_label_selector=_pod_selector(pod_label_selector),
         remote_read_seconds=remote_read_seconds,
+        freeze_heap=True,
     )
     if settings.gateway_config_map == settings.anchor:
         raise typer.BadParameter(f"the gateway ConfigMap cannot be the anchor {settings.anchor}")

@@ -261,7 +261,12 @@ def _register_startup(
         # live objects the index handlers fill.
         indices = {name: kwargs[name] for name in INDEXES}
         memo.runner = Runner(
-            memo.fleet, lambda: _view(indices), watch, config.period_seconds, elector
+            memo.fleet,
+            lambda: _view(indices),
+            watch,
+            config.period_seconds,
+            elector,
+            freeze_heap=config.freeze_heap,
         )
         memo.runner.start()
 
