@@ -59,3 +59,37 @@ def test_the_index_is_a_mapping_of_each_namespaces_pods() -> None:
     index = PodIndex(pods)
     assert dict(index) == {"ns": tuple(pods["ns"])}
     assert index.get("absent", ()) == ()
+
+
+@given(
+    st.lists(labels, max_size=8),
+    st.lists(labels, max_size=8),
+    st.lists(labels, max_size=8),
+    selectors,
+)
+def test_the_next_ticks_index_answers_as_a_fresh_one(
+    before: list[dict[str, str]],
+    after: list[dict[str, str]],
+    steady: list[dict[str, str]],
+    selector: Selector,
+) -> None:
+    kept = [pod("ns-b", i, lab) for i, lab in enumerate(steady)]
+    first = PodIndex({"ns-a": [pod("ns-a", i, lab) for i, lab in enumerate(before)], "ns-b": kept})
+    for ns in ("ns-a", "ns-b"):
+        first.selected(ns, selector)
+    pods = {"ns-a": [pod("ns-a", i, lab) for i, lab in enumerate(after)], "ns-b": kept}
+    second = PodIndex(pods, first)
+    for ns in ("ns-a", "ns-b"):
+        assert second.selected(ns, selector) == PodIndex(pods).selected(ns, selector)
+
+
+def test_a_namespace_whose_pods_did_not_change_keeps_its_answers() -> None:
+    chat = parse("app=chat")
+    steady = [pod("steady", i, {"app": "chat"}) for i in range(3)]
+    first = PodIndex({"steady": steady, "busy": [pod("busy", 0, {"app": "chat"})]})
+    answer = first.selected("steady", chat)
+    first.selected("busy", chat)
+    moved = [pod("busy", 0, {"app": "chat"}), pod("busy", 1, {"app": "chat"})]
+    second = PodIndex({"steady": list(steady), "busy": moved}, first)
+    assert second.selected("steady", chat) is answer
+    assert second.selected("busy", chat) == tuple(moved)

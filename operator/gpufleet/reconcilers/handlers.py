@@ -262,7 +262,7 @@ def _register_startup(
         indices = {name: kwargs[name] for name in INDEXES}
         memo.runner = Runner(
             memo.fleet,
-            lambda: _view(indices),
+            _Views(indices),
             watch,
             config.period_seconds,
             elector,
@@ -483,7 +483,21 @@ def _register_fleet(registry: kopf.OperatorRegistry) -> None:
             runner.indexed.set()
 
 
-def _view(indices: dict[str, Any]) -> View:
+class _Views:
+    """Each tick's View, read from the indexes; the pod index is carried over from the last
+    tick's where its pods are unchanged (`PodIndex`)."""
+
+    def __init__(self, indices: dict[str, Any]) -> None:
+        self._indices = indices
+        self._pods: PodIndex | None = None
+
+    def __call__(self) -> View:
+        view = _view(self._indices, self._pods)
+        self._pods = view.pods if isinstance(view.pods, PodIndex) else None
+        return view
+
+
+def _view(indices: dict[str, Any], previous_pods: PodIndex | None = None) -> View:
     """What one tick plans on, read from the indexes."""
     workloads = {
         k: v
@@ -497,7 +511,7 @@ def _view(indices: dict[str, Any]) -> View:
         providers=sorted(_values(indices["gpufleet_providers"]), key=lambda e: e.name),
         budgets=sorted(_values(indices["gpufleet_budgets"]), key=lambda e: e.name),
         nodes=_values(indices["gpufleet_nodes"]),
-        pods=PodIndex({ns: tuple(pods[ns]) for ns in pods}),
+        pods=PodIndex({ns: tuple(pods[ns]) for ns in pods}, previous_pods),
         workloads=workloads,
         tenant_policies=sorted(_values(indices["gpufleet_policies"]), key=lambda e: e.name),
         priority_classes={

@@ -164,11 +164,12 @@ class Reporter:
             conds = [ready([target], st.POOL_HEALTHY), Cond("SpecValid", True, "Valid"), target]
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
-            inputs = self._inputs(key, entry, spec, pool_plan, fleet, observed, granted)
+            references = tuple(self._burst_references(key, spec, fleet))
+            inputs = self._inputs(key, entry, pool_plan, fleet, observed, granted, references)
             if self._unchanged(key, entry, inputs):
                 return
             status = await self._planned_status(
-                entry, spec, pool_plan, fleet, observed, now, granted
+                entry, spec, pool_plan, fleet, observed, now, granted, references
             )
             body = await self._write(
                 "servingpools", entry.namespace, entry.name, entry.status, status
@@ -182,11 +183,11 @@ class Reporter:
         self,
         key: PoolKey,
         entry: PoolEntry,
-        spec: ServingPoolSpec,
         pool_plan: PoolPlan,
         fleet: Fleet,
         observed: Observed,
         granted: Grants,
+        references: tuple[BurstReference, ...],
     ) -> tuple[Any, ...]:
         """Everything a planned pool's status, metrics and scale Event are made of, but the
         stored status and the clock: the spec by its generation, the rest by value."""
@@ -202,7 +203,7 @@ class Reporter:
             self.refusals.get(key),
             granted.priorities.get(key),
             st.burst_percent(pool_plan, fleet.providers),
-            tuple(self._burst_references(key, spec, fleet)),
+            references,
         )
 
     def _unchanged(self, key: PoolKey, entry: PoolEntry, inputs: tuple[Any, ...]) -> bool:
@@ -222,6 +223,7 @@ class Reporter:
         observed: Observed,
         now: float,
         granted: Grants,
+        references: tuple[BurstReference, ...],
     ) -> ServingPoolStatus:
         """A planned pool's status; its metrics and scale Event on the way (they do not
         depend on the status being writable)."""
@@ -249,7 +251,7 @@ class Reporter:
             fleet.providers,
             observed.current_by_provider.get(key),
             observed.arrival.get(key),
-            self._burst_references(key, spec, fleet),
+            references,
         )
         if priority is not None:
             status = status.model_copy(update={"priority": priority_status(priority)})
