@@ -143,6 +143,21 @@ def test_a_series_older_than_the_limit_is_stale_though_the_evaluation_is_fresh(
     assert _sample(result[fresh]).age == 5
 
 
+def test_a_stale_series_keeps_one_message_while_it_stays_stale(prom: FakePrometheus) -> None:
+    # The message lands in the pool's status: were it to carry the series' age, a stale
+    # pool would be written again every tick.
+    (query,) = _pools(prom, "chat")
+    prom.updated[_selector("chat")] = prom.now - 300
+    source = _source(prom, max_age=120)
+    first = asyncio.run(source.sample_many([query]))[query]
+    prom.now += 45
+    later = asyncio.run(source.sample_many([query]))[query]
+
+    assert _reason(first) == _reason(later) == MetricsReason.STALE_SAMPLE
+    assert str(first) == str(later)
+    assert "more than 120 s" in str(first)
+
+
 def test_a_skewed_operator_clock_marks_nothing_stale(prom: FakePrometheus) -> None:
     # Ages are Prometheus's evaluation time minus its samples' times: the operator's clock
     # is not read at all, so a Prometheus an hour ahead or behind changes nothing.

@@ -10,6 +10,7 @@ part with all before it (quadratic in the batch), a tree only with its log.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,9 +107,12 @@ class Answer:
                 MetricsReason.STALE_SAMPLE,
             )
         if age > max_age:
+            # When, not how long ago: a message that grows each tick would rewrite the
+            # pool's status every tick for as long as the series stays stale.
+            updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.evaluated - age))
             raise MetricsUnavailable(
-                f"a series the query reads was last updated {age:.0f} s before Prometheus "
-                f"evaluated it (limit {max_age:.0f} s)",
+                f"a series the query reads was last updated at {updated}, more than "
+                f"{max_age:.0f} s before Prometheus evaluated it",
                 MetricsReason.STALE_SAMPLE,
             )
         return Sample(value, self.evaluated, age)
