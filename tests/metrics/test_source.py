@@ -237,6 +237,23 @@ def test_a_series_that_stops_updating_is_stale_within_the_spread(prom: FakeProme
     assert all(isinstance(results[-1][q], Sample) for q in queries if q != queries[7])
 
 
+def test_a_live_series_stays_fresh_however_slow_the_ticks(prom: FakePrometheus) -> None:
+    # Ten 35 s ticks between probes would read a series scraped 5 s ago as 350 s old.
+    queries = _pools(prom, *(f"p{i}" for i in range(BATCH)))
+    elapsed = [0.0]
+    source = PrometheusSource(prom.url, max_age=120, clock=lambda: elapsed[0])  # type: ignore[attr-defined]
+
+    for _ in range(2 * FRESHNESS_SPREAD):
+        prom.now += 35
+        elapsed[0] += 35
+        for i in range(BATCH):
+            prom.updated[_selector(f"p{i}")] = prom.now - 5
+        result = asyncio.run(source.sample_many(queries))
+
+        assert all(isinstance(result[q], Sample) for q in queries)
+        assert max(_sample(result[q]).age for q in queries) <= 120 / 4 + 35 + 5
+
+
 @pytest.mark.parametrize(
     "query",
     [

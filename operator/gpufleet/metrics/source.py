@@ -26,7 +26,8 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 BATCH = 100
 CONCURRENCY = 8  # requests in flight to one Prometheus
 FRESHNESS_SPREAD = 10
+# A query's freshness is probed again at least this often (a share of `max_age`), however
+# slow the ticks: its age grows from its last probe, so this bounds how far it overstates.
+REPROBE_SHARE = 4
 # Extra requests a call may make to find the queries Prometheus rejects or fails on: enough
 # to halve two batches of a hundred down to one query each.
 ISOLATION_REQUESTS = 4 * math.ceil(math.log2(BATCH))
@@ -119,7 +123,14 @@ def _checked(query: str) -> CheckedQuery | MetricsUnavailable:
 
 
 class PrometheusSource:
-    def __init__(self, url: str, *, timeout: float = 5.0, max_age: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        max_age: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._endpoint = url.rstrip("/") + "/api/v1/query"
         self._timeout = timeout
         self._max_age = max_age
@@ -129,7 +140,9 @@ class PrometheusSource:
         # Per query: the call that last probed its freshness, and when (Prometheus's clock)
         # the least recently updated series it reads was last updated (None: reads nothing).
         self._calls = 0
+        self._clock = clock  # only ever differenced: no skew with Prometheus's
         self._probed: dict[str, int] = {}
+        self._probed_at: dict[str, float] = {}
         self._newest: dict[str, float | None] = {}
         self.requests = 0  # HTTP requests made, for tests and benchmarks
 
@@ -178,16 +191,20 @@ class PrometheusSource:
         return out
 
     def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:
-        """The queries whose freshness this call probes: new ones, and the longest unprobed
-        share of the rest."""
+        """The queries whose freshness this call probes: new ones, the longest unprobed
+        share of the rest, and any not probed for `max_age / REPROBE_SHARE` seconds. The
+        last keeps slow ticks (a fleet scaling out at 1,000 pools took 35 s a tick) from
+        ageing live series past the limit: 10 such ticks between probes read as 350 s."""
         self._calls += 1
         texts = [q.text for q in queries]
         seen = sorted((t for t in texts if t in self._probed), key=self._probed.__getitem__)
         share = math.ceil(len(texts) / FRESHNESS_SPREAD)
-        return {t for t in texts if t not in self._probed} | set(seen[:share])
+        due = {t for t in texts if t not in self._probed} | set(seen[:share])
+        overdue = self._clock() - self._max_age / REPROBE_SHARE
+        return due | {t for t in seen[share:] if self._probed_at.get(t, -math.inf) <= overdue}
 
     def _forget_all_but(self, texts: set[str]) -> None:
-        for memory in (self._split, self._probed, self._newest, self._logged):
+        for memory in (self._split, self._probed, self._probed_at, self._newest, self._logged):
             for gone in [t for t in memory if t not in texts]:
                 del memory[gone]
 
@@ -320,6 +337,7 @@ class PrometheusSource:
         if query.text in probed:
             self._newest[query.text] = answer.newest_update(index, query)
             self._probed[query.text] = self._calls
+            self._probed_at[query.text] = self._clock()
         newest = self._newest.get(query.text)
         # Ages are Prometheus's evaluation time less its samples' times: no skew with ours.
         age = 0.0 if newest is None else max(0.0, answer.evaluated - newest)
