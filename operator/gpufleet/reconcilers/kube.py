@@ -340,6 +340,14 @@ class Kube:
         return sorted(str(node.metadata.name) for node in found.items if node.metadata)
 
     async def ensure_config_map(self, namespace: str, name: str) -> None:
+        # Read first: a restarted operator finds it, and then sends no write at all (a
+        # create refused as a conflict is still a write request to the API server).
+        try:
+            await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(
                 name=name, namespace=namespace, labels={"app.kubernetes.io/managed-by": "gpufleet"}
