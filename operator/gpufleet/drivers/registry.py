@@ -26,7 +26,7 @@ from gpufleet.drivers.eks import AwsCredentials, ClientFactory, EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
 from gpufleet.drivers.karpenter import KarpenterDriver
 from gpufleet.drivers.retry import DEFAULT_BACKOFF, Backoff, RetryingDriver
-from gpufleet.drivers.simulated import DEFAULT_NAMESPACE, SimulatedDriver
+from gpufleet.drivers.simulated import DEFAULT_NAMESPACE, SimulatedDriver, WatchedNodes
 
 
 class DriverNotAvailable(DriverError):
@@ -47,13 +47,20 @@ def make_driver(
     aws_credentials: AwsCredentials | None = None,
     aws_clients: ClientFactory | None = None,
     backoff: Backoff = DEFAULT_BACKOFF,
+    watched_nodes: WatchedNodes | None = None,
 ) -> NodePoolDriver:
-    """The driver named by `spec.driver.type`, wrapped for retries, metrics and typed errors."""
+    """The driver named by `spec.driver.type`, wrapped for retries, metrics and typed errors.
+    `watched_nodes`: the Nodes of `api_client`'s cluster as the caller watches them."""
     kind = spec.driver.type
     inner: NodePoolDriver
     if kind == DriverType.SIMULATED:
         inner = SimulatedDriver(
-            api_client, provider, spec, namespace=simulated_namespace, clock=clock
+            api_client,
+            provider,
+            spec,
+            namespace=simulated_namespace,
+            clock=clock,
+            watched=watched_nodes,
         )
     elif kind == DriverType.CLUSTER_API:
         settings = spec.driver.cluster_api

@@ -8,6 +8,13 @@ pods on them. Failure knobs in the ConfigMap make scale-ups fail on request.
 
 Every write to the ConfigMap carries the resourceVersion it was computed from, so two
 driver instances never overwrite each other; the loser re-reads and recomputes.
+
+The pool's Nodes are listed on every call, unless the driver is given `WatchedNodes`: the
+operator's own watch of the cluster's node-pool Nodes, fed to it each tick. Then a quiet
+tick lists nothing: at 20 providers and 500 nodes the lists were 17 requests a second and
+every Node's JSON parsed each tick. What a watch has not delivered yet is harmless: a
+launch whose Node is not seen is created again (409, taken as done), a deleted Node still
+seen is deleted again (404, taken as done).
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.client import ApiClient, CoreV1Api, V1ConfigMap, V1Node
 from kubernetes.client.exceptions import ApiException
@@ -134,6 +141,49 @@ def _observed(node: Mapping[str, Any]) -> sim.ObservedNode:
     return sim.ObservedNode(str(dig(node, "metadata", "name") or ""), ordinal, ready)
 
 
+class NodeFacts(Protocol):
+    """What a watch keeps of a node-pool Node (the operator's node index entries)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def node_pool(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+def ordinal_of(name: str) -> int:
+    """The launch ordinal a Simulated Node's name ends with (its ORDINAL_ANNOTATION too)."""
+    suffix = name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+class WatchedNodes:
+    """The cluster's node-pool Nodes as a watch sees them, by provider and node pool, for
+    drivers on that cluster to read in place of a LIST. Unfed, it answers None: list."""
+
+    def __init__(self) -> None:
+        self._fed: tuple[NodeFacts, ...] | None = None
+        self._by_pool: dict[tuple[str, str], list[sim.ObservedNode]] = {}
+
+    def update(self, nodes: Iterable[NodeFacts]) -> None:
+        fed = tuple(nodes)
+        if fed == self._fed:  # the same entries: identity compares first, so this is cheap
+            return
+        by_pool: dict[tuple[str, str], list[sim.ObservedNode]] = {}
+        for node in fed:
+            observed = sim.ObservedNode(node.name, ordinal_of(node.name), node.ready)
+            by_pool.setdefault((node.provider, node.node_pool), []).append(observed)
+        self._fed, self._by_pool = fed, by_pool
+
+    def of(self, provider: str, pool: str) -> list[sim.ObservedNode] | None:
+        if self._fed is None:
+            return None
+        return list(self._by_pool.get((provider, pool), ()))
+
+
 @dataclass
 class _Snapshot:
     """One consistent read: the ConfigMap (with its version) and the pool's Nodes."""
@@ -154,8 +204,10 @@ class SimulatedDriver:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         clock: Callable[[], float] = time.time,
+        watched: WatchedNodes | None = None,
     ) -> None:
         self._core = CoreV1Api(api_client)
+        self._watched = watched
         self._provider = provider
         self._spec = spec
         self._namespace = namespace
@@ -261,6 +313,9 @@ class SimulatedDriver:
             if error.status != 404:
                 raise
             data, version = {}, None
+        watched = self._watched.of(self._provider, pool.name) if self._watched else None
+        if watched is not None:
+            return _Snapshot(data, version, watched)
         selector = f"{PROVIDER_LABEL}={self._provider},{NODE_POOL_LABEL}={pool.name}"
         # Without preloading, the client returns the HTTP response, not its typed model.
         listed: Any = await asyncio.to_thread(

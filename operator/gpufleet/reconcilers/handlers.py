@@ -28,6 +28,7 @@ from gpufleet.api.tenancy import PriorityClassInfo
 from gpufleet.drivers.base import NodePoolDriver
 from gpufleet.drivers.eks import AwsCredentials, ClientFactory
 from gpufleet.drivers.registry import make_driver
+from gpufleet.drivers.simulated import WatchedNodes
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import PrometheusSource
 from gpufleet.reconcilers.burst.lifecycle import installation_id
@@ -103,9 +104,13 @@ def identity() -> str:
 
 
 def _build_driver(
-    config: RunConfig, metrics: OperatorMetrics, aws_clients: ClientFactory | None
+    config: RunConfig,
+    metrics: OperatorMetrics,
+    aws_clients: ClientFactory | None,
+    watched_nodes: WatchedNodes | None = None,
 ) -> Callable[[str, CloudProviderSpec, ApiClient, AwsCredentials | None], NodePoolDriver]:
-    """A driver for a provider on the given cluster's ApiClient, with its AWS credentials."""
+    """A driver for a provider on the given cluster's ApiClient, with its AWS credentials.
+    `watched_nodes`: that cluster's Nodes as the operator watches them, if it does."""
 
     def make(
         name: str, spec: CloudProviderSpec, api: ApiClient, aws: AwsCredentials | None
@@ -118,6 +123,7 @@ def _build_driver(
             simulated_namespace=config.simulated_namespace,
             aws_credentials=aws,
             aws_clients=aws_clients,
+            watched_nodes=watched_nodes,
         )
 
     return make
@@ -128,11 +134,13 @@ def driver_factory(
     config: RunConfig,
     metrics: OperatorMetrics,
     aws_clients: ClientFactory | None = None,
+    watched_nodes: WatchedNodes | None = None,
 ) -> CredentialedFactory:
     """Drivers for local providers. An EKS driver gets the AWS credentials its
     `credentialsSecretRef` holds: the fleet loop refreshes the factory's source each tick
-    (a Secret without a namespace is in the operator's). `aws_clients`: tests' boto3 seam."""
-    build = _build_driver(config, metrics, aws_clients)
+    (a Secret without a namespace is in the operator's). `aws_clients`: tests' boto3 seam.
+    `watched_nodes`: the local Nodes, which the fleet loop feeds from its node index."""
+    build = _build_driver(config, metrics, aws_clients, watched_nodes)
     return CredentialedFactory(
         AwsCredentialSource(config.operator_namespace),
         lambda name, spec, aws: build(name, spec, api, aws),
@@ -213,10 +221,11 @@ async def _fleet_loop(
         if config.gateway_config_map
         else None
     )
+    watched = WatchedNodes()
     return FleetLoop(
         kube,
         source,
-        driver_factory(api, config, metrics),
+        driver_factory(api, config, metrics, watched_nodes=watched),
         metrics,
         journal=Journal(kube, config.operator_namespace, config.anchor, identity(), fence=elector),
         remote=remote,
@@ -226,6 +235,7 @@ async def _fleet_loop(
         namespace_label=config.query_namespace_label if config.confine_queries else None,
         series_label=config.query_namespace_label,
         pod_label_selector=config.pod_label_selector,
+        watched_nodes=watched,
     )
 
 

@@ -13,6 +13,7 @@ from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef
+from gpufleet.drivers.simulated import WatchedNodes
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import MetricsSource
 from gpufleet.planner.types import (
@@ -190,6 +191,9 @@ class FleetLoop:
     series_label: str = "namespace"
     # The pods the operator watches (--pod-label-selector); None: every GPU pod.
     pod_label_selector: str | None = None
+    # Local Simulated drivers read their Nodes here, fed from the node index each tick;
+    # None: they list them.
+    watched_nodes: WatchedNodes | None = None
 
     def _driver(self, name: str, spec: CloudProviderSpec) -> NodePoolDriver | None:
         cached = self.drivers.get(name)
@@ -223,6 +227,8 @@ class FleetLoop:
     async def tick(self, view: View) -> FleetPlan:
         started = time.perf_counter()
         now = self.clock()
+        if self.watched_nodes is not None:
+            self.watched_nodes.update(view.nodes)
         pools, targets, target_errors = scale_targets(view, self.pod_label_selector)
         providers, leaving = split_providers(view)
         budgets = {e.name: e.parsed.value for e in view.budgets if e.parsed.value is not None}

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from driver_harness import DriverHarness, SimulatedHarness
+from driver_harness import DriverHarness, SimulatedHarness, WatchedSimulatedHarness
 from kubernetes.client import ApiClient
 from kubernetes.config import new_client_from_config
 from machinepool_harness import MachinePoolHarness
@@ -49,6 +49,10 @@ def eks_harness(client: ApiClient, kubectl: Kubectl, namespace: str) -> DriverHa
 HarnessFactory = Callable[[ApiClient, Kubectl, str], DriverHarness]
 HARNESSES: dict[str, HarnessFactory] = {
     "Simulated": lambda client, kubectl, namespace: SimulatedHarness(client, kubectl, namespace),
+    # Its Nodes from the operator's watch (WatchedNodes), not a list per call.
+    "Simulated-watched": lambda client, kubectl, namespace: WatchedSimulatedHarness(
+        client, kubectl, namespace
+    ),
     "ClusterAPI": lambda client, kubectl, namespace: ClusterApiHarness(client, kubectl, namespace),
     "Karpenter": lambda client, kubectl, namespace: KarpenterHarness(client, kubectl, namespace),
     # GKE through CAPG, against Cluster API v1.13.2's MachinePool CRD (CAPG's) and v1.14.2's.

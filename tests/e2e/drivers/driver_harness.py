@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from gpufleet.api.labels import PROVIDER_LABEL
 from gpufleet.api.provider import CloudProviderSpec
-from gpufleet.drivers.base import NodePoolDriver, NodePoolRef
+from gpufleet.drivers.base import NodePoolDriver, NodePoolRef, NodePoolState
 from gpufleet.drivers.registry import make_driver
-from gpufleet.drivers.simulated import config_map_name
+from gpufleet.drivers.simulated import WatchedNodes, config_map_name
+from gpufleet.reconcilers.cache import node_entry
 from gpufleet_testbed.kubectl import Kubectl
 
 T = TypeVar("T")
@@ -213,3 +214,48 @@ class SimulatedHarness:
             self.namespace,
             "--ignore-not-found",
         )
+
+
+@dataclass
+class WatchedSimulatedHarness(SimulatedHarness):
+    """The Simulated driver reading its Nodes from `WatchedNodes`, as the operator runs it
+    on its own cluster: fed before every call from the API server, as the operator's node
+    index would be once the watch delivered."""
+
+    def new_driver(self) -> NodePoolDriver:
+        watched = WatchedNodes()
+        driver = make_driver(
+            self.provider,
+            self.spec,
+            api_client=self.api_client,
+            clock=self.clock,
+            registry=CollectorRegistry(),
+            simulated_namespace=self.namespace,
+            watched_nodes=watched,
+        )
+        return _Fed(driver, watched, self.kubectl, self.node_selector)
+
+
+@dataclass
+class _Fed:
+    inner: NodePoolDriver
+    watched: WatchedNodes
+    kubectl: Kubectl
+    selector: dict[str, str]
+
+    async def _feed(self) -> None:
+        labels = ",".join(f"{k}={v}" for k, v in self.selector.items())
+        listed = await asyncio.to_thread(self.kubectl.json, "get", "nodes", "-l", labels)
+        self.watched.update(node_entry(n["metadata"]["name"], n) for n in listed["items"])
+
+    async def get_pool(self, ref: NodePoolRef) -> NodePoolState:
+        await self._feed()
+        return await self.inner.get_pool(ref)
+
+    async def set_target_size(self, ref: NodePoolRef, size: int, *, action_id: str) -> None:
+        await self._feed()
+        await self.inner.set_target_size(ref, size, action_id=action_id)
+
+    async def delete_nodes(self, ref: NodePoolRef, names: Sequence[str], *, action_id: str) -> None:
+        await self._feed()
+        await self.inner.delete_nodes(ref, names, action_id=action_id)
