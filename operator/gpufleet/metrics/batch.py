@@ -9,8 +9,10 @@ part with all before it (quadratic in the batch), a tree only with its log.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,16 +30,35 @@ TOP = 2
 TAG = "gpufleet_part"
 
 
-def _tree(parts: Sequence[str]) -> str:
+def _tree(parts: Sequence[str], opening: str = "(", union: str = " or ", closing: str = ")") -> str:
     if len(parts) == 1:
         return parts[0]
     half = len(parts) // 2
-    return f"({_tree(parts[:half])} or {_tree(parts[half:])})"
+    left = _tree(parts[:half], opening, union, closing)
+    right = _tree(parts[half:], opening, union, closing)
+    return f"{opening}{left}{union}{right}{closing}"
+
+
+@functools.lru_cache(maxsize=16384)
+def form_quoted(text: str) -> str:
+    """`text` as a form field's value (application/x-www-form-urlencoded)."""
+    return urllib.parse.quote_plus(text)
 
 
 def batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = ()) -> str:
     """One expression that answers every query and, for those whose text is in `probed`,
     the freshness of the series it reads."""
+    return _tree(_parts(queries, probed))
+
+
+def quoted_batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = ()) -> str:
+    """`batch_expression`, form-quoted. Quoting maps each character alone, so the parts are
+    quoted once and kept: quoting a thousand pools' batches anew was 2 % of a quiet tick."""
+    quoted = [form_quoted(part) for part in _parts(queries, probed)]
+    return _tree(quoted, form_quoted("("), form_quoted(" or "), form_quoted(")"))
+
+
+def _parts(queries: Sequence[CheckedQuery], probed: Collection[str]) -> list[str]:
     parts: list[str] = []
     for i, query in enumerate(queries):
         parts.append(f'label_replace(topk({TOP}, {query.text}), "{TAG}", "{i}", "", "")')
@@ -47,7 +68,7 @@ def batch_expression(queries: Sequence[CheckedQuery], probed: Collection[str] = 
                 f'label_replace(min(timestamp({selector.text})), "{TAG}", "{i}/{j}", "", "")'
                 for j, selector in enumerate(query.selectors)
             )
-    return _tree(parts)
+    return parts
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
-from gpufleet.metrics.batch import Answer, Sample, batch_expression, in_range
+from gpufleet.metrics.batch import Answer, Sample, form_quoted, in_range, quoted_batch_expression
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.promql import CheckedQuery, check
 
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 BATCH = 100
 CONCURRENCY = 8  # requests in flight to one Prometheus
 FRESHNESS_SPREAD = 10
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # A query's freshness is probed again at least this often (a share of `max_age`), however
 # slow the ticks: its age grows from its last probe, so this bounds how far it overstates.
 REPROBE_SHARE = 4
@@ -171,7 +172,7 @@ class PrometheusSource:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                result = await self._post(session, checked.text)
+                result = await self._post(session, form_quoted(checked.text))
         except _Unreachable as exc:
             return _unreachable(str(exc))
         except _Rejected as exc:
@@ -298,7 +299,7 @@ class PrometheusSource:
         """The batch's answers, and whether Prometheus failed it (not one of its queries)."""
         try:
             async with call.gate:
-                result = await self._post(call.session, batch_expression(batch, call.probed))
+                result = await self._post(call.session, quoted_batch_expression(batch, call.probed))
         except _Unreachable as exc:
             return dict.fromkeys(batch, _unreachable(str(exc))), True
         except _Rejected as exc:
@@ -346,13 +347,16 @@ class PrometheusSource:
         except MetricsUnavailable as exc:
             return exc
 
-    async def _post(self, session: aiohttp.ClientSession, expression: str) -> list[Any]:
+    async def _post(self, session: aiohttp.ClientSession, quoted: str) -> list[Any]:
+        """Evaluates the form-quoted expression `quoted`."""
         self.requests += 1
         # POST: a batch of a hundred queries does not fit in a URL. Prometheus gives up at
         # the same time we do, so an abandoned query does not go on using its CPU.
-        form = {"query": expression, "timeout": f"{self._timeout:g}s"}
+        form = f"query={quoted}&timeout={form_quoted(f'{self._timeout:g}s')}"
         try:
-            async with session.post(self._endpoint, data=form) as response:
+            async with session.post(
+                self._endpoint, data=form.encode("ascii"), headers=_FORM
+            ) as response:
                 status = response.status
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
