@@ -16,6 +16,8 @@ from gpufleet.planner.power import busy_gpu_watts, node_watts
 from gpufleet.planner.types import NodePoolKey
 
 _EPS = 1e-9
+# Room `fits_together` leaves unused: far above rounding, far below a node or a watt.
+_MARGIN = 1e-6
 
 
 class Limit(StrEnum):
@@ -159,6 +161,38 @@ class Ledger:
             self.capped.update(over(high))
             return low, _POWER
         return upper, limit_reason
+
+    def fits_together(self, asks: list[tuple[Slot, int, int, float | None]]) -> bool:
+        """Whether every ask (slot, GPUs a replica, replicas, busy watts; None: nameplate)
+        fits on the slots' existing nodes and within every power budget, all of them at
+        once and with room to spare: then `fit` bounds none of them, in any order. False
+        where any might be bound, or is too close to tell past rounding."""
+        usage: dict[NodePoolKey, float] = {}
+        busy: dict[NodePoolKey, float] = {}
+        slots: dict[NodePoolKey, Slot] = {}
+        for slot, gpus, count, watts in asks:
+            per_node = slot.spec.gpus_per_node // gpus
+            if per_node == 0 or slot.held:
+                return False
+            key = slot.key
+            slots[key] = slot
+            usage[key] = usage.get(key, 0.0) + count / per_node
+            each = busy_gpu_watts(slot.spec) if watts is None else watts
+            busy[key] = busy.get(key, 0.0) + count * gpus * each
+        added = [0.0] * len(self.budget_used)
+        for key, slot in slots.items():
+            cap_nodes = max(slot.existing_nodes, slot.floor, slot.nodes)
+            if slot.usage + usage[key] > cap_nodes - _MARGIN:
+                return False
+            extra_nodes = slot.nodes_with(usage[key]) - slot.nodes
+            watts = extra_nodes * node_watts(slot.spec) + busy[key]
+            for b in slot.budgets:
+                added[b] += watts
+        return all(
+            self.budget_used[b] + added[b] <= self.budget_allowed[b] - _MARGIN
+            for b in range(len(added))
+            if added[b] > 0
+        )
 
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:

@@ -124,7 +124,7 @@ class Placer:
                 self._limited(Reason.LIMITED_BY_BURST_MAX, key)
                 return False, None
         asked = min(count, self._budget)
-        busy = busy_watts(self.draw, slot.spec) if self.draw else None  # None: nameplate
+        busy = self.busy(key)  # None: nameplate
         fitted, limit = self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
@@ -173,6 +173,36 @@ class Placer:
         self._budget = 0
         if count is None or not self.keeping:
             self._end_keep()
+
+    def keep_asks(self) -> list[tuple[NodePoolKey, int]] | None:
+        """What `keep()` would ask each node pool for, were nothing to bind it; None where
+        that cannot be told without keeping (an unreachable provider's replicas are held
+        first, unasked). Changes nothing."""
+        pending = self._to_keep
+        if pending is None:
+            rank, current, slots = self.options.rank, self.current, self.ledger.slots
+            kept = sorted((k for k in current if k in rank), key=rank.__getitem__)
+            if any(slots[k].held and current[k] > 0 for k in kept):
+                return None
+            pending = [(k, current[k]) for k in kept if current[k] > 0]
+        asks, budget = [], self.remaining
+        for key, left in pending:
+            if budget <= 0:
+                break
+            if left > 0:
+                asks.append((key, min(left, budget)))
+                budget -= min(left, budget)
+        return asks
+
+    def keep_asks_fit_burst(self, asks: list[tuple[NodePoolKey, int]]) -> bool:
+        """Whether the asks on secondary providers stay within the pool's burst room."""
+        slots = self.ledger.slots
+        burst = sum(n for key, n in asks if slots[key].provider.role == _SECONDARY)
+        return burst == 0 or self.burst + burst <= self.burst_room
+
+    def busy(self, key: NodePoolKey) -> float | None:
+        """What a busy GPU of the pool adds on that node pool (None: the nameplate)."""
+        return busy_watts(self.draw, self.ledger.slots[key].spec) if self.draw else None
 
     @property
     def keeping(self) -> bool:
