@@ -120,13 +120,6 @@ def controller_manager(
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--leader-elect=false",
         "--profiling=false",
-        # Sized as a large cluster's control plane is: with the defaults (20 requests/s, 5
-        # ReplicaSet workers) pods of 1,000 Deployments start at about 10/s while the
-        # machine idles, which made fleet_scale's scale-out time the control plane's.
-        "--kube-api-qps=200",
-        "--kube-api-burst=400",
-        "--concurrent-replicaset-syncs=20",
-        "--concurrent-deployment-syncs=20",
     ]
 
 
@@ -141,9 +134,6 @@ def scheduler(bins: Binaries, ports: Ports, kubeconfig: Path, cert_dir: Path) ->
         f"--cert-dir={cert_dir}",
         "--leader-elect=false",
         "--profiling=false",
-        # Left at its default (50/s), the rate at which pods that cannot be placed yet (no
-        # node is up) retry: raised to 200 beside the controller-manager's, fleet_scale's
-        # first tick took 153 s instead of 50 s (one run, other work on the machine).
     ]
 
 
