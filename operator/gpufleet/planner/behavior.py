@@ -37,6 +37,7 @@ class Rules:
     window: int
     select: SelectPolicy
     policies: tuple[ScalingPolicy, ...]
+    explicit: bool = False  # the policies are the pool's own, not the defaults
 
     @cached_property
     def plain(self) -> tuple[tuple[bool, int, int], ...]:
@@ -54,6 +55,7 @@ def _rules(rules: ScalingRules | None, window: int, policies: tuple[ScalingPolic
         else rules.stabilization_window_seconds,
         rules.select_policy,
         tuple(rules.policies) or policies,
+        bool(rules.policies),
     )
 
 
@@ -178,8 +180,17 @@ def apply(
     history: tuple[tuple[float, int], ...],
     events: tuple[tuple[float, int], ...],
     now: float,
+    urgent: bool = False,
 ) -> tuple[int, tuple[Note, ...]]:
-    """The replica count after stabilization and rate limits, with why it differs."""
+    """The replica count after stabilization and rate limits, with why it differs.
+
+    `urgent`: the queue grows past the SLO with every replica busy (`Demand.panic`). The
+    scale-up policies then do not apply, as in Knative's panic mode: they damp a noisy
+    metric, and a queue that grew between two scrapes with every replica busy is not noise.
+    The replicas it needs mostly wait for nodes that take minutes to boot, so asking for them
+    in 15 s steps only delays the last node by the steps. Only the default policies give
+    way: policies the pool sets itself, its stabilization window, a `Disabled` scale-up and
+    `maxReplicas` still hold."""
     up, down = rules.up, rules.down
     stabilized = stabilize(current, recommended, history, now, up, down)
     notes: list[Note] = []
@@ -193,7 +204,7 @@ def apply(
             )
         )
     desired = stabilized
-    if stabilized > current:
+    if stabilized > current and not (urgent and up.select != _DISABLED and not up.explicit):
         limit = up_limit(current, events, now, up)
         if limit < stabilized:
             desired = max(limit, current)

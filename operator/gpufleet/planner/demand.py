@@ -23,9 +23,6 @@ from gpufleet.planner.types import Forecast, Note, PoolObservation, Reason, Sett
 # must not buy a fleet.
 FORECAST_MAX_GROWTH = 2.0
 _MAX_SERVERS = 1_000_000
-# A backlog that grows past what the serving replicas clear within the SLO is drained within
-# this once new capacity serves (every request behind it misses its SLO meanwhile).
-BACKLOG_DRAIN_SECONDS = 120.0
 
 
 # Not frozen: one is built for every pool each tick and read once, and a frozen dataclass
@@ -39,6 +36,9 @@ class Demand:
     # Of the replicas, those worth new nodes: demand that lasts until new nodes could serve.
     # None where no model tells lasting demand from a passing backlog (queue depth only).
     lasting_replicas: int | None = None
+    # The queue grows past the SLO with every replica busy: the model was wrong, and the
+    # replicas asked for are asked at once, past the scale-up rate policies (`QueueGrowing`).
+    panic: bool = False
 
     @property
     def replicas(self) -> int:
@@ -216,12 +216,16 @@ def demand(
     notes: list[Note] = []
     now_replicas = _from_queue(spec, queue)
     model = _model(spec, arrival, factor) if arrival is not None else None
-    backlog, drain_seconds = queue, lead_seconds
+    backlog, drain_seconds, panic = queue, lead_seconds, False
     if model is not None and arrival is not None and _growing(observation, model, growth):
+        panic = True
         # Until new capacity serves, the backlog goes on growing; once it serves, every
-        # request that arrives waits behind the backlog and misses, so it is drained fast.
+        # request that arrives waits behind the backlog and misses, so new nodes are bought
+        # to clear it within the SLO, as the replicas that serve now are for the queue
+        # present (bounded by maxReplicas, quotas, power and data policy): each second of
+        # draining costs a second of arrivals.
         backlog = queue + growth * lead_seconds
-        drain_seconds = min(lead_seconds, BACKLOG_DRAIN_SECONDS)
+        drain_seconds = 0.0
         arrival, note = _arrivals_behind_growth(observation, model, arrival, growth)
         if note is not None:
             notes.append(note)
@@ -279,4 +283,4 @@ def demand(
                     )
                 )
             now_replicas, lasting = max(now_replicas, bursts), max(lasting, bursts)
-    return Demand(now_replicas, ahead, forecast, tuple(notes), lasting)
+    return Demand(now_replicas, ahead, forecast, tuple(notes), lasting, panic)

@@ -170,7 +170,7 @@ def size_pool(
         recommended, clamp_notes = _clamp(spec, needed.replicas)
         notes.extend(clamp_notes)
         desired, behavior_notes = behavior.apply(
-            rules, current, recommended, history, memory.scale_events, now
+            rules, current, recommended, history, memory.scale_events, now, needed.panic
         )
         notes.extend(behavior_notes)
         # minReplicas and maxReplicas are hard bounds, above any rate policy (as in the HPA).
