@@ -22,10 +22,7 @@ pools = st.lists(
 
 @given(pools, st.data())
 def test_the_quoted_batch_is_the_batch_quoted(names: list[str], data: st.DataObject) -> None:
-    queries = [
-        check(f'sum(queue{{pool="{n}"}}) + rate(done{{pool="{n}"}}[1m])')
-        for n in names
-    ]
+    queries = [check(f'sum(queue{{pool="{n}"}}) + rate(done{{pool="{n}"}}[1m])') for n in names]
     probed = {q.text for q in data.draw(st.lists(st.sampled_from(queries)))}
 
     quoted = quoted_batch_expression(queries, probed)
