@@ -167,6 +167,9 @@ class SimulatedHarness:
         self.node_selector = {PROVIDER_LABEL: self.provider}
 
     def new_driver(self) -> NodePoolDriver:
+        return self._driver()
+
+    def _driver(self, watched: WatchedNodes | None = None) -> NodePoolDriver:
         return make_driver(
             self.provider,
             self.spec,
@@ -174,6 +177,7 @@ class SimulatedHarness:
             clock=self.clock,
             registry=CollectorRegistry(),
             simulated_namespace=self.namespace,
+            watched_nodes=watched,
         )
 
     async def finish_boot(self) -> None:
@@ -224,16 +228,7 @@ class WatchedSimulatedHarness(SimulatedHarness):
 
     def new_driver(self) -> NodePoolDriver:
         watched = WatchedNodes()
-        driver = make_driver(
-            self.provider,
-            self.spec,
-            api_client=self.api_client,
-            clock=self.clock,
-            registry=CollectorRegistry(),
-            simulated_namespace=self.namespace,
-            watched_nodes=watched,
-        )
-        return _Fed(driver, watched, self.kubectl, self.node_selector)
+        return _Fed(self._driver(watched), watched, self.kubectl, self.node_selector)
 
 
 @dataclass
