@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 
 from hypothesis import given
@@ -11,9 +12,8 @@ from gpufleet.metrics.batch import batch_expression, quoted_batch_expression
 from gpufleet.metrics.promql import check
 
 pools = st.lists(
-    # Characters form-quoting changes, and ones it keeps; no quote or backslash, which
-    # promql.check does not take escaped in a label value.
-    st.text("abcdefghijklmnopqrstuvwxyz-0123456789 ()+&=%/'~.", min_size=1, max_size=12),
+    # Characters form-quoting changes, ones it keeps, and ones PromQL escapes.
+    st.text("abcdefghijklmnopqrstuvwxyz-0123456789 ()+&=%/'~.\"\\", min_size=1, max_size=12),
     min_size=1,
     max_size=12,
     unique=True,
@@ -22,7 +22,10 @@ pools = st.lists(
 
 @given(pools, st.data())
 def test_the_quoted_batch_is_the_batch_quoted(names: list[str], data: st.DataObject) -> None:
-    queries = [check(f'sum(queue{{pool="{n}"}}) + rate(done{{pool="{n}"}}[1m])') for n in names]
+    queries = [
+        check(f"sum(queue{{pool={json.dumps(n)}}}) + rate(done{{pool={json.dumps(n)}}}[1m])")
+        for n in names
+    ]
     probed = {q.text for q in data.draw(st.lists(st.sampled_from(queries)))}
 
     quoted = quoted_batch_expression(queries, probed)

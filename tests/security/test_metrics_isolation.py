@@ -12,11 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import promql_parser
 import pytest
 
 from gpufleet.api import ServingPoolSpec, parse_budget, parse_pool
 from gpufleet.metrics.confine import confine
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
+from gpufleet.metrics.promql import check
 from gpufleet.metrics.source import PrometheusSource, Sample
 from gpufleet.planner.types import PoolKey, PoolPlan
 from gpufleet.reconcilers.observe import observe
@@ -265,6 +267,28 @@ def test_the_batch_carries_the_confined_selectors_only() -> None:
     (expression,) = prom.expressions
     assert 'inference_queue_depth{namespace="team-a"}' in expression
     assert "inference_queue_depth)" not in expression  # never the unconfined selector
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # A quote inside a label value, rendered back without its escape, would send other
+        # PromQL in the freshness probe: another namespace's series, or a forged part tag.
+        'sum(x{pool="a\\"} or on() vector(1) or y{b=\\""})',
+        'sum(x{pool="a\\"}))) or label_replace(vector(0), \\"gpufleet_part\\", \\"7\\", \\"\\", \\"\\") or (((y{b=\\""})',
+        'sum(x{pool="\\""})',
+    ],
+)
+def test_a_label_value_holding_a_quote_stays_one_selector_in_the_freshness_probe(
+    query: str,
+) -> None:
+    checked = check(confine(query, label="namespace", namespace=NS))
+
+    for selector in checked.selectors:
+        parsed = promql_parser.parse(selector.text)
+        assert isinstance(parsed, promql_parser.VectorSelector), selector.text
+        assert 'namespace="team-a"' in str(parsed.prettify())
+    assert "vector(" not in "".join(s.text.split('"')[0] for s in checked.selectors)
 
 
 # -- Prometheus's words never reach a condition ------------------------------------------

@@ -17,6 +17,7 @@ cannot, because Prometheus stamps it with the evaluation time and looks back 5 m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,13 +112,55 @@ def _named(selector: Any) -> str:
     """The selector with its metric name in front: timestamp() returns a series' own sample
     time only for a bare selector, and without a name the series of two metrics with the same
     labels collide once timestamp() drops the names."""
-    matchers = str(selector.matchers)
-    if selector.name is not None:
-        return str(selector.name) if matchers == "{}" else f"{selector.name}{matchers}"
-    raise _invalid(
-        "a selector without a metric name (`{...}`) cannot be checked for staleness; "
-        "name the metric: `name{...}`"
-    )
+    if selector.name is None:
+        raise _invalid(
+            "a selector without a metric name (`{...}`) cannot be checked for staleness; "
+            "name the metric: `name{...}`"
+        )
+    # The parser renders matchers without escaping their values (a value holding a quote
+    # would come out as other PromQL, `x{a="1"} or y{...}`, and this text is sent in the
+    # freshness probe), so they are rendered here, as JSON strings are: Go's escapes.
+    matchers = selector.matchers
+    if matchers.or_matchers:
+        rendered = str(matchers)
+    else:
+        rendered = (
+            "{"
+            + ",".join(
+                f"{m.name}{_MATCH_OPS[_op(m)]}{json.dumps(m.value)}" for m in matchers.matchers
+            )
+            + "}"
+        )
+    text = str(selector.name) if rendered == "{}" else f"{selector.name}{rendered}"
+    # Only a text that parses back to this very selector is used.
+    try:
+        again = promql_parser.parse(text)
+    except ValueError:
+        again = None
+    if (
+        not isinstance(again, promql_parser.VectorSelector)
+        or again.name != selector.name
+        or _matchers(again) != _matchers(selector)
+    ):
+        raise _invalid(
+            "a label value holds characters the freshness check cannot render safely; "
+            "match such a value with `=~` and `.` in their place"
+        )
+    return text
+
+
+_MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
+
+
+def _op(matcher: Any) -> str:
+    return str(matcher.op).rsplit(".", 1)[-1]
+
+
+def _matchers(selector: Any) -> list[tuple[str, str, str]]:
+    found = [(str(m.name), _op(m), str(m.value)) for m in selector.matchers.matchers]
+    for group in selector.matchers.or_matchers:
+        found += [("or", "", "")] + [(str(m.name), _op(m), str(m.value)) for m in group]
+    return found
 
 
 def check(text: str) -> CheckedQuery:
