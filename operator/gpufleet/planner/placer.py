@@ -180,19 +180,24 @@ class Placer:
         first, unasked). Changes nothing."""
         pending = self._to_keep
         if pending is None:
-            rank, current, slots = self.options.rank, self.current, self.ledger.slots
-            kept = sorted((k for k in current if k in rank), key=rank.__getitem__)
-            if any(slots[k].held and current[k] > 0 for k in kept):
+            kept, slots = self._kept(), self.ledger.slots
+            if any(slots[k].held and self.current[k] > 0 for k in kept):
                 return None
-            pending = [(k, current[k]) for k in kept if current[k] > 0]
+            pending = [(k, self.current[k]) for k in kept if self.current[k] > 0]
         asks, budget = [], self.remaining
         for key, left in pending:
             if budget <= 0:
                 break
             if left > 0:
-                asks.append((key, min(left, budget)))
-                budget -= min(left, budget)
+                ask = min(left, budget)
+                asks.append((key, ask))
+                budget -= ask
         return asks
+
+    def _kept(self) -> list[NodePoolKey]:
+        """The node pools the pool runs on that it may still run on, most preferred first."""
+        rank = self.options.rank
+        return sorted((k for k in self.current if k in rank), key=rank.__getitem__)
 
     def keep_asks_fit_burst(self, asks: list[tuple[NodePoolKey, int]]) -> bool:
         """Whether the asks on secondary providers stay within the pool's burst room."""
@@ -215,8 +220,8 @@ class Placer:
         if not self.current:  # nothing runs: nothing to keep, nor to sort
             self._to_keep = []
             return
-        rank, current, ledger = self.options.rank, self.current, self.ledger
-        kept = sorted((k for k in current if k in rank), key=rank.__getitem__)
+        current, ledger = self.current, self.ledger
+        kept = self._kept()
         # An unreachable provider can be neither scaled down nor watched: its replicas stay.
         for key in kept:
             slot = ledger.slots[key]
