@@ -37,6 +37,17 @@ REPORT_CONCURRENCY = 16
 
 
 @dataclass
+class _Reported:
+    """A planned pool's last status: what it was built from, the body written, and the
+    stored status object last found equal to that body (the index keeps that very object
+    until a watch event brings another, so it is compared once)."""
+
+    inputs: tuple[Any, ...]
+    body: dict[str, Any]
+    matched: Mapping[str, Any] | None = None
+
+
+@dataclass
 class Reporter:
     kube: Kube
     metrics: OperatorMetrics
@@ -52,10 +63,7 @@ class Reporter:
     deleting: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # Per planned pool, what its last status was built from and the status itself: while
     # neither moved, the same status would be built again (`_unchanged`).
-    _reported: dict[PoolKey, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
-    # Per pool, the stored status object last found equal to what it reported: the index
-    # keeps that very object until a watch event brings another, so it is compared once.
-    _matched: dict[PoolKey, Mapping[str, Any]] = field(default_factory=dict)
+    _reported: dict[PoolKey, _Reported] = field(default_factory=dict)
     series: PoolSeries = field(default_factory=PoolSeries)
 
     async def report(
@@ -92,8 +100,6 @@ class Reporter:
         present = {PoolKey(e.namespace, e.name) for e in view.pools}
         for gone in set(self._reported) - present:
             del self._reported[gone]
-        for gone in set(self._matched) - present:
-            del self._matched[gone]
         self.series.forget(present)
         for policy in view.tenant_policies:
             status = policy_status(policy, policy.status, granted.governed.get(policy.name, 0), now)
@@ -179,11 +185,9 @@ class Reporter:
             body = await self._write(
                 "servingpools", entry.namespace, entry.name, entry.status, status
             )
-            self._reported[key] = (inputs, body)
-            self._matched.pop(key, None)
+            self._reported[key] = _Reported(inputs, body)
             return
         self._reported.pop(key, None)
-        self._matched.pop(key, None)
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
 
     def _inputs(
@@ -219,13 +223,13 @@ class Reporter:
         the desired size changes), its gauges hold their values and no Event is due: at
         1,000 pools that building was a third of a quiet tick (benchmarks/fleet_scale.py)."""
         last = self._reported.get(key)
-        if last is None or last[0] != inputs:
+        if last is None or last.inputs != inputs:
             return False
-        if self._matched.get(key) is entry.status:
+        if last.matched is entry.status:
             return True
-        if not st.same(entry.status, last[1]):
+        if not st.same(entry.status, last.body):
             return False
-        self._matched[key] = entry.status
+        last.matched = entry.status
         return True
 
     async def _planned_status(
