@@ -16,7 +16,8 @@ from gpufleet.planner.power import busy_gpu_watts, node_watts
 from gpufleet.planner.types import NodePoolKey
 
 _EPS = 1e-9
-# Room `fits_together` leaves unused: far above rounding, far below a node or a watt.
+# Room `fits_together` leaves unused: far above rounding, far below a node or a watt. Node
+# shares within it of a node pool's nodes are summed again exactly (`_fills`).
 _MARGIN = 1e-6
 
 
@@ -170,6 +171,7 @@ class Ledger:
         usage: dict[NodePoolKey, float] = {}
         busy: dict[NodePoolKey, float] = {}
         slots: dict[NodePoolKey, Slot] = {}
+        shares: dict[NodePoolKey, dict[int, int]] = {}  # replicas by replicas a node holds
         for slot, gpus, count, watts in asks:
             per_node = slot.spec.gpus_per_node // gpus
             if per_node == 0 or slot.held:
@@ -177,12 +179,17 @@ class Ledger:
             key = slot.key
             slots[key] = slot
             usage[key] = usage.get(key, 0.0) + count / per_node
+            mine = shares.setdefault(key, {})
+            mine[per_node] = mine.get(per_node, 0) + count
             each = busy_gpu_watts(slot.spec) if watts is None else watts
             busy[key] = busy.get(key, 0.0) + count * gpus * each
         added = [0.0] * len(self.budget_used)
         for key, slot in slots.items():
             cap_nodes = max(slot.existing_nodes, slot.floor, slot.nodes)
-            if slot.usage + usage[key] > cap_nodes - _MARGIN:
+            total = slot.usage + usage[key]
+            if total > cap_nodes - _MARGIN and not (
+                total <= cap_nodes + _MARGIN and _fills(slot.usage, shares[key], cap_nodes)
+            ):
                 return False
             extra_nodes = slot.nodes_with(usage[key]) - slot.nodes
             watts = extra_nodes * node_watts(slot.spec) + busy[key]
@@ -211,3 +218,16 @@ class Ledger:
             watts += count * gpus * busy
         for b in slot.budgets:
             self.budget_used[b] += watts
+
+
+def _fills(usage: float, shares: dict[int, int], cap_nodes: int) -> bool:
+    """Whether `usage` plus `count` replicas at 1/`per_node` of a node each (`shares`)
+    stays within `cap_nodes`, summed exactly. Replicas that fill their nodes to the last
+    GPU (a packed fleet) sum to the cap itself, which the margin alone would refuse; `fit`
+    takes them all, as it forgives far more rounding (`_EPS` of a replica) than the floats
+    of one plan add up."""
+    # usage = u / d exactly (a float's own ratio); the shares sum to n / lcm.
+    u, d = usage.as_integer_ratio()
+    lcm = math.lcm(*shares)
+    n = sum(count * (lcm // per_node) for per_node, count in shares.items())
+    return u * lcm + n * d <= cap_nodes * d * lcm

@@ -1,0 +1,103 @@
+"""Pools of equal priority keep what runs in turns (planner/sharing.py), so that where the
+nodes no longer hold everyone each loses a share. Where everything fits at once, they keep
+it all at once: the plan must be the one the turns give."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet.planner import NodePoolObservation, plan_fleet, sharing
+
+from .builders import EMPTY, budget, fleet, node_pool, observe, pool, provider
+
+FAST = {
+    "behavior": {
+        "scaleUp": {"policies": [{"type": "Pods", "value": 1000, "periodSeconds": 15}]},
+        "scaleDown": {"stabilizationWindowSeconds": 0},
+    }
+}
+
+
+@st.composite
+def _fleets(draw: st.DrawFn) -> tuple[Any, Any]:
+    """Equal-priority pools on node pools of 8 or 6 GPUs a node (6 makes shares of a third,
+    which floats cannot hold exactly), their replicas often packed to the last GPU, under a
+    budget that may be tight, with a provider that may be unreachable."""
+    providers: dict[str, Any] = {}
+    existing: dict[tuple[str, str], int] = {}
+    gpus_per_node: dict[tuple[str, str], int] = {}
+    for name, role in (("a", "Primary"), ("b", "Secondary"))[: draw(st.integers(1, 2))]:
+        node_pools = []
+        for np_name in ("h100", "h200")[: draw(st.integers(1, 2))]:
+            gpn = draw(st.sampled_from([8, 6]))
+            most = draw(st.integers(1, 5))
+            node_pools.append(node_pool(np_name, gpusPerNode=gpn, maxNodes=most))
+            existing[name, np_name] = draw(st.integers(0, most))
+            gpus_per_node[name, np_name] = gpn
+        providers[name] = provider(role=role, node_pools=node_pools)
+    names = [f"p{i}" for i in range(draw(st.integers(2, 5)))]
+    gpus = {n: draw(st.sampled_from([1, 2, 3])) for n in names}
+    free = {np: float(nodes) for np, nodes in existing.items()}
+    replicas: dict[str, dict[tuple[str, str], int]] = {}
+    for name in names:
+        for np_key in existing:
+            per_node = gpus_per_node[np_key] // gpus[name]
+            most = math.floor(free[np_key] * per_node + 1e-9)
+            placed = draw(st.one_of(st.just(most), st.integers(0, most)))
+            free[np_key] -= placed / per_node
+            if placed:
+                replicas.setdefault(name, {})[np_key] = placed
+    queues = {n: float(draw(st.integers(0, 300))) for n in names}
+    burst = {"burst": {"maxReplicas": draw(st.integers(0, 20))}}
+    pools = {n: pool(gpusPerReplica=gpus[n], maxReplicas=100, **FAST, **burst) for n in names}
+    budgets = None
+    if draw(st.booleans()):
+        budgets = {"site": budget(draw(st.integers(5, 60)))}
+    nodes = {np: NodePoolObservation(ready_nodes=n, target_nodes=n) for np, n in existing.items()}
+    unreachable = frozenset(draw(st.sets(st.sampled_from(sorted(providers)), max_size=1)))
+    snapshot = observe(queues, replicas=replicas, nodes=nodes, unreachable=unreachable)
+    return fleet(pools, providers, budgets), snapshot
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fleets())
+def test_keeping_all_at_once_plans_what_the_turns_plan(case: tuple[Any, Any]) -> None:
+    f, snapshot = case
+    at_once = plan_fleet(f, snapshot, EMPTY, 0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sharing, "_all_fit", lambda placers: False)
+        in_turns = plan_fleet(f, snapshot, EMPTY, 0.0)
+    assert at_once == in_turns
+
+
+def test_a_fleet_packed_to_the_last_gpu_keeps_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pools fill two 8-GPU nodes exactly: the sum of their shares is the cap itself,
+    which only an exact sum tells from one replica too many."""
+    answers: list[bool] = []
+    all_fit = sharing._all_fit
+
+    def recorded(placers: Any) -> bool:
+        answers.append(all_fit(placers))
+        return answers[-1]
+
+    monkeypatch.setattr(sharing, "_all_fit", recorded)
+    f = fleet(
+        {"chat": pool(**FAST), "image": pool(gpusPerReplica=2, **FAST)},
+        {"a": provider(node_pools=[node_pool(gpusPerNode=8, maxNodes=2)])},
+    )
+    snapshot = observe(
+        {"chat": 60.0, "image": 50.0},  # what each runs now
+        replicas={"chat": {("a", "h100"): 6}, "image": {("a", "h100"): 5}},
+        nodes={("a", "h100"): NodePoolObservation(ready_nodes=2, target_nodes=2)},
+    )
+    plan = plan_fleet(f, snapshot, EMPTY, 0.0)
+    assert answers == [True]
+    assert {k.name: p.placements for k, p in plan.pools.items()} == {
+        "chat": {("a", "h100"): 6},
+        "image": {("a", "h100"): 5},
+    }
