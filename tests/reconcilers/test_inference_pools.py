@@ -26,6 +26,7 @@ from gpufleet.reconcilers.inference_pools import (
 )
 from gpufleet.reconcilers.loop import node_pools_under, scale_targets
 from gpufleet.reconcilers.observe import replicas_by_node_pool
+from gpufleet.reconcilers.pod_index import selected
 from gpufleet.reconcilers.selectors import from_label_selector
 from gpufleet_testbed import fleets
 
@@ -146,11 +147,15 @@ def test_an_agreeing_pool_counts_only_the_pods_its_inference_pool_selects() -> N
 
     assert errors == {} and set(pools) == {KEY}
     node_pool_of = {n.name: NodePoolKey(n.provider, n.node_pool) for n in NODES}
-    placed, ready = replicas_by_node_pool(targets[KEY], view.pods[NS], node_pool_of, {})
+    target = targets[KEY]
+    placed, ready = replicas_by_node_pool(
+        target, selected(view.pods, NS, target.selector), node_pool_of, {}
+    )
     assert placed == {NodePoolKey("de", "h100"): 1, NodePoolKey("de", "h200"): 1}
     assert ready == 1
     workload = view.workloads[NS, "Deployment", "llm"]
-    assert replicas_by_node_pool(workload, view.pods[NS], node_pool_of, {})[1] == 2
+    pods = selected(view.pods, NS, workload.selector)
+    assert replicas_by_node_pool(workload, pods, node_pool_of, {})[1] == 2
 
 
 def test_the_node_pools_under_a_mismatched_pools_pods_are_held() -> None:

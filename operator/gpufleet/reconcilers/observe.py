@@ -109,11 +109,12 @@ def replicas_by_node_pool(
 ) -> tuple[dict[NodePoolKey, int], int]:
     """Where the workload's replicas are: bound pods by their node's pool; the rest (not yet
     scheduled or created) where the last plan put them, so a scale-up in flight counts. And
-    how many of its pods serve now (bound and Ready), from the same pass."""
+    how many of its pods serve now (bound and Ready), from the same pass. `pods`: those its
+    selector picks (pod_index.selected), which are not matched again here."""
     counts: dict[NodePoolKey, int] = {}
     bound = ready = 0
     for pod in pods:
-        if pod.terminating or not workload.selector.matches(pod.labels) or pod.node_name is None:
+        if pod.terminating or pod.node_name is None:
             continue
         ready += pod.ready
         key = node_pool_of.get(pod.node_name)
