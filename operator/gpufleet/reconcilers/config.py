@@ -48,8 +48,8 @@ class RunConfig:
     # Seconds a remote cluster's copies and node pools are reused for, unless the operator
     # wrote there (reconcilers/burst/reads.py); 0: read every tick.
     remote_read_seconds: float = 10.0
-    # gc.freeze() after the first tick (reconcilers/runner.py): `gpufleet run` only, as it
-    # acts on the whole process.
+    # gc.freeze() after the first tick and as the heap grows (reconcilers/heap.py):
+    # `gpufleet run` only, as it acts on the whole process.
     freeze_heap: bool = False
 
     @property

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpufleet.reconcilers.cache import View
+from gpufleet.reconcilers.heap import HeapFreezer
 from gpufleet.reconcilers.leader import Elector, NotLeading
 from gpufleet.reconcilers.liveness import TickWatch
 from gpufleet.reconcilers.loop import FleetLoop
@@ -39,12 +39,10 @@ class Runner:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     term: int | None = None  # the term of the last tick
-    # Move what the first tick found (imports, every index, the first plan) out of the
-    # garbage collector's sight (`gc.freeze`), once: a full collection walks every tracked
-    # object, and at 1,000 pools the heap of long-lived specs and index entries made those
-    # walks about a fifth of a plan's time (benchmarks/planner_scale.py, issue 20). Process-
-    # wide, so only `gpufleet run` asks for it.
+    # Keep the long-lived heap out of the garbage collector's walks (reconcilers/heap.py).
+    # Process-wide, so only `gpufleet run` asks for it.
     freeze_heap: bool = False
+    heap: HeapFreezer = field(default_factory=HeapFreezer)
 
     def start(self) -> None:
         if self.elector is not None:
@@ -61,9 +59,7 @@ class Runner:
             if self.elector is None or self.elector.leading():
                 await self.tick()
                 if self.freeze_heap:
-                    gc.freeze()
-                    self.freeze_heap = False
-                    log.info("first tick done: %d objects frozen", gc.get_freeze_count())
+                    self.heap.after_tick()
             due += self.period
             now = self.clock()
             due = max(due, now)  # behind: skip the missed rounds, never run them in a burst
