@@ -325,6 +325,7 @@ def run(
     sample: float,
     bed_name: str,
     restart_window: float = 60.0,
+    hold: float = 0.0,
 ) -> dict[str, Any]:
     bed = common.start_bed(bed_name)
     operator = sampler = None
@@ -360,6 +361,10 @@ def run(
         sampler.stop()
         operator, restart = _restart(bed, kubeconfig, operator, sample, restart_window)
         nodes = len(kubectl.json("get", "nodes", "-l", fleets.PROVIDER_LABEL)["items"])
+        if hold > 0:  # the restarted operator, settled, for a profiler to attach to
+            held = operator.process.pid if operator.process else 0
+            common.log(f"holding the fleet {hold:.0f} s; the operator's pid is {held}")
+            time.sleep(hold)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -411,6 +416,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--restart-seconds", type=float, default=60.0, help="a restarted operator's window"
     )
+    parser.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=0.0,
+        help="keep the fleet and the restarted operator this long after measuring (profiling)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 nodes, 16 pools, 2 providers")
     parser.add_argument("--testbed", default="bench-fleet-scale", help="test bed name")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -424,7 +435,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.surge_seconds,
             args.restart_seconds,
         )
-    figures = run(shape, quiet, surge, args.sample_seconds, args.testbed, restart)
+    figures = run(
+        shape, quiet, surge, args.sample_seconds, args.testbed, restart, args.hold_seconds
+    )
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures), flush=True)
