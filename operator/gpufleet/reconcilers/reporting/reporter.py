@@ -96,7 +96,14 @@ class Reporter:
                     functools.partial(self._pool_failed, entry, now),
                 )
 
-        await asyncio.gather(*(pool(entry) for entry in view.pools))
+        # A quiet pool costs no task: most pools are quiet on most ticks.
+        await asyncio.gather(
+            *(
+                pool(entry)
+                for entry in view.pools
+                if not self._settled(entry, plan, fleet, observed, granted)
+            )
+        )
         present = {PoolKey(e.namespace, e.name) for e in view.pools}
         for gone in set(self._reported) - present:
             del self._reported[gone]
@@ -135,6 +142,23 @@ class Reporter:
             log.exception("reporting %s %s failed", kind, name, extra={kind: name})
             if fallback is not None:
                 await self._guard(kind, name, fallback(Problem.of(exc)))
+
+    def _settled(
+        self, entry: PoolEntry, plan: FleetPlan, fleet: Fleet, observed: Observed, granted: Grants
+    ) -> bool:
+        """Whether a planned pool's status, metrics and Event need nothing (`_unchanged`);
+        False where that cannot be told (`_report_pool` then says why, under its guard)."""
+        key = PoolKey(entry.namespace, entry.name)
+        spec = entry.parsed.value
+        pool_plan = plan.pools.get(key)
+        if spec is None or pool_plan is None or key not in self._reported:
+            return False
+        try:
+            references = tuple(self._burst_references(key, spec, fleet))
+            inputs = self._inputs(key, entry, pool_plan, fleet, observed, granted, references)
+            return self._unchanged(key, entry, inputs)
+        except Exception:
+            return False
 
     async def _pool_failed(self, entry: PoolEntry, now: float, problem: Problem) -> None:
         """A status that says only why the full one could not be made."""
