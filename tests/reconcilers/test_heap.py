@@ -78,3 +78,14 @@ def test_the_heap_is_not_looked_at_until_a_full_collection_runs() -> None:
     assert not heap.after_tick()
     collector.full += 1
     assert heap.after_tick()
+
+
+def test_the_frozen_objects_are_counted_only_when_frozen() -> None:
+    """CPython counts them by walking the whole permanent generation."""
+    heap, collector = _frozen_once()
+    counted: list[int] = []
+    collector.get_freeze_count = lambda: counted.append(1) or collector.frozen  # type: ignore[method-assign]
+    for _ in range(5):
+        collector.full += 1
+        assert not heap.after_tick()
+    assert counted == []
