@@ -1,6 +1,7 @@
 """Pools of equal priority keep what runs in turns (planner/sharing.py), so that where the
-nodes no longer hold everyone each loses a share. Where everything fits at once, they keep
-it all at once: the plan must be the one the turns give."""
+nodes no longer hold everyone each loses a share. A pool whose replicas fit whatever the
+others do keeps them all at once (and every pool, where all fit): the plan must be the one
+the turns give."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpufleet.planner import NodePoolObservation, plan_fleet, sharing
 
-from .builders import EMPTY, budget, fleet, node_pool, observe, pool, provider
+from .builders import EMPTY, budget, fleet, key, node_pool, observe, pool, provider
 
 FAST = {
     "behavior": {
@@ -26,8 +27,9 @@ FAST = {
 @st.composite
 def _fleets(draw: st.DrawFn) -> tuple[Any, Any]:
     """Equal-priority pools on node pools of 8 or 6 GPUs a node (6 makes shares of a third,
-    which floats cannot hold exactly), their replicas often packed to the last GPU, under a
-    budget that may be tight, with a provider that may be unreachable."""
+    which floats cannot hold exactly), their replicas often packed to the last GPU, a node
+    of a node pool sometimes lost under them, under a budget that may be tight, with a
+    provider that may be unreachable."""
     providers: dict[str, Any] = {}
     existing: dict[tuple[str, str], int] = {}
     gpus_per_node: dict[tuple[str, str], int] = {}
@@ -58,34 +60,41 @@ def _fleets(draw: st.DrawFn) -> tuple[Any, Any]:
     budgets = None
     if draw(st.booleans()):
         budgets = {"site": budget(draw(st.integers(5, 60)))}
-    nodes = {np: NodePoolObservation(ready_nodes=n, target_nodes=n) for np, n in existing.items()}
+    # A node lost here and there: its replicas still count, and no longer all fit.
+    left = {np: n - draw(st.integers(0, min(n, 1))) for np, n in existing.items()}
+    nodes = {np: NodePoolObservation(ready_nodes=n, target_nodes=n) for np, n in left.items()}
     unreachable = frozenset(draw(st.sets(st.sampled_from(sorted(providers)), max_size=1)))
     snapshot = observe(queues, replicas=replicas, nodes=nodes, unreachable=unreachable)
     return fleet(pools, providers, budgets), snapshot
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(_fleets())
 def test_keeping_all_at_once_plans_what_the_turns_plan(case: tuple[Any, Any]) -> None:
     f, snapshot = case
     at_once = plan_fleet(f, snapshot, EMPTY, 0.0)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sharing, "_all_fit", lambda placers: False)
+        patch.setattr(sharing, "_free", lambda placers: [False] * len(placers))
         in_turns = plan_fleet(f, snapshot, EMPTY, 0.0)
     assert at_once == in_turns
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch) -> list[list[bool]]:
+    answers: list[list[bool]] = []
+    free = sharing._free
+
+    def recorded(placers: Any) -> list[bool]:
+        answers.append(free(placers))
+        return answers[-1]
+
+    monkeypatch.setattr(sharing, "_free", recorded)
+    return answers
 
 
 def test_a_fleet_packed_to_the_last_gpu_keeps_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two pools fill two 8-GPU nodes exactly: the sum of their shares is the cap itself,
     which only an exact sum tells from one replica too many."""
-    answers: list[bool] = []
-    all_fit = sharing._all_fit
-
-    def recorded(placers: Any) -> bool:
-        answers.append(all_fit(placers))
-        return answers[-1]
-
-    monkeypatch.setattr(sharing, "_all_fit", recorded)
+    answers = _recorded(monkeypatch)
     f = fleet(
         {"chat": pool(**FAST), "image": pool(gpusPerReplica=2, **FAST)},
         {"a": provider(node_pools=[node_pool(gpusPerNode=8, maxNodes=2)])},
@@ -96,8 +105,36 @@ def test_a_fleet_packed_to_the_last_gpu_keeps_all_at_once(monkeypatch: pytest.Mo
         nodes={("a", "h100"): NodePoolObservation(ready_nodes=2, target_nodes=2)},
     )
     plan = plan_fleet(f, snapshot, EMPTY, 0.0)
-    assert answers == [True]
+    assert answers == [[True, True]]
     assert {k.name: p.placements for k, p in plan.pools.items()} == {
         "chat": {("a", "h100"): 6},
         "image": {("a", "h100"): 5},
     }
+
+
+def test_only_the_pools_on_an_overfull_node_pool_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One node of h100 is lost under three replicas of `a` and `b`; `c` runs on l40 alone."""
+    answers = _recorded(monkeypatch)
+    f = fleet(
+        {name: pool(gpusPerReplica=4, **FAST) for name in ("a", "b", "c")},
+        {
+            "x": provider(
+                node_pools=[node_pool(maxNodes=1), node_pool("l40", gpuType="H100", maxNodes=1)]
+            )
+        },
+    )
+    snapshot = observe(
+        {"a": 20.0, "b": 20.0, "c": 20.0},
+        replicas={"a": {("x", "h100"): 2}, "b": {("x", "h100"): 1}, "c": {("x", "l40"): 2}},
+        nodes={
+            ("x", "h100"): NodePoolObservation(ready_nodes=1, target_nodes=1),
+            ("x", "l40"): NodePoolObservation(ready_nodes=1, target_nodes=1),
+        },
+    )
+    plan = plan_fleet(f, snapshot, EMPTY, 0.0)
+    assert sorted(answers[0]) == [False, False, True]
+    assert plan.pools[key("c")].placements[("x", "l40")] == 2
+    kept = sum(plan.pools[key(n)].placements.get(("x", "h100"), 0) for n in ("a", "b"))
+    assert kept == 2  # one node of two 4-GPU replicas

@@ -163,21 +163,24 @@ class Ledger:
             return low, _POWER
         return upper, limit_reason
 
-    def fits_together(self, asks: list[tuple[Slot, int, int, float | None]]) -> bool:
-        """Whether every ask (slot, GPUs a replica, replicas, busy watts; None: nameplate)
-        fits on the slots' existing nodes and within every power budget, all of them at
-        once and with room to spare: then `fit` bounds none of them, in any order. False
-        where any might be bound, or is too close to tell past rounding."""
+    def fitting(self, asks: list[tuple[Slot, int, int, float | None]]) -> set[NodePoolKey] | None:
+        """Of the slots the asks (slot, GPUs a replica, replicas, busy watts; None: nameplate)
+        name, those whose asks all fit on their existing nodes at once, with room to spare:
+        `fit` bounds no ask there, in any order. None where a power budget might bind one,
+        with every ask counted (an ask larger than its slot counted whole), or where that is
+        too close to tell past rounding."""
         usage: dict[NodePoolKey, float] = {}
         busy: dict[NodePoolKey, float] = {}
         slots: dict[NodePoolKey, Slot] = {}
         shares: dict[NodePoolKey, dict[int, int]] = {}  # replicas by replicas a node holds
+        unfit: set[NodePoolKey] = set()
         for slot, gpus, count, watts in asks:
-            per_node = slot.spec.gpus_per_node // gpus
-            if per_node == 0 or slot.held:
-                return False
             key = slot.key
             slots[key] = slot
+            per_node = slot.spec.gpus_per_node // gpus
+            if per_node == 0 or slot.held:
+                unfit.add(key)
+                per_node = 1  # counted as a node each: more than it could take
             usage[key] = usage.get(key, 0.0) + count / per_node
             mine = shares.setdefault(key, {})
             mine[per_node] = mine.get(per_node, 0) + count
@@ -190,16 +193,18 @@ class Ledger:
             if total > cap_nodes - _MARGIN and not (
                 total <= cap_nodes + _MARGIN and _fills(slot.usage, shares[key], cap_nodes)
             ):
-                return False
+                unfit.add(key)
             extra_nodes = slot.nodes_with(usage[key]) - slot.nodes
             watts = extra_nodes * node_watts(slot.spec) + busy[key]
             for b in slot.budgets:
                 added[b] += watts
-        return all(
+        if not all(
             self.budget_used[b] + added[b] <= self.budget_allowed[b] - _MARGIN
             for b in range(len(added))
             if added[b] > 0
-        )
+        ):
+            return None
+        return set(slots) - unfit
 
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:

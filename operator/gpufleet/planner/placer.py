@@ -194,6 +194,18 @@ class Placer:
                 budget -= ask
         return asks
 
+    def keep_reach(self) -> list[tuple[NodePoolKey, int]] | None:
+        """The most `keep()` could ask each node pool for, whatever binds it: what one node
+        pool cannot take it asks the next for. None where `keep_asks` is."""
+        asks = self.keep_asks()
+        if asks is None:
+            return None
+        pending = self._to_keep
+        if pending is None:
+            pending = [(k, self.current[k]) for k in self._kept() if self.current[k] > 0]
+        budget = self.remaining
+        return [(key, min(left, budget)) for key, left in pending if left > 0 and budget > 0]
+
     def _kept(self) -> list[NodePoolKey]:
         """The node pools the pool runs on that it may still run on, most preferred first."""
         rank = self.options.rank

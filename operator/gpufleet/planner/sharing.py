@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from gpufleet.planner.placer import Placer
-from gpufleet.planner.types import PoolKey
+from gpufleet.planner.types import NodePoolKey, PoolKey
 
 # Turns in which pools of equal priority keep what runs (`share`): each turn every pool keeps
 # up to 1/ROUNDS of its running replicas.
@@ -87,41 +87,75 @@ def _keep_in_turns(placers: list[Placer]) -> None:
     for placer, k in zip(placers, keeping, strict=True):
         if not k:
             placer.keep()  # nothing to keep: settles its state
-    if _all_fit(active):
+    free = _free(active)
+    if all(free):
         # Turns decide who loses where not all fit; where all do, each keeps all it runs
         # in whatever order (ROUNDS turns of every pool cost a fifth of a quiet plan).
         for placer in active:
             placer.keep()
         return
     steps = [max(1, math.ceil(sum(p.current.values()) / ROUNDS)) for p in active]
+    # A free pool keeps all at once, and still takes its turns as it would have, keeping
+    # nothing, until the turn it would have finished in: the others' order stays the same.
+    rounds: list[int | None] = [None] * len(active)
+    for j, placer in enumerate(active):
+        if free[j]:
+            asked = sum(n for _, n in placer.keep_asks() or ())
+            rounds[j] = max(1, math.ceil(asked / steps[j]))
+            placer.keep()
     start = 0
     while active:
         count = len(active)
         for i in range(count):
             j = (start + i) % count
-            active[j].keep(steps[j])
-        still = [i for i, p in enumerate(active) if p.keeping]
+            if rounds[j] is None:
+                active[j].keep(steps[j])
+        start += 1
+        still = [
+            i
+            for i, p in enumerate(active)
+            if (p.keeping if rounds[i] is None else start < (rounds[i] or 0))
+        ]
         if len(still) < count:  # a set: a large group would test every pool against each
             left = set(still)
             for i, placer in enumerate(active):
-                if i not in left:
+                if i not in left and rounds[i] is None:
                     placer.keep(0)  # done keeping: settles its state
-        active, steps = [active[i] for i in still], [steps[i] for i in still]
-        start += 1
+        active = [active[i] for i in still]
+        steps, rounds = [steps[i] for i in still], [rounds[i] for i in still]
 
 
-def _all_fit(placers: list[Placer]) -> bool:
-    """Whether every placer can keep all it would keep, all at once."""
+def _free(placers: list[Placer]) -> list[bool]:
+    """Whether each placer keeps all it would keep, whatever the others do and in whatever
+    order: no power budget can bind, its burst room holds its asks, and it asks only node
+    pools where everyone's asks fit. None is free where what one would ask cannot be told
+    (`keep_asks`)."""
     if not placers:
-        return True
+        return []
+    asks = [placer.keep_asks() for placer in placers]
+    if _free_with(placers, asks) == [True] * len(placers):
+        return [True] * len(placers)  # no one is bound: each asks what keep_asks says
+    # One that is bound asks its next node pools for what it could not keep: count the
+    # most each could ask anywhere.
+    return _free_with(placers, [placer.keep_reach() for placer in placers])
+
+
+def _free_with(
+    placers: list[Placer], asks: list[list[tuple[NodePoolKey, int]] | None]
+) -> list[bool]:
     ledger = placers[0].ledger
-    asks = []
-    for placer in placers:
-        mine = placer.keep_asks()
-        if mine is None or not placer.keep_asks_fit_burst(mine):
-            return False
-        asks += [(ledger.slots[k], placer.gpus, n, placer.busy(k)) for k, n in mine]
-    return ledger.fits_together(asks)
+    counted = []
+    for placer, theirs in zip(placers, asks, strict=True):
+        if theirs is None:
+            return [False] * len(placers)
+        counted += [(ledger.slots[k], placer.gpus, n, placer.busy(k)) for k, n in theirs]
+    fitting = ledger.fitting(counted)
+    if fitting is None:
+        return [False] * len(placers)
+    return [
+        all(k in fitting for k, _ in theirs or ()) and placer.keep_asks_fit_burst(theirs or [])
+        for placer, theirs in zip(placers, asks, strict=True)
+    ]
 
 
 # Rounds after which the namespaces still short take the rest one after another: a bound on
