@@ -59,6 +59,7 @@ demo: setup
 TRACES ?= ../shared/traces
 bench: setup
 	$(PY) benchmarks/planner_scale.py
+	$(PY) benchmarks/loop_tick.py
 	$(PY) benchmarks/fleet_traces.py --traces $(TRACES)
 	$(PY) benchmarks/reaction.py --out benchmarks/results/reaction.json
 	$(PY) benchmarks/footprint.py --out benchmarks/results/footprint.json
