@@ -138,3 +138,25 @@ def test_only_the_pools_on_an_overfull_node_pool_take_turns(
     assert plan.pools[key("c")].placements[("x", "l40")] == 2
     kept = sum(plan.pools[key(n)].placements.get(("x", "h100"), 0) for n in ("a", "b"))
     assert kept == 2  # one node of two 4-GPU replicas
+
+
+def test_a_node_pool_packed_in_tenths_of_a_node_keeps_every_replica() -> None:
+    """1,200 nodes of 10 GPUs, every GPU busy with one of 750 pools' 1-GPU replicas: counted
+    as floats, 12,000 tenths of a node drifted past the rounding allowed, and one replica was
+    lost in the turns (review finding). Counted in whole parts of a node, none is."""
+    names = [f"p{i}" for i in range(750)]
+    f = fleet(
+        {n: pool(gpusPerReplica=1, maxReplicas=1000, **FAST) for n in names},
+        {"a": provider(node_pools=[node_pool(gpusPerNode=10, maxNodes=1200)])},
+    )
+    snapshot = observe(
+        {n: 160.0 for n in names},
+        replicas={n: {("a", "h100"): 16} for n in names},
+        nodes={("a", "h100"): NodePoolObservation(ready_nodes=1200, target_nodes=1200)},
+    )
+    at_once = plan_fleet(f, snapshot, EMPTY, 0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sharing, "_free", lambda placers: [False] * len(placers))
+        in_turns = plan_fleet(f, snapshot, EMPTY, 0.0)
+    assert at_once == in_turns
+    assert sum(p.placements.get(("a", "h100"), 0) for p in at_once.pools.values()) == 12_000

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.planner.catalogs import catalog_of
 from gpufleet.planner.facts import PoolFacts, facts_of
-from gpufleet.planner.ledger import Ledger, Slot
+from gpufleet.planner.ledger import Ledger, Slot, node_units
 from gpufleet.planner.nodes import (
     node_plans,
     recent_needs,
@@ -101,6 +101,7 @@ def _open_ledger(
             else node_pool.max_nodes,
             backoff=in_backoff,
             held=key.provider in unreachable,
+            unit=node_units(node_pool.gpus_per_node),
             floor=node_pool.min_nodes,
         )
         if key in kept:

@@ -3,10 +3,14 @@
 Replicas consume node pools in node fractions: a replica needing g GPUs on nodes of n GPUs
 takes 1/floor(n/g) of a node. That is exact when g divides n (the common 1, 2, 4, 8) and
 errs towards more nodes otherwise, so the scheduler can always pack what the plan promises.
+The fractions are counted in integers (`node_units`): as floats, thousands of tenths of a
+node drifted past any rounding allowance, and a node pool packed to its last GPU lost a
+replica to the order its pools were placed in.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,9 +20,14 @@ from gpufleet.planner.power import busy_gpu_watts, node_watts
 from gpufleet.planner.types import NodePoolKey
 
 _EPS = 1e-9
-# Room `fits_together` leaves unused: far above rounding, far below a node or a watt. Node
-# shares within it of a node pool's nodes are summed again exactly (`_fills`).
+# Watts `fitting` leaves unused under a budget: far above rounding, far below a watt.
 _MARGIN = 1e-6
+
+
+@functools.cache
+def node_units(gpus_per_node: int) -> int:
+    """The parts a node is counted in: every share 1/floor(n/g) of it is a whole number."""
+    return math.lcm(*(gpus_per_node // g for g in range(1, gpus_per_node + 1)))
 
 
 class Limit(StrEnum):
@@ -47,21 +56,33 @@ class Slot:
     node_limit: int
     backoff: bool
     held: bool
-    usage: float = 0.0
+    unit: int = 1  # parts of a node (node_units of its GPUs a node)
+    used: int = 0  # parts of nodes the placements take
     gpus_allocated: int = 0
     floor: int = 0  # no fewer nodes than this: minNodes, or those kept
     kept: int = 0  # nodes recently needed that stay while unneeded (never above existing)
 
     @property
+    def needed(self) -> int:
+        """Whole nodes the placements take."""
+        return -(-self.used // self.unit)
+
+    @property
     def nodes(self) -> int:
         if self.held:
             return self.existing_nodes
-        return max(self.floor, math.ceil(self.usage - _EPS))
+        return max(self.floor, self.needed)
 
-    def nodes_with(self, extra_usage: float) -> int:
+    def nodes_with(self, extra: int) -> int:
+        """`nodes` with `extra` more parts taken."""
         if self.held:
             return self.existing_nodes
-        return max(self.floor, math.ceil(self.usage + extra_usage - _EPS))
+        return max(self.floor, -(-(self.used + extra) // self.unit))
+
+    def part(self, gpus: int) -> int:
+        """The parts of a node one replica of `gpus` GPUs takes (0: it fits on none)."""
+        per_node = self.spec.gpus_per_node // gpus
+        return self.unit // per_node if per_node else 0
 
 
 @dataclass
@@ -112,10 +133,9 @@ class Ledger:
         it; each busy GPU adds `busy_watts` above idle (None: the nameplate figure)."""
         if want <= 0:
             return 0, None
-        per_node = slot.spec.gpus_per_node // gpus
-        if per_node == 0:
+        part = slot.part(gpus)
+        if part == 0:
             return 0, _NODE_POOL_MAX
-        share = 1.0 / per_node
         nodes_now = slot.nodes
         gpn = slot.spec.gpus_per_node
         # Upper bound from node count: existing nodes only, or the pool's growth limit.
@@ -133,13 +153,13 @@ class Ledger:
             spare = (quota - self.provider_gpus.get(slot.key.provider, 0)) // gpn
             if nodes_now + max(spare, 0) < cap_nodes:
                 cap_nodes, reason = nodes_now + max(spare, 0), _QUOTA
-        upper = max(0, math.floor((cap_nodes - slot.usage) / share + _EPS))
+        upper = max(0, (cap_nodes * slot.unit - slot.used) // part)
         if upper < want:
             limit_reason = reason
         upper = min(upper, want)
 
         def over(m: int) -> list[int]:
-            extra_nodes = slot.nodes_with(m * share) - nodes_now
+            extra_nodes = slot.nodes_with(m * part) - nodes_now
             busy = busy_gpu_watts(slot.spec) if busy_watts is None else busy_watts
             watts = extra_nodes * node_watts(slot.spec) + m * gpus * busy
             return [
@@ -165,36 +185,30 @@ class Ledger:
 
     def fitting(self, asks: list[tuple[Slot, int, int, float | None]]) -> set[NodePoolKey] | None:
         """Of the slots the asks (slot, GPUs a replica, replicas, busy watts; None: nameplate)
-        name, those whose asks all fit on their existing nodes at once, with room to spare:
-        `fit` bounds no ask there, in any order. None where a power budget might bind one,
-        with every ask counted (an ask larger than its slot counted whole), or where that is
-        too close to tell past rounding."""
-        usage: dict[NodePoolKey, float] = {}
+        name, those whose asks all fit on their existing nodes at once: `fit` bounds no ask
+        there, in any order. None where a power budget might bind one, with every ask
+        counted (an ask larger than its slot counted whole), or where that is too close to
+        tell past rounding."""
+        parts: dict[NodePoolKey, int] = {}
         busy: dict[NodePoolKey, float] = {}
         slots: dict[NodePoolKey, Slot] = {}
-        shares: dict[NodePoolKey, dict[int, int]] = {}  # replicas by replicas a node holds
         unfit: set[NodePoolKey] = set()
         for slot, gpus, count, watts in asks:
             key = slot.key
             slots[key] = slot
-            per_node = slot.spec.gpus_per_node // gpus
-            if per_node == 0 or slot.held:
+            part = slot.part(gpus)
+            if part == 0 or slot.held:
                 unfit.add(key)
-                per_node = 1  # counted as a node each: more than it could take
-            usage[key] = usage.get(key, 0.0) + count / per_node
-            mine = shares.setdefault(key, {})
-            mine[per_node] = mine.get(per_node, 0) + count
+                part = slot.unit  # counted as a node each: more than it could take
+            parts[key] = parts.get(key, 0) + count * part
             each = busy_gpu_watts(slot.spec) if watts is None else watts
             busy[key] = busy.get(key, 0.0) + count * gpus * each
         added = [0.0] * len(self.budget_used)
         for key, slot in slots.items():
             cap_nodes = max(slot.existing_nodes, slot.floor, slot.nodes)
-            total = slot.usage + usage[key]
-            if total > cap_nodes - _MARGIN and not (
-                total <= cap_nodes + _MARGIN and _fills(slot.usage, shares[key], cap_nodes)
-            ):
+            if slot.used + parts[key] > cap_nodes * slot.unit:
                 unfit.add(key)
-            extra_nodes = slot.nodes_with(usage[key]) - slot.nodes
+            extra_nodes = slot.nodes_with(parts[key]) - slot.nodes
             watts = extra_nodes * node_watts(slot.spec) + busy[key]
             for b in slot.budgets:
                 added[b] += watts
@@ -209,9 +223,8 @@ class Ledger:
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:
             return
-        share = 1.0 / (slot.spec.gpus_per_node // gpus)
         nodes_before = slot.nodes
-        slot.usage += count * share
+        slot.used += count * slot.part(gpus)
         slot.gpus_allocated += count * gpus
         extra_nodes = slot.nodes - nodes_before
         self.provider_gpus[slot.key.provider] = (
@@ -223,16 +236,3 @@ class Ledger:
             watts += count * gpus * busy
         for b in slot.budgets:
             self.budget_used[b] += watts
-
-
-def _fills(usage: float, shares: dict[int, int], cap_nodes: int) -> bool:
-    """Whether `usage` plus `count` replicas at 1/`per_node` of a node each (`shares`)
-    stays within `cap_nodes`, summed exactly. Replicas that fill their nodes to the last
-    GPU (a packed fleet) sum to the cap itself, which the margin alone would refuse; `fit`
-    takes them all, as it forgives far more rounding (`_EPS` of a replica) than the floats
-    of one plan add up."""
-    # usage = u / d exactly (a float's own ratio); the shares sum to n / lcm.
-    u, d = usage.as_integer_ratio()
-    lcm = math.lcm(*shares)
-    n = sum(count * (lcm // per_node) for per_node, count in shares.items())
-    return u * lcm + n * d <= cap_nodes * d * lcm

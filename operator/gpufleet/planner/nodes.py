@@ -76,9 +76,9 @@ def record_needs(
     out = {}
     for key, slot in ledger.slots.items():
         previous = needs.get(key)
-        if (not previous and slot.usage <= slot.spec.min_nodes) or delays.get(key, 0.0) <= 0:
+        needed = slot.needed
+        if (not previous and needed <= slot.spec.min_nodes) or delays.get(key, 0.0) <= 0:
             continue  # nothing above minNodes to remember
-        needed = math.ceil(slot.usage - 1e-9)
         if previous and previous[-1][1] == needed:
             out[key] = previous
             continue

@@ -14,7 +14,6 @@ takes back at the next plan.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, MutableMapping, Sequence
 
 from gpufleet.api.pool import Mode, ServingPoolSpec
@@ -24,7 +23,6 @@ from gpufleet.planner.placement import Candidates
 from gpufleet.planner.power import PoolDraw, busy_watts, gpu_watts
 from gpufleet.planner.types import NodePoolKey, Note, PoolKey, PoolPlan, Reason, frozen_map
 
-_EPS = 1e-9
 _SCALE_NOTES = (Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.STEADY)
 # An enum member read through its class costs several times a global's on Python 3.11 (the
 # enum metaclass defines __getattr__): members read for every pool of every plan are bound once.
@@ -61,10 +59,10 @@ def add_spares(
             if room <= 0:
                 break
             slot = ledger.slots[node_pool]
-            per_node = slot.spec.gpus_per_node // gpus
-            if slot.held or per_node == 0:
+            part = slot.part(gpus)
+            if slot.held or part == 0:
                 continue
-            free = math.floor((slot.nodes - slot.usage) * per_node + _EPS)
+            free = (slot.nodes * slot.unit - slot.used) // part
             want = min(free, room)
             if slot.provider.role == _SECONDARY:
                 want = min(want, burst_room)
