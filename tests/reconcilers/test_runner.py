@@ -24,16 +24,19 @@ class Fleet:
 
 
 class Heap:
-    def __init__(self) -> None:
+    def __init__(self, fails: bool = False) -> None:
         self.ticks = 0
+        self.fails = fails
 
     def after_tick(self) -> bool:
         self.ticks += 1
+        if self.fails:
+            raise MemoryError("no room to freeze")
         return False
 
 
-def _run(freeze: bool) -> tuple[int, int]:
-    heap = Heap()
+def _run(freeze: bool, heap: Heap | None = None) -> tuple[int, int]:
+    heap = heap or Heap()
 
     async def scenario() -> int:
         stopping = asyncio.Event()
@@ -61,3 +64,8 @@ def test_a_runner_asked_to_freeze_looks_at_the_heap_after_every_tick() -> None:
 
 def test_a_runner_not_asked_to_freeze_leaves_the_heap_alone() -> None:
     assert _run(False) == (3, 0)
+
+
+def test_a_heap_that_cannot_be_frozen_leaves_the_loop_running() -> None:
+    heap = Heap(fails=True)
+    assert _run(True, heap) == (3, 1)  # tried once, then left alone

@@ -59,12 +59,19 @@ class Runner:
             if self.elector is None or self.elector.leading():
                 await self.tick()
                 if self.freeze_heap:
-                    self.heap.after_tick()
+                    self._freeze()
             due += self.period
             now = self.clock()
             due = max(due, now)  # behind: skip the missed rounds, never run them in a burst
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), due - now)
+
+    def _freeze(self) -> None:
+        try:
+            self.heap.after_tick()
+        except Exception:  # a heap left as it is costs time, never the loop
+            log.exception("freezing the heap failed")
+            self.freeze_heap = False
 
     async def tick(self) -> None:
         term = self.elector.held.term if self.elector and self.elector.held else None
