@@ -201,13 +201,16 @@ class Ledger:
                 unfit.add(key)
                 part = slot.unit  # counted as a node each: more than it could take
             parts[key] = parts.get(key, 0) + count * part
-            each = busy_gpu_watts(slot.spec) if watts is None else watts
-            busy[key] = busy.get(key, 0.0) + count * gpus * each
+            if slot.budgets:
+                each = busy_gpu_watts(slot.spec) if watts is None else watts
+                busy[key] = busy.get(key, 0.0) + count * gpus * each
         added = [0.0] * len(self.budget_used)
         for key, slot in slots.items():
             cap_nodes = max(slot.existing_nodes, slot.floor, slot.nodes)
             if slot.used + parts[key] > cap_nodes * slot.unit:
                 unfit.add(key)
+            if not slot.budgets:
+                continue
             extra_nodes = slot.nodes_with(parts[key]) - slot.nodes
             watts = extra_nodes * node_watts(slot.spec) + busy[key]
             for b in slot.budgets:

@@ -144,11 +144,13 @@ def _free_with(
     placers: list[Placer], asks: list[list[tuple[NodePoolKey, int]] | None]
 ) -> list[bool]:
     ledger = placers[0].ledger
+    slots, watts = ledger.slots, bool(ledger.budget_used)  # no budget: watts count for none
     counted = []
     for placer, theirs in zip(placers, asks, strict=True):
         if theirs is None:
             return [False] * len(placers)
-        counted += [(ledger.slots[k], placer.gpus, n, placer.busy(k)) for k, n in theirs]
+        gpus = placer.gpus
+        counted += [(slots[k], gpus, n, placer.busy(k) if watts else None) for k, n in theirs]
     fitting = ledger.fitting(counted)
     if fitting is None:
         return [False] * len(placers)
