@@ -178,12 +178,9 @@ class Placer:
         """What `keep()` would ask each node pool for, were nothing to bind it; None where
         that cannot be told without keeping (an unreachable provider's replicas are held
         first, unasked). Changes nothing."""
-        pending = self._to_keep
+        pending = self._pending()
         if pending is None:
-            kept, slots = self._kept(), self.ledger.slots
-            if any(slots[k].held and self.current[k] > 0 for k in kept):
-                return None
-            pending = [(k, self.current[k]) for k in kept if self.current[k] > 0]
+            return None
         asks, budget = [], self.remaining
         for key, left in pending:
             if budget <= 0:
@@ -197,14 +194,21 @@ class Placer:
     def keep_reach(self) -> list[tuple[NodePoolKey, int]] | None:
         """The most `keep()` could ask each node pool for, whatever binds it: what one node
         pool cannot take it asks the next for. None where `keep_asks` is."""
-        asks = self.keep_asks()
-        if asks is None:
-            return None
-        pending = self._to_keep
+        pending = self._pending()
         if pending is None:
-            pending = [(k, self.current[k]) for k in self._kept() if self.current[k] > 0]
+            return None
         budget = self.remaining
         return [(key, min(left, budget)) for key, left in pending if left > 0 and budget > 0]
+
+    def _pending(self) -> list[tuple[NodePoolKey, int]] | None:
+        """What is still to keep on each node pool, most preferred first; None where an
+        unreachable provider's replicas would be held first, unasked."""
+        if self._to_keep is not None:
+            return self._to_keep
+        kept, slots, current = self._kept(), self.ledger.slots, self.current
+        if any(slots[k].held and current[k] > 0 for k in kept):
+            return None
+        return [(k, current[k]) for k in kept if current[k] > 0]
 
     def _kept(self) -> list[NodePoolKey]:
         """The node pools the pool runs on that it may still run on, most preferred first."""
