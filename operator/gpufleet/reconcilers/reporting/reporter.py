@@ -200,9 +200,8 @@ class Reporter:
             status = st.pool_status(entry.status, entry.generation, conds, now)
         else:
             references = tuple(self._burst_references(key, spec, fleet))
+            # Not `_settled` (report() asked before making this task): build and write.
             inputs = self._inputs(key, entry, pool_plan, fleet, observed, granted, references)
-            if self._unchanged(key, entry, inputs):
-                return
             status = await self._planned_status(
                 entry, spec, pool_plan, fleet, observed, now, granted, references
             )
