@@ -48,25 +48,12 @@ from gpufleet.reconcilers.cache import (
     pod_entry,
     workload_entry,
 )
-from gpufleet.reconcilers.handlers import _Views
+from gpufleet.reconcilers.handlers import INDEXES, _Views
 from gpufleet.reconcilers.heap import HeapFreezer
 from gpufleet.reconcilers.loop import FleetLoop
 
 NODE_POOL = "h100"
 SETTLE_TICKS = 10
-INDEXES = (
-    "gpufleet_pools",
-    "gpufleet_providers",
-    "gpufleet_budgets",
-    "gpufleet_policies",
-    "gpufleet_nodes",
-    "gpufleet_pods",
-    "gpufleet_priority_classes",
-    "gpufleet_quotas",
-    "gpufleet_deployments",
-    "gpufleet_statefulsets",
-    "gpufleet_inference_pools",
-)
 
 
 class Kube:
