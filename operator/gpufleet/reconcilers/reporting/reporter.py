@@ -179,6 +179,11 @@ class Reporter:
         granted: Grants,
     ) -> None:
         key = PoolKey(entry.namespace, entry.name)
+        # Known again only once the new status is written: an attempt that fails after
+        # setting the gauges, its fallback status unwritten too, left the older entry to
+        # judge a later tick with that entry's inputs settled, the gauges still the
+        # failed attempt's.
+        self._reported.pop(key, None)
         spec = entry.parsed.value
         pool_plan = plan.pools.get(key)
         if spec is None:
@@ -210,7 +215,6 @@ class Reporter:
             )
             self._reported[key] = _Reported(inputs, body)
             return
-        self._reported.pop(key, None)
         await self._write("servingpools", entry.namespace, entry.name, entry.status, status)
 
     def _inputs(
