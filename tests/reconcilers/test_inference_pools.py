@@ -149,13 +149,13 @@ def test_an_agreeing_pool_counts_only_the_pods_its_inference_pool_selects() -> N
     node_pool_of = {n.name: NodePoolKey(n.provider, n.node_pool) for n in NODES}
     target = targets[KEY]
     placed, ready = replicas_by_node_pool(
-        target, selected(view.pods, NS, target.selector), node_pool_of, {}
+        target, node_pool_of, {}, selected_pods=selected(view.pods, NS, target.selector)
     )
     assert placed == {NodePoolKey("de", "h100"): 1, NodePoolKey("de", "h200"): 1}
     assert ready == 1
     workload = view.workloads[NS, "Deployment", "llm"]
     pods = selected(view.pods, NS, workload.selector)
-    assert replicas_by_node_pool(workload, pods, node_pool_of, {})[1] == 2
+    assert replicas_by_node_pool(workload, node_pool_of, {}, selected_pods=pods)[1] == 2
 
 
 def test_the_node_pools_under_a_mismatched_pools_pods_are_held() -> None:

@@ -169,5 +169,7 @@ def test_replicas_a_tenant_adds_beyond_the_plan_hold_no_gpus() -> None:
     workload = WorkloadEntry("team-a", "Deployment", "model", 8, selector, "")
     bound = PodEntry("team-a", "model-1", {"app": "model"}, "node-1", False)
     pending = [PodEntry("team-a", f"model-{i}", {"app": "model"}, None, False) for i in range(7)]
-    counts, _ = replicas_by_node_pool(workload, [bound, *pending], {"node-1": H100}, {H100: 2})
+    counts, _ = replicas_by_node_pool(
+        workload, {"node-1": H100}, {H100: 2}, selected_pods=[bound, *pending]
+    )
     assert counts == {H100: 2}  # the one bound and the one the last plan put in flight

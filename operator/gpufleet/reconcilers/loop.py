@@ -494,7 +494,10 @@ def node_pools_under(
         key
         for workload in workloads
         for key in replicas_by_node_pool(
-            workload, selected(pods, workload.namespace, workload.selector), node_pool_of, {}
+            workload,
+            node_pool_of,
+            {},
+            selected_pods=selected(pods, workload.namespace, workload.selector),
         )[0]
     }
 

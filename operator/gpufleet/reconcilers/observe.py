@@ -103,17 +103,19 @@ def ref_for(provider: str, spec: CloudProviderSpec, node_pool: str) -> NodePoolR
 
 def replicas_by_node_pool(
     workload: WorkloadEntry,
-    pods: Sequence[PodEntry],
     node_pool_of: Mapping[str, NodePoolKey],
     last_placement: Mapping[NodePoolKey, int],
+    *,
+    selected_pods: Sequence[PodEntry],
 ) -> tuple[dict[NodePoolKey, int], int]:
     """Where the workload's replicas are: bound pods by their node's pool; the rest (not yet
     scheduled or created) where the last plan put them, so a scale-up in flight counts. And
-    how many of its pods serve now (bound and Ready), from the same pass. `pods`: those its
-    selector picks (pod_index.selected), which are not matched again here."""
+    how many of its pods serve now (bound and Ready), from the same pass. `selected_pods`:
+    those its selector picks (pod_index.selected), which are not matched again here; named
+    at each call so that none passes a namespace's pods unfiltered."""
     counts: dict[NodePoolKey, int] = {}
     bound = ready = 0
-    for pod in pods:
+    for pod in selected_pods:
         if pod.terminating or pod.node_name is None:
             continue
         ready += pod.ready
@@ -386,9 +388,9 @@ def _pools(
         if workload:
             placed, ready = replicas_by_node_pool(
                 workload,
-                selected(pods, key.namespace, workload.selector),
                 node_pool_of,
                 last_placements.get(key, {}),
+                selected_pods=selected(pods, key.namespace, workload.selector),
             )
         by_provider: dict[str, int] = {}
         for np_key, count in placed.items():
