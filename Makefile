@@ -62,6 +62,7 @@ bench: setup
 	$(PY) benchmarks/loop_tick.py
 	$(PY) benchmarks/fleet_traces.py --traces $(TRACES)
 	$(PY) benchmarks/reaction.py --out benchmarks/results/reaction.json
+	$(PY) benchmarks/prometheus_reads.py
 	$(PY) benchmarks/footprint.py --out benchmarks/results/footprint.json
 
 clean:

@@ -85,3 +85,14 @@ def test_remote_reads_quick_counts_each_remote_clusters_requests(
     # Reading at a bound reads each remote cluster less than every tick does.
     assert figures["reads_per_second_ratio"] < 1
     assert figures["surge_to_remote_copy_s"] > 0
+
+
+def test_prometheus_reads_quick_compares_kept_answers_with_every_tick(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = _load("prometheus_reads").main(["--quick"])
+    assert _last_json_line(capsys.readouterr().out) == json.loads(json.dumps(figures))
+    every, kept = figures["every_tick"], figures["kept"]
+    assert isinstance(every, dict) and isinstance(kept, dict)
+    assert every["queries_sent_per_tick"] == 20.0
+    assert 0 < kept["queries_sent_per_tick"] < every["queries_sent_per_tick"]

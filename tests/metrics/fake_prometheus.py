@@ -24,6 +24,16 @@ def canonical(text: str) -> str:
     return str(promql_parser.parse(text).prettify())
 
 
+def queue_query(pool: str) -> str:
+    """A pool's queue query, as tenants write them."""
+    return f'sum(inference_queue_depth{{namespace="ns",pool="{pool}"}})'
+
+
+def queue_selector(pool: str) -> str:
+    """The selector `queue_query` reads, as the freshness probe names it."""
+    return canonical(f'inference_queue_depth{{namespace="ns",pool="{pool}"}}')
+
+
 def _parts(node: Any) -> Iterator[Any]:
     if isinstance(node, promql_parser.ParenExpr):
         yield from _parts(node.expr)

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.source import BATCH, FRESHNESS_SPREAD, PrometheusSource, Sample
 
-from .fake_prometheus import FakePrometheus, canonical
+from .fake_prometheus import FakePrometheus, canonical, queue_query, queue_selector
 
-
-def _q(pool: str) -> str:
-    return f'sum(inference_queue_depth{{namespace="ns",pool="{pool}"}})'
-
-
-def _selector(pool: str) -> str:
-    return canonical(f'inference_queue_depth{{namespace="ns",pool="{pool}"}}')
-
-
-@pytest.fixture
-def prom() -> Iterator[FakePrometheus]:
-    fake = FakePrometheus()
-    url, server = fake.serve()
-    fake.url = url  # type: ignore[attr-defined]
-    yield fake
-    server.shutdown()
-    server.server_close()
+_q, _selector = queue_query, queue_selector
 
 
 def _source(prom: FakePrometheus, max_age: float = 120.0) -> PrometheusSource:

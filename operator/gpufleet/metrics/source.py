@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 
 from gpufleet.metrics.batch import Answer, Sample, form_quoted, in_range, quoted_batch_expression
+from gpufleet.metrics.kept import KeptAnswers
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
 from gpufleet.metrics.promql import CheckedQuery, check
 
@@ -58,6 +59,10 @@ REPROBE_SHARE = 4
 # Extra requests a call may make to find the queries Prometheus rejects or fails on: enough
 # to halve two batches of a hundred down to one query each.
 ISOLATION_REQUESTS = 4 * math.ceil(math.log2(BATCH))
+# The per-pod power series (each pod's peak over an hour, the admin's --power-query) are read
+# at most this often, whatever the refresh of pools' queries: an hour's peak moves slowly,
+# and the query reads every GPU's samples of that hour.
+SERIES_REFRESH_SECONDS = 15.0
 _MAX_SPLIT = math.ceil(math.log2(BATCH))
 
 
@@ -130,8 +135,11 @@ class PrometheusSource:
         *,
         timeout: float = 5.0,
         max_age: float = 120.0,
+        refresh: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`refresh`: seconds an answer is kept before its query is asked again
+        (metrics/kept.py); 0 asks every query every call."""
         self._endpoint = url.rstrip("/") + "/api/v1/query"
         self._timeout = timeout
         self._max_age = max_age
@@ -145,7 +153,10 @@ class PrometheusSource:
         self._probed: dict[str, int] = {}
         self._probed_at: dict[str, float] = {}
         self._newest: dict[str, float | None] = {}
+        self._kept = KeptAnswers(refresh, max_age)
+        self._series_kept: dict[str, tuple[list[Labelled], float]] = {}
         self.requests = 0  # HTTP requests made, for tests and benchmarks
+        self.asked = 0  # queries sent (not answered from those kept), the same
 
     async def sample_many(self, queries: Sequence[str]) -> dict[str, Sample | MetricsUnavailable]:
         out: dict[str, Sample | MetricsUnavailable] = {}
@@ -158,8 +169,23 @@ class PrometheusSource:
                 valid[query] = checked
         unique = list(dict.fromkeys(valid.values()))
         self._forget_all_but({q.text for q in unique})
-        answers = await self._answer_all(unique, self._due(unique))
-        out.update({query: answers[checked] for query, checked in valid.items()})
+        now = self._clock()
+        asked = [q for q in unique if self._kept.due(q.text, now)]
+        self.asked += len(asked)
+        answers = await self._answer_all(asked, self._due(asked))
+        for checked, answer in answers.items():
+            if isinstance(answer, Sample):
+                self._kept.keep(checked.text, answer, now)
+            else:
+                self._kept.drop(checked.text)
+        out.update(
+            {
+                query: answers[checked]
+                if checked in answers
+                else self._kept.answer(checked.text, now)
+                for query, checked in valid.items()
+            }
+        )
         return out
 
     async def series(self, query: str) -> list[Labelled] | MetricsUnavailable:
@@ -169,6 +195,13 @@ class PrometheusSource:
         checked = _checked(query)
         if isinstance(checked, MetricsUnavailable):
             return checked
+        now = self._clock()
+        kept = self._series_kept.get(checked.text)
+        if kept is not None and 0 <= now - kept[1] < max(
+            self._kept.refresh, SERIES_REFRESH_SECONDS
+        ):
+            return list(kept[0])
+        self._series_kept = {}  # one query is read this way (the power query): no other's
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -189,7 +222,8 @@ class PrometheusSource:
                 out.append((labels, in_range(item["value"][1])))
             except (MetricsUnavailable, AttributeError, KeyError, IndexError, TypeError):
                 continue  # NaN, negative, absurd or malformed: that series is not measured
-        return out
+        self._series_kept[checked.text] = (out, now)
+        return list(out)
 
     def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:
         """The queries whose freshness this call probes: new ones, the longest unprobed
@@ -208,6 +242,7 @@ class PrometheusSource:
         for memory in (self._split, self._probed, self._probed_at, self._newest, self._logged):
             for gone in [t for t in memory if t not in texts]:
                 del memory[gone]
+        self._kept.forget_all_but(texts)
 
     def _batches(self, queries: list[CheckedQuery]) -> list[list[CheckedQuery]]:
         by_depth: dict[int, list[CheckedQuery]] = {}

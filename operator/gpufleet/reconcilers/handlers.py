@@ -201,7 +201,11 @@ async def _fleet_loop(
 ) -> FleetLoop:
     """The fleet loop and what it acts through, as the run settings say."""
     source = (
-        PrometheusSource(config.prometheus_url, max_age=config.max_sample_age_seconds)
+        PrometheusSource(
+            config.prometheus_url,
+            max_age=config.max_sample_age_seconds,
+            refresh=config.metrics_refresh_seconds,
+        )
         if config.prometheus_url
         else None
     )

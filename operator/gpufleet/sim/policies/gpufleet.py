@@ -8,9 +8,16 @@ and node targets are applied as the reconcilers would, and `plan.state` is kept 
 next call.
 A pool's published throttle (allowed requests/s per tier) goes to the simulated gateway;
 the scrape's arrivals per tier feed `tier_rates` for tiers that declare an arrivalRateQuery.
+
+With `--metrics-refresh-seconds`, the operator keeps each Prometheus answer that long before
+asking its query again, each query at its own phase (metrics/kept.py), so a scrape reaches
+its plan half a refresh after it lands, on average: here each scrape is read that long after
+it lands (at the operator's default, 0, as it lands).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from gpufleet.api import MeasurementType, Mode
 from gpufleet.planner.types import (
@@ -19,41 +26,66 @@ from gpufleet.planner.types import (
     Snapshot,
     frozen_map,
 )
-from gpufleet.sim.policy import Context, Decision, Policy, View
+from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
+
+# The operator's default `--metrics-refresh-seconds` (a test keeps the two equal).
+METRICS_REFRESH_SECONDS = 0.0
 
 
 class GpufleetPolicy(Policy):
     name = "gpufleet"
 
-    def __init__(self, reconcile_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        reconcile_seconds: float = 10.0,
+        metrics_refresh_seconds: float = METRICS_REFRESH_SECONDS,
+    ) -> None:
         self.period = reconcile_seconds
+        self.read_delay = metrics_refresh_seconds / 2
+        self.scrapes: deque[Scrape] = deque()  # landed, not yet read; newest last
+        self.read: Scrape | None = None
+
+    def _read(self, view: View) -> Scrape:
+        """The newest scrape the operator's kept answers have read by now."""
+        landed = view.scrape is not self.read
+        if landed and (not self.scrapes or self.scrapes[-1] is not view.scrape):
+            self.scrapes.append(view.scrape)
+        while self.scrapes and (
+            self.read is None or view.t - self.scrapes[0].time >= self.read_delay
+        ):
+            self.read = self.scrapes.popleft()
+        assert self.read is not None
+        return self.read
 
     def setup(self, ctx: Context) -> None:
         from gpufleet.planner import plan_fleet  # lands with planner/fleet.py
 
         self.plan_fleet = plan_fleet
         self.ctx = ctx
+        self.scrapes.clear()
+        self.read = None
         self.state = PlannerState()
 
     def snapshot(self, view: View) -> Snapshot:
         fleet = self.ctx.fleet
+        scrape = self._read(view)
         pools = {}
         for key, spec in fleet.pools.items():
-            rate = view.scrape.arrival_rate.get(key)
-            seen = view.scrape.tier_rates.get(key, {})
+            rate = scrape.arrival_rate.get(key)
+            seen = scrape.tier_rates.get(key, {})
             tiers = {  # only the tiers whose arrivals the operator queries
                 t.name: seen[t.name] for t in spec.tiers if t.arrival_rate_query and t.name in seen
             }
             pools[key] = PoolObservation(
-                queue_depth=view.scrape.queue_depth.get(key),
+                queue_depth=scrape.queue_depth.get(key),
                 arrival_rate=rate if spec.queue.arrival_rate_query else None,
                 replicas=frozen_map({k: n for k, n in view.replicas[key].items() if n}),
                 tier_rates=frozen_map(tiers),
                 ready_replicas=view.ready.get(key),
-                watts_per_gpu=frozen_map(view.scrape.pool_watts.get(key, {})),
+                watts_per_gpu=frozen_map(scrape.pool_watts.get(key, {})),
             )
         budgets = {
-            name: view.scrape.budget_watts.get(name)
+            name: scrape.budget_watts.get(name)
             if b.measurement.type == MeasurementType.PROMETHEUS
             else None
             for name, b in fleet.budgets.items()
