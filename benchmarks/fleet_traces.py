@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from gpufleet.sim import policies, report
+from gpufleet.sim import goals, policies, report
 from gpufleet.sim.cli import compare
 from gpufleet.sim.engine import prepare
 from gpufleet.sim.metrics import RunResult
@@ -46,6 +46,16 @@ NOTES = """\
   GPU types the policies buy (the planner's order); a lower bound on GPU-hours at its SLO.
 """
 
+GOALS = """\
+What the benchmark asks of gpufleet on each scenario (`gpufleet.sim.goals`; each SLO is a
+pool's own, never the scenario's total): `sloTarget`, every pool at its target where demand
+rises no faster than capacity can follow; `stepWithinReactive`, on a sudden step (a ramp
+shorter than the quickest boot plus model load) no pool more than 0.1 point below the
+reactive bound; `notBelowKedaCa`, no pool below the fair keda-ca; `gpuHoursVsKedaCa`, at most
+0.7x its GPU-hours where both hold every pool's target; `gpuHoursVsOracle`, at most 1.2x the
+oracle's; `noPowerOverCap`. The worst pool is named; "-" where a goal does not apply.
+"""
+
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -62,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["# Fleet trace benchmark", "", NOTES]
     headline: dict[str, object] = {}
+    goal_rows: dict[str, list[goals.Goal]] = {}
     for path in sorted(args.scenarios.glob("*.yaml")):
         sc = load_scenario(path)
         if args.quick:  # no shared traces needed: a synthetic Poisson trace, 10 minutes
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         below = report.below_the_oracle(results)
         if below:
             lines.append(f"_Below the oracle at an equal or higher SLO: {', '.join(below)}._\n")
+        met = goal_rows[sc.name] = goals.evaluate(sc, results)
         headline[sc.name] = {
             r.policy: {
                 "sloAttainment": round(r.slo_attainment, 5),
@@ -101,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "overCapKws": round(r.over_cap_kws, 1),
                 **({"beatenBy": below} if r.policy == "oracle" else {}),
                 **({"pools": _pools(r)} if report.per_pool([r]) else {}),
+                **({"goals": {g.name: g.as_json() for g in met}} if r.policy == "gpufleet" else {}),
             }
             for r in results
         }
+    lines += ["## Goals", "", GOALS, goals.markdown(goal_rows), ""]
     name = "fleet_traces_quick.md" if args.quick else "fleet_traces.md"
     (args.out / name).write_text("\n".join(lines))
     print(json.dumps(headline, separators=(",", ":")))

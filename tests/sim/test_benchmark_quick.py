@@ -43,6 +43,16 @@ def test_quick_benchmark_runs_every_policy(quick: dict[str, Any]) -> None:
         assert {"keda-ca", "keda-ca-defaults", "reactive"} <= set(figures)
         for policy in figures.values():
             assert {"sloAttainment", "admittedSloAttainment", "throttledShare"} <= set(policy)
+        judged = figures["gpufleet"]["goals"]
+        assert set(judged) == {
+            "sloTarget",
+            "stepWithinReactive",
+            "notBelowKedaCa",
+            "gpuHoursVsKedaCa",
+            "gpuHoursVsOracle",
+            "noPowerOverCap",
+        }
+        assert all(set(goal) == {"met", "figure"} for goal in judged.values())
 
 
 def test_no_policy_beats_the_oracle_on_gpu_hours_at_an_equal_or_higher_slo(
