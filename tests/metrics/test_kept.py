@@ -12,7 +12,7 @@ from typing import Any
 from gpufleet.metrics.batch import Sample
 from gpufleet.metrics.kept import KeptAnswers
 from gpufleet.metrics.problems import MetricsReason, MetricsUnavailable
-from gpufleet.metrics.source import BATCH, SERIES_REFRESH_SECONDS, PrometheusSource
+from gpufleet.metrics.source import BATCH, PrometheusSource
 
 from .fake_prometheus import FakePrometheus, canonical, queue_query, queue_selector
 
@@ -80,13 +80,23 @@ def test_kept_answers_cost_no_request_until_they_are_due(prom: FakePrometheus) -
         asyncio.run(source.sample_many(queries))
     asked = source.requests
 
-    _tick(prom, clock, REFRESH / 10)
-    asyncio.run(source.sample_many(queries[:1]))  # another caller's query list changes nothing
+    _tick(prom, clock, 0.5)  # the first renewed comes due again only a refresh after it was
+    result = asyncio.run(source.sample_many(queries))
 
-    assert source.requests <= asked + 1
+    assert source.requests == asked
+    assert all(_value(result[q]) == 7.0 for q in queries)
 
 
-def test_a_kept_answer_never_hides_a_series_that_went_stale(prom: FakePrometheus) -> None:
+def test_a_kept_answer_ages_as_it_is_kept() -> None:
+    kept = KeptAnswers(REFRESH)
+    kept.keep("q", Sample(3.0, 100.0, age=2.0), now=10.0)
+
+    later = kept.answer("q", now=13.0)
+
+    assert (later.value, later.time, later.age) == (3.0, 100.0, 5.0)
+
+
+def test_a_kept_answer_is_asked_again_before_it_passes_the_age_limit(prom: FakePrometheus) -> None:
     (query,) = _set(prom, ["old"], 7.0)
     prom.updated[_selector("old")] = prom.now - 118  # scraped long ago, and no more since
     clock = _Clock()
@@ -163,16 +173,16 @@ class _Vector(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def test_the_power_series_are_read_at_most_every_fifteen_seconds() -> None:
+def test_the_power_series_are_kept_for_a_refresh_too() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Vector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         clock = _Clock()
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        source = PrometheusSource(url, clock=clock)  # pools' queries asked every tick
+        source = PrometheusSource(url, refresh=REFRESH, clock=clock)
         query = "max by (namespace, pod) (max_over_time(DCGM_FI_DEV_POWER_USAGE[1h]))"
         first = asyncio.run(source.series(query))
-        clock.now += SERIES_REFRESH_SECONDS - 1
+        clock.now += REFRESH - 1
         again = asyncio.run(source.series(query))
         assert _Vector.asked == 1
         assert again == first == [({"namespace": "ns", "pod": "a"}, 350.0)]

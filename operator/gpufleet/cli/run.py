@@ -157,11 +157,12 @@ def run(
             envvar="GPUFLEET_METRICS_REFRESH_SECONDS",
             min=0,
             max=60,
-            help="Seconds a pool's Prometheus answer is kept before its query is asked again, "
-            "for large fleets: Prometheus scrapes every 15 to 60 s, and asking every second "
-            "reads the same samples again, at 1,000 pools a quarter of a CPU in Prometheus. "
-            "A new sample then reaches the plan up to this much later. Queries come due spread "
-            "over the ticks; a failed one is asked next tick. 0: every query every tick "
+            help="Seconds each Prometheus answer (pools' queries, budgets' measurements, the "
+            "power query) is kept before its query is asked again, for large fleets: Prometheus "
+            "scrapes every 15 to 60 s, and asking every second reads the same samples again, at "
+            "1,000 pools a quarter of a CPU in Prometheus. A new sample, or a series that "
+            "vanished, then reaches the plan up to this much later. Queries come due spread over "
+            "the ticks; a failed one is asked next tick. 0: every query every tick "
             "(docs/metrics.md).",
         ),
     ] = 0.0,

@@ -5,11 +5,12 @@ query each tick reads the same samples again 15 to 60 times. At 1,000 pools that
 Prometheus 0.27 CPU-seconds and the tick 0.24 s of waiting, every tick (the test bed's
 Prometheus on 2 cores). An answer is therefore kept for `refresh` seconds and aged as it is
 kept, so that the age limit still holds; a kept answer that would pass it is asked again.
+What it cannot show (a new sample, a series that vanished, a Prometheus that went down) it
+shows up to `refresh` late: that is the trade, and why it is off by default.
 
 Each query's first refresh falls at its own phase (a hash of its text), so a thousand
 pools' queries spread over the ticks of a refresh instead of all coming due in one tick.
-Failures are never kept: a query that failed is asked again next tick, and a Prometheus that
-is down is told so by each tick's requests.
+Failures are never kept: a query that failed is asked again the next tick.
 """
 
 from __future__ import annotations

@@ -59,10 +59,6 @@ REPROBE_SHARE = 4
 # Extra requests a call may make to find the queries Prometheus rejects or fails on: enough
 # to halve two batches of a hundred down to one query each.
 ISOLATION_REQUESTS = 4 * math.ceil(math.log2(BATCH))
-# The per-pod power series (each pod's peak over an hour, the admin's --power-query) are read
-# at most this often, whatever the refresh of pools' queries: an hour's peak moves slowly,
-# and the query reads every GPU's samples of that hour.
-SERIES_REFRESH_SECONDS = 15.0
 _MAX_SPLIT = math.ceil(math.log2(BATCH))
 
 
@@ -189,17 +185,15 @@ class PrometheusSource:
         return out
 
     async def series(self, query: str) -> list[Labelled] | MetricsUnavailable:
-        """Sent alone, one request a tick: its answer is a vector, not one number, so it has
-        no place in a batch's `topk`. A series that stopped updating drops out of the answer
+        """Sent alone, one request a tick (or a refresh, where one is set): its answer is a
+        vector, not one number, so it has no place in a batch's `topk`. A series that stopped updating drops out of the answer
         once the query's own range (and Prometheus's lookback) passes it."""
         checked = _checked(query)
         if isinstance(checked, MetricsUnavailable):
             return checked
         now = self._clock()
         kept = self._series_kept.get(checked.text)
-        if kept is not None and 0 <= now - kept[1] < max(
-            self._kept.refresh, SERIES_REFRESH_SECONDS
-        ):
+        if kept is not None and 0 <= now - kept[1] < self._kept.refresh:
             return list(kept[0])
         self._series_kept = {}  # one query is read this way (the power query): no other's
         timeout = aiohttp.ClientTimeout(total=self._timeout)
@@ -222,7 +216,8 @@ class PrometheusSource:
                 out.append((labels, in_range(item["value"][1])))
             except (MetricsUnavailable, AttributeError, KeyError, IndexError, TypeError):
                 continue  # NaN, negative, absurd or malformed: that series is not measured
-        self._series_kept[checked.text] = (out, now)
+        if self._kept.refresh > 0:
+            self._series_kept[checked.text] = (out, now)
         return list(out)
 
     def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:

@@ -21,7 +21,7 @@ class RunConfig:
     health_port: int = 8081
     bind_address: str = "0.0.0.0"
     max_sample_age_seconds: float = 120.0
-    # Seconds a pool's Prometheus answer is kept before its query is asked again
+    # Seconds each Prometheus answer is kept before its query is asked again
     # (metrics/kept.py); 0: every query every tick, for the quickest reaction.
     metrics_refresh_seconds: float = 0.0
     simulated_namespace: str = "gpufleet-system"
