@@ -11,7 +11,8 @@ patches are kept in memory and fed back to the index, as a watch event would), P
 So it measures the loop's part of fleet_scale's quiet tick, in seconds, not minutes.
 
 Each pool's replicas run on its provider's nodes, filled in order (pool i on provider
-i mod --providers), all Ready. The loop ticks until a tick writes nothing (settled), then
+i mod --providers), all Ready. With `--spread K` they go round K providers from there, as a
+fleet the operator grew itself spreads them (2 to 7 of 20 at 1,000 nodes). The loop ticks until a tick writes nothing (settled), then
 `--ticks` quiet ticks are timed (process CPU seconds, each tick). Writes in the quiet ticks
 must be 0. Ends with one JSON line of the figures.
 
@@ -113,9 +114,12 @@ class Queues:
         return {q: Sample(self.depth, now) for q in queries}
 
 
-def _indexes(shape: fleet_scale.Shape) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def _indexes(
+    shape: fleet_scale.Shape, spread: int = 1
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The indexes as kopf's handlers would fill them for a settled fleet, and each
-    provider's nodes."""
+    provider's nodes. Pool i's replicas go round the `spread` providers from i (mod the
+    providers), each provider's nodes filled in order."""
     setup, objects, _ = fleet_scale._fleet(shape)
     index: dict[str, dict[Any, list[Any]]] = {name: {} for name in INDEXES}
     providers = [o for o in setup if o["kind"] == "CloudProvider"]
@@ -132,9 +136,9 @@ def _indexes(shape: fleet_scale.Shape) -> tuple[dict[str, Any], dict[str, list[s
         body["spec"]["replicas"] = replicas
         entry = workload_entry("Deployment", ns, name, body)
         index["gpufleet_deployments"][ns, "Deployment", name] = [entry]
-        provider = providers[i % len(providers)]["metadata"]["name"]
         labels = dict(body["spec"]["template"]["metadata"]["labels"])
         for r in range(replicas):
+            provider = providers[(i + r % spread) % len(providers)]["metadata"]["name"]
             node = sim.node_name(provider, NODE_POOL, used[provider] // fleet_scale.GPUS_PER_NODE)
             if not nodes[provider] or nodes[provider][-1] != node:
                 nodes[provider].append(node)
@@ -185,8 +189,8 @@ def _nearest(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def _run(shape: fleet_scale.Shape, ticks: int) -> dict[str, Any]:
-    index, nodes = _indexes(shape)
+async def _run(shape: fleet_scale.Shape, ticks: int, spread: int = 1) -> dict[str, Any]:
+    index, nodes = _indexes(shape, spread)
     kube = Kube()
     drivers = {provider: Driver(names) for provider, names in nodes.items()}
     loop = FleetLoop(
@@ -225,6 +229,7 @@ async def _run(shape: fleet_scale.Shape, ticks: int) -> dict[str, Any]:
         "pods": sum(len(p) for p in index["gpufleet_pods"].values()),
         "pools": shape.pools,
         "providers": shape.providers,
+        "providers_per_pool": spread,
         "pools_planned": planned,
         "first_tick_cpu_s": round(first_cpu, 3),
         "settle_ticks": settle,
@@ -243,13 +248,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pools", type=int, default=1000)
     parser.add_argument("--providers", type=int, default=20)
     parser.add_argument("--ticks", type=int, default=30, help="quiet ticks timed")
+    parser.add_argument(
+        "--spread",
+        type=int,
+        default=1,
+        help="providers each pool's replicas go round (the live fleet, grown by the "
+        "operator's own plans, had pools on 2 to 7 of 20)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 nodes, 16 pools, 2 providers")
     args = parser.parse_args(argv)
     if args.quick:
         shape, ticks = fleet_scale.Shape(16, 16, 2), 5
     else:
         shape, ticks = fleet_scale.Shape(args.nodes, args.pools, args.providers), args.ticks
-    figures = asyncio.run(_run(shape, ticks))
+    figures = asyncio.run(_run(shape, ticks, max(1, min(args.spread, shape.providers))))
     print(json.dumps(figures), flush=True)
     return figures
 
