@@ -109,7 +109,12 @@ class Placer:
         self.limits.setdefault(reason, set()).add(str(key))
 
     def _take(
-        self, key: NodePoolKey, count: int, new_nodes: bool, keep: bool = False
+        self,
+        key: NodePoolKey,
+        count: int,
+        new_nodes: bool,
+        keep: bool = False,
+        fitting: bool = False,
     ) -> tuple[bool, Reason | None]:
         """Place up to `count` on one node pool; say whether it is now full, and why."""
         slot = self.ledger.slots[key]
@@ -125,7 +130,9 @@ class Placer:
                 return False, None
         asked = min(count, self._budget)
         busy = self.busy(key)  # None: nameplate
-        fitted, limit = self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
+        fitted, limit = (
+            (asked, None) if fitting else self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
+        )
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
             self._limited(reason, key)
@@ -143,10 +150,14 @@ class Placer:
                 self.burst += fitted
         return fitted < asked, reason
 
-    def keep(self, count: int | None = None) -> None:
+    def keep(self, count: int | None = None, *, fitting: bool = False) -> None:
         """Keep up to `count` more of the replicas that run (None: all) where the pool may
         still run, as far as they fit, most preferred node pools first. Pools of equal
-        priority keep in turns (planner/sharing.py), so none keeps what the others run."""
+        priority keep in turns (planner/sharing.py), so none keeps what the others run.
+        `fitting`: all its asks fit as they are, whatever the others keep (`sharing._free`),
+        so the ledger is not asked what fits: it would say all of it (at 1,000 pools spread
+        over 7 node pools each, those checks were a fifth of a quiet plan:
+        benchmarks/loop_tick.py)."""
         if self._to_keep is None:
             self._start_keep()
         assert self._to_keep is not None
@@ -159,7 +170,7 @@ class Placer:
             asked = min(left, budget)
             self._budget = asked
             before = self.total
-            self._take(key, asked, new_nodes=False, keep=True)
+            self._take(key, asked, new_nodes=False, keep=True, fitting=fitting)
             fitted = self.total - before
             budget -= fitted
             if fitted < asked:
@@ -173,31 +184,6 @@ class Placer:
         self._budget = 0
         if count is None or not self.keeping:
             self._end_keep()
-
-    def keep_fitting(self) -> None:
-        """`keep()` for a pool whose asks all fit as they are, whatever the others keep
-        (`sharing._free`): each is committed where `keep` would place it, without asking the
-        ledger what fits, which would say all of it (at 1,000 pools spread over 7 node
-        pools each, those checks were a fifth of a quiet plan: benchmarks/loop_tick.py)."""
-        if self._to_keep is None:
-            self._start_keep()
-        assert self._to_keep is not None
-        budget, slots, ledger = self.remaining, self.ledger.slots, self.ledger
-        for index, (key, left) in enumerate(self._to_keep):
-            if budget <= 0:
-                break
-            if left <= 0:
-                continue
-            asked = min(left, budget)
-            slot = slots[key]
-            ledger.commit(slot, self.gpus, asked, self.busy(key) if slot.budgets else None)
-            self.placed[key] = self.placed.get(key, 0) + asked
-            self.total += asked
-            if slot.provider.role == _SECONDARY:
-                self.burst += asked
-            budget -= asked
-            self._to_keep[index] = (key, left - asked)
-        self._end_keep()
 
     def keep_asks(self) -> list[tuple[NodePoolKey, int]] | None:
         """What `keep()` would ask each node pool for, were nothing to bind it; None where

@@ -92,7 +92,7 @@ def _keep_in_turns(placers: list[Placer]) -> None:
         # Turns decide who loses where not all fit; where all do, each keeps all it runs
         # in whatever order (ROUNDS turns of every pool cost a fifth of a quiet plan).
         for placer in active:
-            placer.keep_fitting()
+            placer.keep(fitting=True)
         return
     steps = [max(1, math.ceil(sum(p.current.values()) / ROUNDS)) for p in active]
     # A free pool keeps all at once, and still takes its turns as it would have, keeping
@@ -102,7 +102,7 @@ def _keep_in_turns(placers: list[Placer]) -> None:
         if free[j]:
             asked = sum(n for _, n in placer.keep_asks() or ())
             rounds[j] = max(1, math.ceil(asked / steps[j]))
-            placer.keep_fitting()
+            placer.keep(fitting=True)
     start = 0
     while active:
         count = len(active)
