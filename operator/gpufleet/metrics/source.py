@@ -150,7 +150,9 @@ class PrometheusSource:
         self._probed_at: dict[str, float] = {}
         self._newest: dict[str, float | None] = {}
         self._kept = KeptAnswers(refresh, max_age)
-        self._series_kept: dict[str, tuple[list[Labelled], float]] = {}
+        # The last series read (one query is read this way, the power query): text, answer,
+        # when it was read; kept for `refresh` seconds, as the queries' answers are.
+        self._series_kept: tuple[str, list[Labelled], float] | None = None
         self.requests = 0  # HTTP requests made, for tests and benchmarks
         self.asked = 0  # queries sent (not answered from those kept), the same
 
@@ -186,16 +188,16 @@ class PrometheusSource:
 
     async def series(self, query: str) -> list[Labelled] | MetricsUnavailable:
         """Sent alone, one request a tick (or a refresh, where one is set): its answer is a
-        vector, not one number, so it has no place in a batch's `topk`. A series that stopped updating drops out of the answer
-        once the query's own range (and Prometheus's lookback) passes it."""
+        vector, not one number, so it has no place in a batch's `topk`. A series that
+        stopped updating drops out of the answer once the query's own range (and
+        Prometheus's lookback) passes it."""
         checked = _checked(query)
         if isinstance(checked, MetricsUnavailable):
             return checked
         now = self._clock()
-        kept = self._series_kept.get(checked.text)
-        if kept is not None and 0 <= now - kept[1] < self._kept.refresh:
-            return list(kept[0])
-        self._series_kept = {}  # one query is read this way (the power query): no other's
+        kept = self._series_kept
+        if kept is not None and kept[0] == checked.text and 0 <= now - kept[2] < self._kept.refresh:
+            return list(kept[1])
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -216,8 +218,7 @@ class PrometheusSource:
                 out.append((labels, in_range(item["value"][1])))
             except (MetricsUnavailable, AttributeError, KeyError, IndexError, TypeError):
                 continue  # NaN, negative, absurd or malformed: that series is not measured
-        if self._kept.refresh > 0:
-            self._series_kept[checked.text] = (out, now)
+        self._series_kept = (checked.text, out, now) if self._kept.refresh > 0 else None
         return list(out)
 
     def _due(self, queries: Sequence[CheckedQuery]) -> set[str]:
