@@ -94,7 +94,18 @@ def test_keda_ca_scales_on_arrivals_when_the_queue_is_empty() -> None:
     # wants ceil(6.6 / 0.7) = 10 replicas; the queue trigger alone wants none
     view = _view(0.0, chat=8, arrivals=6.6)
     assert _chat(_policy("keda-ca").decide(view)) == 10
-    assert _chat(_policy("keda-ca-defaults").decide(view)) == 1  # minReplicas
+    defaults = _policy("keda-ca-defaults")
+    assert _chat(defaults.decide(view)) == 8  # the HPA's first sight: what runs, held
+    assert _chat(defaults.decide(_view(315.0, chat=8, arrivals=6.6))) == 1  # minReplicas
+
+
+def test_the_hpa_holds_the_replicas_it_finds_for_the_scale_down_window() -> None:
+    # As the HPA records a target's current replicas as its first recommendation: a
+    # started (or restarted) controller does not scale down before its window has passed.
+    policy = _policy("keda-ca")
+    assert _chat(policy.decide(_view(0.0, chat=8, arrivals=0.7))) == 8
+    assert _chat(policy.decide(_view(285.0, chat=8, arrivals=0.7))) == 8
+    assert _chat(policy.decide(_view(315.0, chat=8, arrivals=0.7))) == 1
 
 
 def test_keda_ca_holds_replicas_300_s_after_arrivals_drop() -> None:

@@ -153,6 +153,11 @@ def size_pool(
     )
     notes: list[Note] = []
     history = memory.recommendations
+    if not history and current > 0:
+        # As the HPA records its first sight: what runs counts as recommended now, so that
+        # a (re)started operator, with no memory of the window, holds it a scale-down window
+        # before trusting a model that nothing it has observed yet confirms.
+        history = ((now, current),)
     forecast = memory.forecast
     if needed is None:
         # Fail static: without the signal, keep what runs; only the bounds still apply.
@@ -169,6 +174,16 @@ def size_pool(
         notes.extend(needed.notes)
         recommended, clamp_notes = _clamp(spec, needed.replicas)
         notes.extend(clamp_notes)
+        if rate is not None and recommended < min(rate.least_replicas, current):
+            # A scale-down on a rate nothing observed has confirmed goes one step at a time.
+            notes.append(
+                Note(
+                    Reason.HELD_FOR_UNPROVEN_RATE,
+                    f"recommendation {recommended} held at {min(rate.least_replicas, current)}"
+                    f": the replicas have not yet been seen to serve that load",
+                )
+            )
+            recommended = min(rate.least_replicas, current)
         desired, behavior_notes = behavior.apply(
             rules, current, recommended, history, memory.scale_events, now, needed.panic
         )

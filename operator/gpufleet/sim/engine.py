@@ -12,6 +12,7 @@ attributed, and Wh per served request includes each pool's share of idle GPUs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gpufleet.planner.types import NodePoolKey, NodePoolObservation, PoolKey, fr
 from gpufleet.sim import data
 from gpufleet.sim.cluster import Cluster
 from gpufleet.sim.gateway import Gateway
+from gpufleet.sim.goals import quickest_lead
 from gpufleet.sim.metrics import PoolResult, RunResult
 from gpufleet.sim.policies.placement import nodes_for, start_state
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
@@ -108,7 +110,23 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
         cluster,
         queues,
     )
-    return dataclasses.replace(ctx, start=frozen_map(start_state(ctx, first_rates(p))))
+    return dataclasses.replace(ctx, start=frozen_map(start_state(ctx, first_work(p))))
+
+
+def first_work(p: Prepared) -> dict[PoolKey, float]:
+    """Each pool's most work units/s over a minute that begins within the first lead time
+    (the quickest boot of its GPU types plus its model load): what capacity asked for
+    before the run began must serve, since no policy can change it sooner."""
+    window = max(1, min(round(RATE_WINDOW / p.scenario.step), p.steps))
+    out: dict[PoolKey, float] = {}
+    for pool, d in p.demand.items():
+        lead = quickest_lead(p.scenario.fleet, pool) or 0.0
+        last = min(p.steps - window, math.ceil(lead / p.scenario.step - 1e-9))
+        arrived = np.concatenate(([0.0], np.cumsum(d.work)))
+        starts = np.arange(0, max(0, last) + 1)
+        most = float((arrived[starts + window] - arrived[starts]).max(initial=0.0))
+        out[pool] = most / (window * p.scenario.step)
+    return out
 
 
 def first_rates(p: Prepared) -> dict[PoolKey, float]:
@@ -260,8 +278,8 @@ class _Replay:
 
     def start_warm(self) -> None:
         """Every policy starts from the same state: the fleet ran before the trace began,
-        with the replicas that serve the first minute's arrivals at each pool's declared
-        rate (`placement.start_state`) ready on the nodes they fill, and Prometheus showing
+        with the replicas that serve the first minute's work at the rate replicas truly
+        serve (`placement.start_state`) ready on the nodes they fill, and Prometheus showing
         that minute's rate. Each policy acts from t=0; setting this up is not counted."""
         p, pools = self.p, self.pools
         first = first_rates(p)

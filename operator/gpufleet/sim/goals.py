@@ -57,13 +57,16 @@ def sudden_pools(scenario: Scenario) -> list[str]:
         surge = workload.modifiers.surge
         if surge is None or surge.factor <= 1.0:
             continue
-        lead = _quickest_lead(scenario.fleet, workload.pool)
+        lead = quickest_lead(scenario.fleet, workload.pool)
         if lead is not None and surge.ramp < lead:
             out.append(_name(workload.pool))
     return out
 
 
-def _quickest_lead(fleet: Fleet, pool: PoolKey) -> float | None:
+def quickest_lead(fleet: Fleet, pool: PoolKey) -> float | None:
+    """Seconds from asking for capacity to its serving, at the quickest: the fastest boot
+    of the pool's GPU types plus its model load (None for a pool not in the fleet or
+    without a node pool it may use)."""
     spec = fleet.pools.get(pool)
     if spec is None:
         return None

@@ -15,7 +15,8 @@ metrics (one scrape old) every 15 s (--horizontal-pod-autoscaler-sync-period). P
 it wants ceil(metric / target) (KEDA's AverageValue targets), or the current count within
 its 10 % tolerance, and takes the highest; scale-up has no stabilization and is limited to
 max(4 pods, 100 %) per 15 s; scale-down is stabilised over 300 s (the highest
-recommendation of the window) and limited to 100 % per 15 s. KEDA's cooldownPeriod (300 s)
+recommendation of the window, the first of which is the replicas it found running) and
+limited to 100 % per 15 s. KEDA's cooldownPeriod (300 s)
 holds the last replica before scaling to zero.
 
 Cluster Autoscaler: scans every 10 s (--scan-interval); adds nodes only for pending
@@ -133,6 +134,8 @@ class KedaCaPolicy(Policy):
                 want = current
             raw = max(raw, want)
         recs = self.recs[pool]
+        if not recs:  # the HPA's first sight of a target records its current replicas
+            recs.append((view.t, current))
         recs.append((view.t, raw))
         while recs and recs[0][0] < view.t - STABILIZE_DOWN:
             recs.popleft()

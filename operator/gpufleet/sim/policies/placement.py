@@ -57,21 +57,26 @@ class Room:
         self.gpus[key] += replicas * gpus
 
 
-def start_state(ctx: Context, first_rates: Mapping[PoolKey, float]) -> Placement:
-    """The replicas every policy starts with: each pool's first minute of arrivals (req/s)
-    at the per-replica rate it declares (`serviceRates`; the true rate where it declares
-    none), at least minReplicas, placed highest priority first in the planner's order
-    within maxNodes and quotas. The nodes are those the replicas fill."""
+def start_state(ctx: Context, first_work: Mapping[PoolKey, float]) -> Placement:
+    """The replicas every policy starts with: the fleet ran before the trace began, so it
+    holds what serves each pool's first minute of work (units/s) at the rate replicas
+    truly serve (`ctx.rates`: measured, or the run's own), at least minReplicas, placed
+    highest priority first in the planner's order within maxNodes and quotas. The nodes
+    are those the replicas fill.
+
+    Not the declared rate: a pool whose work is heavier than it declares would otherwise
+    start short by that factor under every policy, a shortfall no policy could avoid and
+    that says nothing of how each one learns (the oracle itself would miss its target).
+    Starting at the true work puts each policy where any autoscaler would have left a
+    fleet that had run at that load, and asks of it only to keep what it needs."""
     room = Room(ctx)
     out: Placement = {}
     for pool in sorted(ctx.fleet.pools, key=lambda p: (-ctx.fleet.priority(p), p)):
         spec = ctx.fleet.pools[pool]
-        declared = {r.gpu_type: r.requests_per_minute / 60.0 for r in spec.service_rates}
-        need, count = first_rates.get(pool, 0.0), 0
+        need, count = first_work.get(pool, 0.0), 0
         placed: dict[NodePoolKey, int] = {}
         for key in order(ctx, pool):
-            gpu = ctx.cluster.nodes[key].spec.gpu_type
-            per_replica = declared.get(gpu) or ctx.rates[pool][key] / ctx.mean_work[pool]
+            per_replica = ctx.rates[pool][key]
             want = max(math.ceil(need / per_replica - 1e-9), spec.min_replicas - count)
             if want <= 0:
                 break
