@@ -8,8 +8,12 @@ which the operator watches pods by) and a queue on the test bed's exporter.
 Every queue asks for `--nodes` x 8 / `--pools` replicas, so the operator itself buys the
 `--nodes` kwok nodes and the controllers start `--nodes` x 8 pods. Then:
 
-- first_plan_s: from the operator's start to its first finished tick (a tick plans every pool
-  or none: the loop starts only once every index is filled).
+- first_plan_s: from the operator's start to its first complete plan (the operator's
+  `gpufleet_last_plan_timestamp_seconds`, set once the loop has planned every pool, before it
+  acts; a tick plans every pool or none, and the loop starts only once every index is
+  filled). first_tick_s: to the end of that tick, with its writes (on a fresh fleet, the
+  scale-out's first thousand scale and status writes). The target holds for the fresh start
+  and the restart alike.
 - scale_out_s: from the operator's start until every node is Ready and every pod Running.
 - quiet: after the writes stop, `--quiet-seconds` with nothing changing. RSS (VmRSS, the
   most seen), CPU seconds per tick (utime + stime of the process over ticks), ticks per
@@ -65,6 +69,7 @@ TARGETS = {
     "first_plan_s": 60,
 }
 TICK = "gpufleet_reconcile_duration_seconds"
+PLANNED = "gpufleet_last_plan_timestamp_seconds"
 # Pods filtered by the API server (docs/install.md, "What the operator watches").
 OPERATOR_ARGS = (f"--pod-label-selector={SERVING_LABEL}=true",)
 
@@ -168,6 +173,7 @@ class TickSampler:
     ticks: list[tuple[float, float]] = field(default_factory=list)  # (time, seconds)
     ended: int = 0  # every tick seen to end, timed or not
     first_tick_at: float | None = None
+    first_plan_wall: float | None = None  # Unix time the operator finished its first plan
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -183,12 +189,15 @@ class TickSampler:
 
     def _read(self) -> tuple[float, float] | None:
         try:
-            # Only the two series: a full scrape of 1,000 pools' series costs the operator
+            # Only these series: a full scrape of 1,000 pools' series costs the operator
             # far more CPU than a tick, and would slow the ticks it measures.
-            text = self.operator.metrics(names=(f"{TICK}_count", f"{TICK}_sum"))
+            text = self.operator.metrics(names=(f"{TICK}_count", f"{TICK}_sum", PLANNED))
             figures = common.histogram(text, TICK)
         except OSError:
             return None
+        planned = [v for _, v in common.samples(text, PLANNED) if v > 0]
+        if planned and self.first_plan_wall is None:
+            self.first_plan_wall = planned[0]
         return figures.get("count", 0.0), figures.get("sum", 0.0)
 
     def _run(self) -> None:
@@ -295,7 +304,7 @@ def _restart(
     _settle(bed, 10.0, timeout=300)
     operator.stop()
     before = _requests_by_verb(bed)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     operator = common.start_operator(
         bed, kubeconfig, "operator-fleet-scale-restart.log", extra_args=OPERATOR_ARGS
     )
@@ -303,6 +312,7 @@ def _restart(
     try:
         common.until(lambda: sampler.first_tick_at is not None, 1800, "first tick after restart")
         first = (sampler.first_tick_at or time.monotonic()) - started
+        planned = (sampler.first_plan_wall or time.time()) - started_wall
         time.sleep(window)
         ticks = sampler.ended
     finally:
@@ -310,7 +320,8 @@ def _restart(
     after = _requests_by_verb(bed)
     requests = {k: int(after[k] - before[k]) for k in VERBS}
     return operator, {
-        "first_plan_s": round(first, 1),
+        "first_plan_s": round(planned, 1),
+        "first_tick_s": round(first, 1),
         "window_s": window,
         "ticks": ticks,
         "requests": requests,
@@ -342,7 +353,7 @@ def run(
         )
         common.apply_list(kubectl, setup)
         common.apply_list(kubectl, objects, batch=250)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         operator = common.start_operator(
             bed, kubeconfig, "operator-fleet-scale.log", extra_args=OPERATOR_ARGS
         )
@@ -352,7 +363,8 @@ def run(
             lambda: _fleet_ready(kubectl, shape), max(300, shape.pods * 0.2), "scale-out", 10
         )
         scale_out_s = time.monotonic() - started
-        first_plan_s = (sampler.first_tick_at or time.monotonic()) - started
+        first_tick_s = (sampler.first_tick_at or time.monotonic()) - started
+        first_plan_s = (sampler.first_plan_wall or time.time()) - started_wall
         settled = _settle(bed, min(20.0, quiet / 2), timeout=max(120, shape.pools * 0.6))
         quiet_figures, quiet_rss = _measure_window(bed, pid, sampler, quiet)
         for ns, pool in names[::10]:
@@ -380,6 +392,7 @@ def run(
         "pools": shape.pools,
         "providers": shape.providers,
         "first_plan_s": round(first_plan_s, 1),
+        "first_tick_s": round(first_tick_s, 1),
         "scale_out_s": round(scale_out_s, 1),
         "settled": settled,
         "rss_mib": round(max(quiet_rss, surge_rss), 1),
@@ -401,7 +414,8 @@ def _meets(figures: dict[str, Any]) -> dict[str, bool]:
         "tick_p95_s": bool(p95) and max(p95) <= TARGETS["tick_p95_s"],
         "ticks_per_second": quiet["per_second"] >= TARGETS["ticks_per_second"],
         "quiet_writes": quiet["writes"] == TARGETS["quiet_writes"],
-        "first_plan_s": figures["first_plan_s"] <= TARGETS["first_plan_s"],
+        "first_plan_s": max(figures["first_plan_s"], figures["restart"]["first_plan_s"])
+        <= TARGETS["first_plan_s"],
     }
 
 

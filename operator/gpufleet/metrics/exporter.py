@@ -93,6 +93,12 @@ class OperatorMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.last_plan = Gauge(
+            "gpufleet_last_plan_timestamp_seconds",
+            "Unix time the fleet loop last finished planning every pool (before it acts): "
+            "a stuck loop shows as this falling behind, a start as the time to its first plan.",
+            registry=r,
+        )
         self.reconcile_errors = Counter(
             "gpufleet_reconcile_errors_total",
             "Errors caught in the fleet loop, by stage.",

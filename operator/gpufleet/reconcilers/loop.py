@@ -239,6 +239,7 @@ class FleetLoop:
         fleet = fleet_of(pools, providers, budgets, granted)
         plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
+        self.metrics.last_plan.set(time.time())
         # Pools left out of the plan keep their replicas, and so the nodes under them.
         # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
         left_out = [targets[k] for k in unplanned if k in targets]

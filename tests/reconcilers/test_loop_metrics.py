@@ -1,0 +1,30 @@
+"""What the fleet loop says of itself on /metrics, beside the plan."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes.client import ApiClient
+
+from gpufleet.metrics.exporter import OperatorMetrics
+from gpufleet.reconcilers.cache import View
+from gpufleet.reconcilers.config import RunConfig
+from gpufleet.reconcilers.handlers import driver_factory
+from gpufleet.reconcilers.loop import FleetLoop
+
+from .test_credentials import Secrets
+
+
+@pytest.mark.asyncio
+async def test_each_tick_stamps_the_time_its_plan_was_complete() -> None:
+    # An alert on `time() - gpufleet_last_plan_timestamp_seconds` finds a stuck loop.
+    metrics = OperatorMetrics()
+    loop = FleetLoop(Secrets(), None, driver_factory(ApiClient(), RunConfig(), metrics), metrics)  # type: ignore[arg-type]
+    stamp = "gpufleet_last_plan_timestamp_seconds"
+    assert metrics.registry.get_sample_value(stamp) == 0.0
+
+    before = time.time()
+    await loop.tick(View([], [], [], [], {}, {}))
+
+    assert before <= (metrics.registry.get_sample_value(stamp) or 0.0) <= time.time()
