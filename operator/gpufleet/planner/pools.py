@@ -174,16 +174,6 @@ def size_pool(
         notes.extend(needed.notes)
         recommended, clamp_notes = _clamp(spec, needed.replicas)
         notes.extend(clamp_notes)
-        if rate is not None and recommended < min(rate.least_replicas, current):
-            # A scale-down on a rate nothing observed has confirmed goes one step at a time.
-            notes.append(
-                Note(
-                    Reason.HELD_FOR_UNPROVEN_RATE,
-                    f"recommendation {recommended} held at {min(rate.least_replicas, current)}"
-                    f": the replicas have not yet been seen to serve that load",
-                )
-            )
-            recommended = min(rate.least_replicas, current)
         desired, behavior_notes = behavior.apply(
             rules, current, recommended, history, memory.scale_events, now, needed.panic
         )

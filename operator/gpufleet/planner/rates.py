@@ -9,13 +9,7 @@ from dataclasses import replace
 from gpufleet.api.pool import RateSource, ServingPoolSpec
 from gpufleet.planner.facts import facts_of
 from gpufleet.planner.ledger import Ledger
-from gpufleet.planner.service import (
-    FACTOR_STEP,
-    Reading,
-    ServiceMemory,
-    least_load,
-    work_factor,
-)
+from gpufleet.planner.service import FACTOR_STEP, Reading, ServiceMemory, work_factor
 from gpufleet.planner.service import observe as observe_service
 from gpufleet.planner.types import PoolObservation, ServiceRate
 
@@ -60,24 +54,20 @@ def learn_service(
     servers = min(serving, total)
     reading = Reading(now, queue, arrival, servers * per_replica, servers)
     memory = observe_service(previous or ServiceMemory(rates=rates), reading)
-    load = least_load(memory, now)
-    least = 0
-    if load is not None and arrival > 0:
-        least = total if load <= 0 else math.ceil(arrival / (load * per_replica) - 1e-9)
-    return memory, _rate(slowest, memory, now, least)
+    return memory, _rate(slowest, memory, now)
 
 
 def _usable(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value >= 0
 
 
-def _rate(slowest: float, memory: ServiceMemory | None, now: float, least: int = 0) -> ServiceRate:
+def _rate(slowest: float, memory: ServiceMemory | None, now: float) -> ServiceRate:
     """What sizes the pool. The observed rate is reported only while it counts: once its
     samples have aged out, the pool is back on its declared rate and says nothing else."""
     factor = work_factor(memory, now)
     growth = memory.growth if memory is not None else 0.0
     if memory is None or memory.updated is None or factor == 1.0:
-        return ServiceRate(slowest, None, slowest, RateSource.DECLARED, growth, least)
+        return ServiceRate(slowest, None, slowest, RateSource.DECLARED, growth)
     believed = abs(factor - memory.factor) < FACTOR_STEP
     source = RateSource.OBSERVED if believed else RateSource.BLENDED
-    return ServiceRate(slowest, slowest * memory.factor, slowest * factor, source, growth, least)
+    return ServiceRate(slowest, slowest * memory.factor, slowest * factor, source, growth)

@@ -14,16 +14,6 @@ the weight decays (time constant `MEMORY_SECONDS`), so the factor drifts back to
 declared rate and a mix that got lighter is not paid for forever; samples are bounded so
 that a broken metric can neither buy the fleet nor starve it, and the factor used moves in
 steps of `FACTOR_STEP`, so that its decay does not rewrite a status every few seconds.
-
-A declared rate is not trusted for scaling down either. Over any stretch with the same
-replicas, they served at least the last minute's arrivals less the queue's growth, so
-served / promised is a lower bound of the factor even while nothing waits (`proven`). Until
-busy time has measured the factor, a scale-down may load the replicas at most `PROVEN_STEP`
-times beyond that bound (`least_load`); each step proves the next, so a fleet slower than it
-declares shows it in a queue while the nodes it left are still there, not after they are
-gone. The bound fades over a day (`PROOF_MEMORY_SECONDS`), not an hour: what replicas
-carried stays true until the mix changes, and a heavier mix shows in a queue within a step.
-
 Pure: the planner carries `ServiceMemory` from tick to tick.
 """
 
@@ -52,15 +42,6 @@ STEADY_ARRIVALS = 0.15
 QUEUE_MOVED = 0.05
 # Observed and declared differing by more than this sets ServiceRateAccurate=False.
 DIFFER_FACTOR = 1.25
-# A scale-down not yet backed by busy time loads the replicas at most this much beyond the
-# most they have been seen to serve: one step per stabilization window, each proving the
-# next. The factor within which observed and declared rates count as the same.
-PROVEN_STEP = DIFFER_FACTOR
-# What the replicas carried stays proven far longer than a measured factor is believed: a
-# mix that got heavier since shows in a queue within a step, and is then measured in a minute.
-PROOF_MEMORY_SECONDS = 86400.0
-RATE_SPAN = 60.0  # the arrival rate averages this long (rate(...[1m]))
-CALM_SECONDS = 90.0  # a stretch that proves what was served: that span and a scrape's age
 
 
 @dataclass(frozen=True)
@@ -99,11 +80,6 @@ class ServiceMemory:
     # `GROWTH_SECONDS`; 0 otherwise), from the last distinct reading (`mark`: time, queue).
     growth: float = 0.0
     mark: tuple[float, float] | None = None
-    # The most served / promised over a stretch with the same replicas (a lower bound of
-    # the factor; decays from `proven_at`), and the stretch being measured.
-    proven: float = 0.0
-    proven_at: float | None = None
-    calm: tuple[float, float] | None = None  # (time, queue) at its start
 
 
 def _moved_on(
@@ -120,9 +96,6 @@ def _moved_on(
         memory.rates,
         memory.growth,
         memory.mark,
-        memory.proven,
-        memory.proven_at,
-        memory.calm,
     )
 
 
@@ -136,16 +109,12 @@ def _marked(memory: ServiceMemory, growth: float, mark: tuple[float, float]) -> 
         memory.rates,
         growth,
         mark,
-        memory.proven,
-        memory.proven_at,
-        memory.calm,
     )
 
 
 def observe(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
-    """`memory` with one more tick's reading; a sample at the end of each busy window, and
-    a proof at the end of each stretch with the same replicas."""
-    return _learn(_prove(_track_growth(memory, reading), reading), reading)
+    """`memory` with one more tick's reading; a sample at the end of each busy window."""
+    return _learn(_track_growth(memory, reading), reading)
 
 
 def _track_growth(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
@@ -212,53 +181,6 @@ def _learn(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
         last=reading,
         window=BusyWindow(reading.time, reading.queue),
     )
-
-
-def _prove(memory: ServiceMemory, reading: Reading) -> ServiceMemory:
-    """At the end of each stretch of `CALM_SECONDS` with the same replicas (busy or not),
-    what they served over what their declared rates promise: a lower bound of the factor."""
-    last, calm = memory.last, memory.calm
-    if last is not None and reading.time == last.time:
-        return memory
-    steady = (
-        last is not None
-        and 0 < reading.time - last.time <= MAX_GAP_SECONDS
-        and reading.declared_capacity > 0
-        and math.isclose(reading.declared_capacity, last.declared_capacity, rel_tol=1e-6)
-    )
-    # `replace` runs only where a stretch starts or ends; other ticks return `memory` itself.
-    if not steady or last is None:
-        return memory if calm is None else replace(memory, calm=None)
-    if calm is None:
-        return replace(memory, calm=(last.time, last.queue))
-    if reading.time - calm[0] < CALM_SECONDS:
-        return memory
-    # The arrival rate is a minute's trailing average, read up to a scrape late: at the end
-    # of a stretch that long the reading averages arrivals within it, so the replicas,
-    # unchanged throughout, served that minute's arrivals less what the queue kept. No
-    # steady arrivals are asked for: a burst that ended before the stretch is not counted.
-    served = max(0.0, reading.arrival * RATE_SPAN - max(0.0, reading.queue - calm[1]))
-    sample = min(served / (reading.declared_capacity * RATE_SPAN), MAX_FACTOR)
-    proven = max(_proven(memory, reading.time), sample)
-    return replace(
-        memory, proven=proven, proven_at=reading.time, calm=(reading.time, reading.queue)
-    )
-
-
-def _proven(memory: ServiceMemory, now: float) -> float:
-    if memory.proven_at is None:
-        return 0.0
-    return memory.proven * math.exp(-max(0.0, now - memory.proven_at) / PROOF_MEMORY_SECONDS)
-
-
-def least_load(memory: ServiceMemory | None, now: float) -> float | None:
-    """The most a scale-down may load each replica, in requests/s over the requests/s its
-    declared rate promises: `PROVEN_STEP` times the most it has been seen to serve (0 before
-    it was seen to serve anything). None once busy time has measured the factor: sizing
-    then uses what was measured."""
-    if memory is not None and _weight(memory, now) >= BELIEVED_SLOWER_SECONDS:
-        return None
-    return PROVEN_STEP * _proven(memory, now) if memory is not None else 0.0
 
 
 def _weight(memory: ServiceMemory, now: float) -> float:

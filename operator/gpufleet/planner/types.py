@@ -58,7 +58,6 @@ class Reason(StrEnum):
     QUEUE_GROWING = "QueueGrowing"
     BELOW_ACTIVATION = "BelowActivationThreshold"
     HELD_BY_STABILIZATION = "HeldByStabilization"
-    HELD_FOR_UNPROVEN_RATE = "HeldForUnprovenRate"  # planner/service.py `least_load`
     BACKLOG_CLEARS_BEFORE_BOOT = "BacklogClearsBeforeBoot"
     LIMITED_BY_RATE = "LimitedByScalingPolicy"
     LIMITED_BY_MAX = "LimitedByMax"
@@ -247,9 +246,6 @@ class ServiceRate:
     used: float
     source: RateSource
     growth: float = 0.0  # requests/s the queue grows by while every replica is busy
-    # Replicas below which a scale-down would load them past what they have been seen to
-    # serve (planner/service.py `least_load`); 0 where nothing bounds it.
-    least_replicas: int = 0
 
 
 @dataclass(frozen=True)
