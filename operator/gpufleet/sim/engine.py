@@ -278,9 +278,10 @@ class _Replay:
 
     def start_warm(self) -> None:
         """Every policy starts from the same state: the fleet ran before the trace began,
-        with the replicas that serve the first minute's work at the rate replicas truly
-        serve (`placement.start_state`) ready on the nodes they fill, and Prometheus showing
-        that minute's rate. Each policy acts from t=0; setting this up is not counted."""
+        with the replicas that serve the busiest minute of work within each pool's first
+        lead time (`first_work`) at the rate replicas truly serve (`placement.start_state`)
+        ready on the nodes they fill, and Prometheus showing the first minute's rate. Each
+        policy acts from t=0; setting this up is not counted."""
         p, pools = self.p, self.pools
         first = first_rates(p)
         self.first = {k: first.get(k, 0.0) for k in pools}

@@ -16,8 +16,8 @@ it wants ceil(metric / target) (KEDA's AverageValue targets), or the current cou
 its 10 % tolerance, and takes the highest; scale-up has no stabilization and is limited to
 max(4 pods, 100 %) per 15 s; scale-down is stabilised over 300 s (the highest
 recommendation of the window, the first of which is the replicas it found running) and
-limited to 100 % per 15 s. KEDA's cooldownPeriod (300 s)
-holds the last replica before scaling to zero.
+limited to 100 % per 15 s. KEDA's cooldownPeriod (300 s) holds the last replica before
+scaling to zero.
 
 Cluster Autoscaler: scans every 10 s (--scan-interval); adds nodes only for pending
 replicas, counting nodes still booting; removes a node after it has been unneeded for the

@@ -59,10 +59,10 @@ class Room:
 
 def start_state(ctx: Context, first_work: Mapping[PoolKey, float]) -> Placement:
     """The replicas every policy starts with: the fleet ran before the trace began, so it
-    holds what serves each pool's first minute of work (units/s) at the rate replicas
-    truly serve (`ctx.rates`: measured, or the run's own), at least minReplicas, placed
-    highest priority first in the planner's order within maxNodes and quotas. The nodes
-    are those the replicas fill.
+    holds what serves each pool's busiest minute of work (units/s) within its first lead
+    time (`engine.first_work`) at the rate replicas truly serve (`ctx.rates`: measured,
+    or the run's own), at least minReplicas, placed highest priority first in the
+    planner's order within maxNodes and quotas. The nodes are those the replicas fill.
 
     Not the declared rate: a pool whose work is heavier than it declares would otherwise
     start short by that factor under every policy, a shortfall no policy could avoid and
