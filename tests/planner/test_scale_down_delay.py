@@ -57,3 +57,28 @@ def test_the_delay_never_brings_back_a_node_that_is_gone() -> None:
     one = {("p", "h100"): NodePoolObservation(ready_nodes=1, target_nodes=1)}
     plan = plan_fleet(f, observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, one), busy.state, 60)
     assert plan.node_pools[A].desired_nodes == 1
+
+
+def test_spares_leave_a_kept_node_before_the_node_goes() -> None:
+    """The replicas demand needs carry the load alone while the node can still take the
+    others back in a model load: spares that served until the node went hid a shortfall
+    until a boot was the only way back."""
+    _, soon, before, after = _plans(None, spares=True)
+    assert soon.pools[key()].spare_replicas == 13
+    # 359 s is within the delay's last two minutes: the node stays, idle.
+    assert before.node_pools[A].desired_nodes == 2
+    assert before.pools[key()].desired_replicas == 8
+    assert after.node_pools[A].desired_nodes == 1
+
+
+def test_a_short_delay_keeps_spares_for_its_first_half() -> None:
+    _, soon, _, _ = _plans(100, spares=True)  # kept until 160 s; spares until 110 s
+    assert soon.pools[key()].desired_replicas == 16
+    f = fleet(
+        {"chat": pool(warmSpares={"enabled": True})},
+        {"p": provider(node_pools=[node_pool(bootSeconds=300, scaleDownDelaySeconds=100)])},
+    )
+    quiet = observe({"chat": 30}, {"chat": {("p", "h100"): 3}}, TWO)
+    late = plan_fleet(f, quiet, soon.state, 111.0)
+    assert late.node_pools[A].desired_nodes == 2
+    assert late.pools[key()].desired_replicas == 8

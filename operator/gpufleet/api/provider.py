@@ -301,7 +301,8 @@ class NodePool(Model):
         ge=0,
         le=86400,
         description="How long a node stays after demand stops needing it, serving warm "
-        "spares meanwhile. Unset: bootSeconds (a node needed again within its boot time "
+        "spares meanwhile except for its last 120 s (at most half the delay), when the "
+        "spares leave first. Unset: bootSeconds (a node needed again within its boot time "
         "costs less kept than booted again); 0 removes unneeded nodes at once.",
     )
     site: str = Field(

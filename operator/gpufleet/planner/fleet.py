@@ -10,6 +10,7 @@ from gpufleet.planner.catalogs import catalog_of
 from gpufleet.planner.facts import PoolFacts, facts_of
 from gpufleet.planner.ledger import Ledger, Slot, node_units
 from gpufleet.planner.nodes import (
+    kept_nodes,
     node_plans,
     recent_needs,
     record_needs,
@@ -55,7 +56,7 @@ def _open_ledger(
     catalog: Catalog,
     snapshot: Snapshot,
     backoffs: Mapping[NodePoolKey, Backoff],
-    kept: Mapping[NodePoolKey, int],
+    kept: Mapping[NodePoolKey, tuple[int, int]],
     now: float,
 ) -> tuple[Ledger, list[str], list[tuple[float, str | None]]]:
     budget_names = sorted(fleet.budgets)
@@ -105,7 +106,9 @@ def _open_ledger(
             floor=node_pool.min_nodes,
         )
         if key in kept:
-            slot.kept = min(kept[key], slot.existing_nodes)
+            nodes, warm = kept[key]
+            slot.kept = min(nodes, slot.existing_nodes)
+            slot.warm = min(warm, slot.kept)
             slot.floor = max(slot.floor, slot.kept)
     ledger = Ledger(
         slots=slots,
@@ -266,7 +269,7 @@ def plan_fleet(
     catalog = catalog_of(fleet.providers)
     delays = catalog.delays
     needs = recent_needs(state.node_needs, delays, now)
-    kept = {key: entries[0][1] for key, entries in needs.items()}
+    kept = kept_nodes(needs, delays, now)
     ledger, budget_names, caps = _open_ledger(fleet, catalog, snapshot, backoffs, kept, now)
     priorities = fleet.priorities
     # PoolKey orders as (namespace, name).

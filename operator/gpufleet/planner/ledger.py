@@ -61,6 +61,13 @@ class Slot:
     gpus_allocated: int = 0
     floor: int = 0  # no fewer nodes than this: minNodes, or those kept
     kept: int = 0  # nodes recently needed that stay while unneeded (never above existing)
+    warm: int = 0  # of those kept, the nodes spares may fill: not those about to go
+
+    @property
+    def spare_nodes(self) -> int:
+        """Nodes whose idle GPUs spares may fill: minNodes, those demand needs and those
+        kept for a while yet (planner/nodes.py `warm_needs`)."""
+        return max(self.spec.min_nodes, self.warm, self.needed)
 
     @property
     def needed(self) -> int:

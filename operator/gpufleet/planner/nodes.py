@@ -1,11 +1,17 @@
 """Node pools across ticks: capacity back-off, the scale-down delay, and their plans.
 
 A node that demand stops needing stays for the node pool's scale-down delay (`Catalog.delays`;
-by default its bootSeconds: one needed again within its boot time costs less kept than booted again), and
-serves warm spares meanwhile. The planner remembers, per node pool, the nodes its demand
-needed lately as a falling sequence of (until, nodes), the current need last: the most
-needed within the delay is its first entry, and the sequence stays short however long the
-delay.
+by default its bootSeconds: one needed again within its boot time costs less kept than
+booted again), and serves warm spares meanwhile, except for the delay's last
+`PROBE_SECONDS` (at most half of it): the spares leave first, so that the replicas demand
+needs are seen carrying the load alone while the node can still take the others back in a
+model load. Spares that served until the node went made every scale-down a cliff: load
+they carried that the model did not count (work heavier than declared) showed only once
+the node was gone, and its replacement cost a boot.
+
+The planner remembers, per node pool, the nodes its demand needed lately as a falling
+sequence of (until, nodes), the current need last: the most needed within the delay is its
+first entry, and the sequence stays short however long the delay.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from gpufleet.planner.types import (
 )
 
 Needs = Mapping[NodePoolKey, tuple[tuple[float, int], ...]]
+
+# Long enough for a scrape, the service estimate's busy window (planner/service.py) and a
+# plan to see the remaining replicas fall short.
+PROBE_SECONDS = 120.0
 
 
 def update_backoffs(
@@ -64,6 +74,20 @@ def recent_needs(
             if not entries:
                 continue
         out[key] = entries
+    return out
+
+
+def kept_nodes(
+    needs: Needs, delays: Mapping[NodePoolKey, float], now: float
+) -> dict[NodePoolKey, tuple[int, int]]:
+    """Per node pool with needs still within its delay (`recent_needs`): the nodes kept,
+    and of those the nodes spares may fill (needed until more than the probe ago)."""
+    out = {}
+    for key, entries in needs.items():
+        delay = delays.get(key, 0.0)
+        warm_after = now - (delay - min(PROBE_SECONDS, delay / 2))
+        warm = next(n for until, n in entries if until > warm_after)  # the last never ends
+        out[key] = (entries[0][1], warm)
     return out
 
 
