@@ -68,6 +68,8 @@ def test_spares_leave_a_kept_node_before_the_node_goes() -> None:
     # 359 s is within the delay's last two minutes: the node stays, idle.
     assert before.node_pools[A].desired_nodes == 2
     assert before.pools[key()].desired_replicas == 8
+    (delayed,) = before.node_pools[A].notes
+    assert delayed.reason == Reason.SCALE_DOWN_DELAYED and "1 without spares" in delayed.message
     assert after.node_pools[A].desired_nodes == 1
 
 

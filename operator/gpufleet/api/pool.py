@@ -326,7 +326,8 @@ class WarmSpares(Model):
         description="Run replicas on GPUs that the nodes kept for demand leave idle, after "
         "every pool's demand is placed (highest priority first). They add no node and hold "
         "every power budget; they serve a spike at once instead of after a model load, and "
-        "are the first replicas a higher-priority pool takes back.",
+        "are the first replicas a higher-priority pool takes back. They leave a node in the "
+        "last part of its scale-down delay, before the node goes.",
     )
     max_replicas: int | None = Field(
         default=None,

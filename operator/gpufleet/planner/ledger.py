@@ -66,7 +66,7 @@ class Slot:
     @property
     def spare_nodes(self) -> int:
         """Nodes whose idle GPUs spares may fill: minNodes, those demand needs and those
-        kept for a while yet (planner/nodes.py `warm_needs`)."""
+        kept for a while yet (planner/nodes.py `kept_nodes`). Never above `nodes`."""
         return max(self.spec.min_nodes, self.warm, self.needed)
 
     @property

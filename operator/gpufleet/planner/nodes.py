@@ -86,7 +86,8 @@ def kept_nodes(
     for key, entries in needs.items():
         delay = delays.get(key, 0.0)
         warm_after = now - (delay - min(PROBE_SECONDS, delay / 2))
-        warm = next(n for until, n in entries if until > warm_after)  # the last never ends
+        # The last entry never ends (until +inf): it is the default only for a malformed state.
+        warm = next((n for until, n in entries if until > warm_after), entries[-1][1])
         out[key] = (entries[0][1], warm)
     return out
 
@@ -151,11 +152,17 @@ def node_plans(
             entries = needs.get(key)
             needed = max(entries[-1][1] if entries else nodes, slot.spec.min_nodes)
             if nodes > needed:
+                probing = nodes - max(slot.warm, needed, slot.spec.min_nodes)
+                probe = (
+                    f"; {probing} without spares, to see the rest carry the load before they go"
+                    if probing > 0
+                    else ""
+                )
                 notes.append(
                     Note(
                         Reason.SCALE_DOWN_DELAYED,
                         f"keeping {nodes} nodes where demand needs {needed}: "
-                        "within the scale-down delay",
+                        f"within the scale-down delay{probe}",
                     )
                 )
         plans[key] = NodePoolPlan(key, nodes, current, slot.gpus_allocated, tuple(notes))

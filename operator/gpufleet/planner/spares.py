@@ -62,7 +62,7 @@ def add_spares(
             part = slot.part(gpus)
             if slot.held or part == 0:
                 continue
-            free = (min(slot.nodes, slot.spare_nodes) * slot.unit - slot.used) // part
+            free = (slot.spare_nodes * slot.unit - slot.used) // part
             want = min(free, room)
             if slot.provider.role == _SECONDARY:
                 want = min(want, burst_room)
