@@ -37,8 +37,14 @@ from gpufleet.reconcilers.actuation import (
 )
 from gpufleet.reconcilers.apply import Effects
 from gpufleet.reconcilers.burst.copies import Copy, source_hash
-from gpufleet.reconcilers.cache import WorkloadEntry, workload_entry
-from gpufleet.reconcilers.changes import Copies, Inputs, node_pool_changes, plan_changes
+from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry, workload_entry
+from gpufleet.reconcilers.changes import (
+    Copies,
+    Inputs,
+    node_pool_changes,
+    plan_changes,
+    removals,
+)
 from gpufleet.reconcilers.drain import Drainer, DrainRequest
 from gpufleet.reconcilers.intent import Action, Journal, Record
 from gpufleet_testbed import fleets
@@ -247,6 +253,51 @@ def test_held_node_pools_grow_but_never_shrink() -> None:
 
     assert [(c.key.node_pool, c.size) for c in held] == [("grow", 4)]
     assert [(c.key.node_pool, c.size) for c in free] == [("grow", 4), ("shrink", 2)]
+
+
+def _gpu_pod(name: str, node: str | None, terminating: bool = False) -> PodEntry:
+    return PodEntry("ns", name, {}, node, terminating, gpus=1)
+
+
+def test_a_shrink_removes_the_nodes_with_the_fewest_gpu_pods_by_name() -> None:
+    """The backend's own choice (random for Cluster API, the newest for Karpenter) may take
+    a node that serves while an idle one stays: a replica lost until it loads elsewhere."""
+    state = NodePoolState(3, ("a", "b", "c"), ("a", "b", "c", "d"))  # d boots
+    nodes = [NodeEntry(n, "cloud", "shrink", True) for n in ("a", "b", "c")]
+    pods = {
+        "ns": [
+            _gpu_pod("p1", "a"),
+            _gpu_pod("p2", "a"),
+            _gpu_pod("p3", "c"),
+            _gpu_pod("p4", "b", terminating=True),  # leaving: b is idle
+            _gpu_pod("p5", None),
+        ]
+    }
+    order = removals({SHRINK}, {SHRINK: state}, nodes, pods)
+    refs = {SHRINK: NodePoolRef("cloud", "shrink", "shrink")}
+
+    (change,) = node_pool_changes({SHRINK: _node_plan(SHRINK, 2)}, {SHRINK: 4}, refs, (), order)
+
+    assert order[SHRINK] == ("d", "b", "c", "a")
+    assert change.remove == ("d", "b")
+    log, _, _ = _run([change])
+    assert log == ["delete shrink ['d', 'b']", "nodes shrink -> 2"]
+
+
+def test_node_pools_whose_nodes_are_not_watched_leave_the_choice_to_their_backend() -> None:
+    state = NodePoolState(2, ("r1", "r2"), ("r1", "r2"))  # a remote cluster's nodes
+    local = [NodeEntry("a", "cloud", "shrink", True)]
+
+    assert removals({SHRINK}, {SHRINK: state}, local, {}) == {}
+    assert removals(set(), {SHRINK: state}, local, {}) == {}
+    grow = node_pool_changes(
+        {SHRINK: _node_plan(SHRINK, 3)},
+        {SHRINK: 2},
+        {SHRINK: NodePoolRef("cloud", "shrink", "shrink")},
+        (),
+        {SHRINK: ("a",)},
+    )
+    assert grow[0].remove == ()  # a growth removes nothing
 
 
 def test_node_pools_without_a_driver_or_a_state_are_left_alone() -> None:

@@ -59,6 +59,9 @@ class ResizeNodePool:
     ref: NodePoolRef
     current: int
     size: int
+    # On a shrink, the nodes to remove by name (reconcilers/changes.py `removal_order`);
+    # empty where the loop cannot see what runs on them: the backend then chooses.
+    remove: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

@@ -62,6 +62,9 @@ class Effects:
         if driver is None:
             return False
         try:
+            doomed = change.remove[: max(change.current - size, 0)]
+            if doomed:  # by name first; drivers lower the target by the nodes they remove
+                await driver.delete_nodes(change.ref, doomed, action_id=action_id)
             await driver.set_target_size(change.ref, size, action_id=action_id)
         except NotLeading:  # the tick stops (actuation.py execute)
             raise

@@ -7,11 +7,11 @@ not count) into `Inputs` first; reconcilers/actuation.py applies the result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpufleet.api.pool import Mode
-from gpufleet.drivers.base import NodePoolRef
+from gpufleet.drivers.base import NodePoolRef, NodePoolState
 from gpufleet.planner.types import Fleet, FleetPlan, NodePoolKey, NodePoolPlan, PoolKey, PoolPlan
 from gpufleet.reconcilers.actuation import (
     ApplyCopy,
@@ -23,7 +23,7 @@ from gpufleet.reconcilers.actuation import (
     ordered,
 )
 from gpufleet.reconcilers.burst.copies import Copy, stale
-from gpufleet.reconcilers.cache import WorkloadEntry
+from gpufleet.reconcilers.cache import NodeEntry, PodEntry, WorkloadEntry
 from gpufleet.reconcilers.drain import DrainRequest
 
 
@@ -54,6 +54,8 @@ class Inputs:
     copies: Copies | None = None  # None: remote clusters are not enabled
     # Pools whose drain state could not be read: no change for them, no node pool shrinks.
     failed: Collection[PoolKey] = ()
+    # Per node pool whose nodes' pods the loop sees: its nodes, first to remove first.
+    removal: Mapping[NodePoolKey, tuple[str, ...]] = field(default_factory=dict)
 
 
 def plan_changes(inputs: Inputs) -> tuple[tuple[Change, ...], dict[PoolKey, Exception]]:
@@ -74,7 +76,7 @@ def plan_changes(inputs: Inputs) -> tuple[tuple[Change, ...], dict[PoolKey, Exce
             changes.append(change)
     hold = set(inputs.plan.node_pools) if failed or inputs.failed else set(inputs.hold_shrinks)
     changes += node_pool_changes(
-        inputs.plan.node_pools, inputs.node_pool_sizes, inputs.node_pool_refs, hold
+        inputs.plan.node_pools, inputs.node_pool_sizes, inputs.node_pool_refs, hold, inputs.removal
     )
     if inputs.copies is not None:
         changes += copy_changes(inputs, inputs.copies)
@@ -112,9 +114,11 @@ def node_pool_changes(
     sizes: Mapping[NodePoolKey, int],
     refs: Mapping[NodePoolKey, NodePoolRef],
     hold_shrinks: Collection[NodePoolKey],
+    removal: Mapping[NodePoolKey, tuple[str, ...]] | None = None,
 ) -> list[ResizeNodePool]:
     """Resizes of the node pools the loop can resize (`refs` and `sizes`); none of those in
-    `hold_shrinks` to smaller than now."""
+    `hold_shrinks` to smaller than now. A shrink names the nodes to remove where `removal`
+    orders the node pool's nodes."""
     out = []
     for key, plan in sorted(plans.items()):
         if key not in refs or key not in sizes:
@@ -122,8 +126,22 @@ def node_pool_changes(
         current, wanted = sizes[key], plan.desired_nodes
         if wanted == current or (key in hold_shrinks and wanted < current):
             continue
-        out.append(ResizeNodePool(key, refs[key], current, wanted))
+        order = removal.get(key, ()) if removal and wanted < current else ()
+        out.append(ResizeNodePool(key, refs[key], current, wanted, order[: current - wanted]))
     return out
+
+
+def removal_order(
+    all_nodes: Sequence[str], ready_nodes: Collection[str], gpu_pods: Mapping[str, int]
+) -> tuple[str, ...]:
+    """A node pool's nodes in the order a shrink removes them: fewest GPU pods bound first,
+    so idle nodes go before any that serve (a replica on a removed node is lost until it
+    loads elsewhere, and a node kept idle for a scale-down probe is the one meant to go,
+    planner/nodes.py); among equals, those not ready yet (nothing runs there), then by name.
+    Cluster API's default delete policy is random and Karpenter's and an Auto Scaling
+    group's are the newest or oldest nodes: none looks at what runs where."""
+    ready = set(ready_nodes)
+    return tuple(sorted(all_nodes, key=lambda n: (gpu_pods.get(n, 0), n in ready, n)))
 
 
 def wanted_copies(inputs: Inputs, copies: Copies) -> dict[tuple[str, PoolKey], int]:
@@ -168,4 +186,35 @@ def copy_changes(inputs: Inputs, copies: Copies) -> list[Change]:
         access = spec.cluster if spec is not None else None
         if size != current or (copy is not None and stale(copy, workload, access)):
             out.append(ApplyCopy(provider, pool_key, workload, copy, current, size))
+    return out
+
+
+def removals(
+    shrinking: Collection[NodePoolKey],
+    states: Mapping[NodePoolKey, NodePoolState],
+    nodes: Sequence[NodeEntry],
+    pods: Mapping[str, Sequence[PodEntry]],
+) -> dict[NodePoolKey, tuple[str, ...]]:
+    """`removal_order` for each node pool in `shrinking` whose Nodes the loop watches (by
+    the node pool label, in this cluster). One whose ready nodes it does not all see, a
+    remote cluster's, is left to its backend: names it cannot match to pods would only
+    pick at random. `pods`: the GPU pods by namespace."""
+    if not shrinking:
+        return {}  # most ticks: no pod is counted
+    seen: dict[NodePoolKey, set[str]] = {}
+    for node in nodes:
+        key = NodePoolKey(node.provider, node.node_pool)
+        if key in shrinking:
+            seen.setdefault(key, set()).add(node.name)
+    gpu_pods: dict[str, int] = {}
+    for in_namespace in pods.values():
+        for pod in in_namespace:
+            if pod.node_name is not None and not (pod.terminating or pod.finished):
+                gpu_pods[pod.node_name] = gpu_pods.get(pod.node_name, 0) + 1
+    out = {}
+    for key in shrinking:
+        state, names = states.get(key), seen.get(key)
+        if state is None or names is None or not names.issuperset(state.ready_nodes):
+            continue
+        out[key] = removal_order(state.all_nodes, state.ready_nodes, gpu_pods)
     return out

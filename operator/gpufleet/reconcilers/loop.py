@@ -33,7 +33,7 @@ from gpufleet.reconcilers.burst.remote import RemoteClusters
 from gpufleet.reconcilers.burst.targets import add_remote_replicas
 from gpufleet.reconcilers.burst.teardown import ProviderTeardown
 from gpufleet.reconcilers.cache import NodeEntry, PodEntry, View, WorkloadEntry
-from gpufleet.reconcilers.changes import Copies, Inputs, local_replicas, plan_changes
+from gpufleet.reconcilers.changes import Copies, Inputs, local_replicas, plan_changes, removals
 from gpufleet.reconcilers.credentials import credential_source
 from gpufleet.reconcilers.drain import Drainer, DrainRequest, request_for
 from gpufleet.reconcilers.inference_pools import serving, unserved
@@ -254,6 +254,7 @@ class FleetLoop:
             known,
             view.pods,
             node_pools_under(left_out, view.pods, view.nodes),
+            view.nodes,
         )
         await self._settle_providers(view, known, now)
         self.reporter.workloads = targets  # what their copies name (status.burstReferences)
@@ -374,6 +375,7 @@ class FleetLoop:
         known: set[PoolKey],
         pods: Mapping[str, Sequence[PodEntry]],
         held_node_pools: Collection[NodePoolKey] = (),
+        nodes: Sequence[NodeEntry] = (),
     ) -> None:
         """Work out this tick's changes (reconcilers/changes.py, pure) and apply them through
         the intent journal (reconcilers/actuation.py, reconcilers/apply.py). No node pool in
@@ -382,6 +384,11 @@ class FleetLoop:
         drains, waiting, failed = await self._drains(plan, fleet, targets, observed, pods, now)
         refs, sizes = usable_node_pools(plan, fleet, reach.drivers, observed)
         copies = Copies(reach.copies, known, self.remote.owns) if self.remote is not None else None
+        shrinking = {
+            key
+            for key, node_plan in plan.node_pools.items()
+            if key in refs and node_plan.desired_nodes < sizes.get(key, 0)
+        }
         inputs = Inputs(
             plan,
             fleet,
@@ -394,6 +401,7 @@ class FleetLoop:
             held_node_pools,
             copies,
             failed,
+            removals(shrinking, observed.node_states, nodes, pods),
         )
         changes, unworked = plan_changes(inputs)
         for pool_key, exc in unworked.items():

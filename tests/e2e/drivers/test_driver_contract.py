@@ -100,6 +100,27 @@ async def test_scale_to_zero_removes_nodes(harness: DriverHarness, api_client: A
     await eventually(gone, what="no nodes left")
 
 
+async def test_a_shrink_by_name_then_to_its_size_removes_only_the_named_node(
+    harness: DriverHarness,
+) -> None:
+    """What the fleet loop does on a shrink (reconcilers/apply.py): the node it chose by
+    name, then the size; the backend must not take another one as well."""
+    driver = harness.new_driver()
+    await driver.set_target_size(harness.ref, 3, action_id="up-3")
+    await harness.finish_boot()
+    names = (await ready_nodes(driver, harness, 3)).ready_nodes
+    doomed = names[1]
+
+    await driver.delete_nodes(harness.ref, [doomed], action_id="down-2")
+    await driver.set_target_size(harness.ref, 2, action_id="down-2")
+
+    async def settled() -> NodePoolState | None:
+        state = await driver.get_pool(harness.ref)
+        return state if set(state.all_nodes) == set(names) - {doomed} else None
+
+    assert (await eventually(settled, what=f"only {doomed} gone")).target_size == 2
+
+
 async def test_deleting_a_gone_node_succeeds(harness: DriverHarness) -> None:
     driver = harness.new_driver()
     await driver.set_target_size(harness.ref, 1, action_id="up")
