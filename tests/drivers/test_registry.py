@@ -14,7 +14,7 @@ from gpufleet.drivers.clusterapi_pool import ClusterApiMachinePoolDriver
 from gpufleet.drivers.eks import EksDriver
 from gpufleet.drivers.instrument import InstrumentedDriver
 from gpufleet.drivers.karpenter import KarpenterDriver
-from gpufleet.drivers.registry import make_driver
+from gpufleet.drivers.registry import make_driver, removes_named_nodes
 from gpufleet.drivers.retry import RetryingDriver
 from gpufleet.drivers.simulated import SimulatedDriver
 
@@ -73,3 +73,16 @@ def test_each_driver_type_makes_an_instrumented_retrying_driver(
     assert isinstance(made.inner, RetryingDriver)
     assert isinstance(made.inner.inner, inner)
     assert made.driver == driver["type"]
+
+
+def test_only_backends_that_remove_the_named_nodes_let_the_loop_choose() -> None:
+    capi = {"namespace": "capi", "clusterName": "c1"}
+    assert removes_named_nodes(spec({"type": "Simulated"}))
+    assert removes_named_nodes(spec({"type": "ClusterAPI", "clusterAPI": capi}))
+    assert removes_named_nodes(spec({"type": "Karpenter"}))
+    # A MachinePool's provider picks the instances; an EKS Node outlives its termination.
+    pool = {**capi, "kind": "MachinePool"}
+    assert not removes_named_nodes(spec({"type": "ClusterAPI", "clusterAPI": pool}))
+    assert not removes_named_nodes(
+        spec({"type": "EKS", "eks": {"region": "eu-central-1", "clusterName": "c1"}})
+    )

@@ -284,6 +284,21 @@ def test_a_shrink_removes_the_nodes_with_the_fewest_gpu_pods_by_name() -> None:
     assert log == ["delete shrink ['d', 'b']", "nodes shrink -> 2"]
 
 
+def test_a_shrink_never_names_a_node_that_would_stay() -> None:
+    """Karpenter's target is a limit: 4 allowed, 2 nodes, 3 wanted removes none."""
+    state = NodePoolState(4, ("a", "b"), ("a", "b"))
+    nodes = [NodeEntry(n, "cloud", "shrink", True) for n in ("a", "b")]
+    pods = {"ns": [_gpu_pod("p1", "a"), _gpu_pod("p2", "b")]}
+    order = removals({SHRINK}, {SHRINK: state}, nodes, pods)
+    refs = {SHRINK: NodePoolRef("cloud", "shrink", "shrink")}
+
+    (keep,) = node_pool_changes({SHRINK: _node_plan(SHRINK, 3)}, {SHRINK: 4}, refs, (), order)
+    (one,) = node_pool_changes({SHRINK: _node_plan(SHRINK, 1)}, {SHRINK: 4}, refs, (), order)
+
+    assert keep.remove == () and keep.size == 3
+    assert len(one.remove) == 1
+
+
 def test_node_pools_whose_nodes_are_not_watched_leave_the_choice_to_their_backend() -> None:
     state = NodePoolState(2, ("r1", "r2"), ("r1", "r2"))  # a remote cluster's nodes
     local = [NodeEntry("a", "cloud", "shrink", True)]

@@ -36,6 +36,19 @@ class DriverNotAvailable(DriverError):
     transient = False
 
 
+def removes_named_nodes(spec: CloudProviderSpec) -> bool:
+    """Whether the backend's `delete_nodes` removes the very nodes named and its nodes are
+    the cluster's Nodes until they go, so that the fleet loop may choose which nodes a
+    shrink removes (reconcilers/changes.py `removals`). Not a MachinePool (its provider
+    picks which instances go) nor EKS (a terminated instance's Node stays listed for a
+    while, so a second shrink could name it again)."""
+    kind = spec.driver.type
+    if kind == DriverType.CLUSTER_API:
+        settings = spec.driver.cluster_api
+        return settings is None or settings.kind != ClusterApiKind.MACHINE_POOL
+    return kind in (DriverType.SIMULATED, DriverType.KARPENTER)
+
+
 def make_driver(
     provider: str,
     spec: CloudProviderSpec,

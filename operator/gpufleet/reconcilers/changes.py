@@ -127,7 +127,10 @@ def node_pool_changes(
         if wanted == current or (key in hold_shrinks and wanted < current):
             continue
         order = removal.get(key, ()) if removal and wanted < current else ()
-        out.append(ResizeNodePool(key, refs[key], current, wanted, order[: current - wanted]))
+        # The target may exceed the nodes there are (Karpenter's is a limit; nodes not
+        # launched yet): name only nodes beyond what is wanted, never one that would stay.
+        named = order[: max(0, min(current, len(order)) - wanted)]
+        out.append(ResizeNodePool(key, refs[key], current, wanted, named))
     return out
 
 

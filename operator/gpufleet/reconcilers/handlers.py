@@ -239,6 +239,7 @@ async def _fleet_loop(
         namespace_label=config.query_namespace_label if config.confine_queries else None,
         series_label=config.query_namespace_label,
         pod_label_selector=config.pod_label_selector,
+        sees_every_pod=not config.namespaces and not config.pod_label_selector,
         watched_nodes=watched,
     )
 

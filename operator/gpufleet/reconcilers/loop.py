@@ -13,6 +13,7 @@ from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.drivers.base import DriverError, NodePoolDriver, NodePoolRef
+from gpufleet.drivers.registry import removes_named_nodes
 from gpufleet.drivers.simulated import WatchedNodes
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.metrics.source import MetricsSource
@@ -191,6 +192,10 @@ class FleetLoop:
     series_label: str = "namespace"
     # The pods the operator watches (--pod-label-selector); None: every GPU pod.
     pod_label_selector: str | None = None
+    # Whether the pod index holds every GPU pod of the cluster (no --namespace, no
+    # --pod-label-selector): only then may a shrink name the nodes it removes, or a node
+    # running pods it cannot see would count as idle.
+    sees_every_pod: bool = True
     # Local Simulated drivers read their Nodes here, fed from the node index each tick;
     # None: they list them.
     watched_nodes: WatchedNodes | None = None
@@ -387,7 +392,10 @@ class FleetLoop:
         shrinking = {
             key
             for key, node_plan in plan.node_pools.items()
-            if key in refs and node_plan.desired_nodes < sizes.get(key, 0)
+            if self.sees_every_pod
+            and key in refs
+            and node_plan.desired_nodes < sizes.get(key, 0)
+            and removes_named_nodes(fleet.providers[key.provider])
         }
         inputs = Inputs(
             plan,

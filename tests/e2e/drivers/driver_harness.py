@@ -42,6 +42,7 @@ class ExpectedNode:
 
 class DriverHarness(Protocol):
     kind: str
+    spec: CloudProviderSpec
     ref: NodePoolRef
     unknown_ref: NodePoolRef
     expected: ExpectedNode
