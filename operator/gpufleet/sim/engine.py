@@ -26,7 +26,9 @@ from gpufleet.sim.cluster import Cluster
 from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.goals import quickest_lead
 from gpufleet.sim.metrics import PoolResult, RunResult
+from gpufleet.sim.policies.envelope import least_service
 from gpufleet.sim.policies.placement import nodes_for, start_state
+from gpufleet.sim.policies.sizing import deadline_steps
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
 from gpufleet.sim.power import DRAW_WINDOW, PeakDraw, caps_by_step, in_scope, node_watts
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
@@ -114,18 +116,22 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
 
 
 def first_work(p: Prepared) -> dict[PoolKey, float]:
-    """Each pool's most work units/s over a minute that begins within the first lead time
-    (the quickest boot of its GPU types plus its model load): what capacity asked for
-    before the run began must serve, since no policy can change it sooner."""
-    window = max(1, min(round(RATE_WINDOW / p.scenario.step), p.steps))
+    """Each pool's work units/s that capacity asked for before the run began must serve,
+    since no policy can change it sooner: the least peak rate that starts every request
+    arriving within the first lead time (the quickest boot of its GPU types plus its model
+    load, and a minute at least) within the pool's SLO (`envelope.least_service`). A
+    minute's average would start a pool whose arrivals come in clumps short under every
+    policy, the oracle included."""
+    step, fleet = p.scenario.step, p.scenario.fleet
+    window = max(1, min(round(RATE_WINDOW / step), p.steps))
     out: dict[PoolKey, float] = {}
     for pool, d in p.demand.items():
-        lead = quickest_lead(p.scenario.fleet, pool) or 0.0
-        last = min(p.steps - window, math.ceil(lead / p.scenario.step - 1e-9))
-        arrived = np.concatenate(([0.0], np.cumsum(d.work)))
-        starts = np.arange(0, max(0, last) + 1)
-        most = float((arrived[starts + window] - arrived[starts]).max(initial=0.0))
-        out[pool] = most / (window * p.scenario.step)
+        lead = quickest_lead(fleet, pool) or 0.0
+        slo = fleet.pools[pool].slo
+        deadline = deadline_steps(float(slo.queue_wait_seconds) if slo else DEFAULT_SLO, step)
+        steps = min(p.steps, max(window, math.ceil(lead / step - 1e-9)))
+        served = least_service(np.asarray(d.work[:steps], dtype=np.float64), deadline)
+        out[pool] = float(served.max(initial=0.0)) / step
     return out
 
 
@@ -278,8 +284,8 @@ class _Replay:
 
     def start_warm(self) -> None:
         """Every policy starts from the same state: the fleet ran before the trace began,
-        with the replicas that serve the busiest minute of work within each pool's first
-        lead time (`first_work`) at the rate replicas truly serve (`placement.start_state`)
+        with the replicas that serve each pool's first lead time within its SLO
+        (`first_work`) at the rate replicas truly serve (`placement.start_state`)
         ready on the nodes they fill, and Prometheus showing the first minute's rate. Each
         policy acts from t=0; setting this up is not counted."""
         p, pools = self.p, self.pools
