@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 NOTES = """\
 - **Same start for every policy:** the fleet ran before the trace: at t=0 each pool has the
-  replicas that start every request of its first lead time (quickest boot plus model load,
-  a minute at least: what capacity asked for before t=0 must carry) within its SLO, at the
-  rate replicas truly serve, ready, on the nodes they fill, and Prometheus shows the first minute's rate. Every
-  policy acts from t=0 and pays boot and model load for anything more.
+  replicas that start its SLO target's share of the requests of its first lead time
+  (quickest boot plus model load, a minute at least: what capacity asked for before t=0
+  must carry) within its SLO, at the rate replicas truly serve, ready, on the nodes they
+  fill, and Prometheus shows the first minute's rate. Every policy acts from t=0 and pays
+  boot and model load for anything more.
 - **SLO met** counts throttled requests as misses; **admitted in SLO** is the share of
   admitted requests that started within the SLO; **throttled** the share refused at the
   gateway (only gpufleet throttles).

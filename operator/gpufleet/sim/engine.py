@@ -26,9 +26,10 @@ from gpufleet.sim.cluster import Cluster
 from gpufleet.sim.gateway import Gateway
 from gpufleet.sim.goals import quickest_lead
 from gpufleet.sim.metrics import PoolResult, RunResult
-from gpufleet.sim.policies.envelope import least_service
+from gpufleet.sim.policies.allowance import late_requests, served
+from gpufleet.sim.policies.envelope import FloatArray, least_service
 from gpufleet.sim.policies.placement import nodes_for, start_state
-from gpufleet.sim.policies.sizing import deadline_steps
+from gpufleet.sim.policies.sizing import DEFAULT_TARGET_PERCENT, deadline_steps
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
 from gpufleet.sim.power import DRAW_WINDOW, PeakDraw, caps_by_step, in_scope, node_watts
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
@@ -117,11 +118,12 @@ def _context(p: Prepared, cluster: Cluster, queues: dict[PoolKey, FluidQueue]) -
 
 def first_work(p: Prepared) -> dict[PoolKey, float]:
     """Each pool's work units/s that capacity asked for before the run began must serve,
-    since no policy can change it sooner: the least peak rate that starts every request
-    arriving within the first lead time (the quickest boot of its GPU types plus its model
-    load, and a minute at least) within the pool's SLO (`envelope.least_service`). A
-    minute's average would start a pool whose arrivals come in clumps short under every
-    policy, the oracle included."""
+    since no policy can change it sooner: the least constant rate that starts the pool's
+    target share of the requests arriving within the first lead time (the quickest boot of
+    its GPU types plus its model load, and a minute at least) within its SLO, as the
+    oracle plans for the target. A minute's average would start a pool whose arrivals
+    come in clumps short under every policy, the oracle included; sizing for every request
+    would start them all with capacity the oracle does not need."""
     step, fleet = p.scenario.step, p.scenario.fleet
     window = max(1, min(round(RATE_WINDOW / step), p.steps))
     out: dict[PoolKey, float] = {}
@@ -129,10 +131,29 @@ def first_work(p: Prepared) -> dict[PoolKey, float]:
         lead = quickest_lead(fleet, pool) or 0.0
         slo = fleet.pools[pool].slo
         deadline = deadline_steps(float(slo.queue_wait_seconds) if slo else DEFAULT_SLO, step)
+        target = (slo.target_percent if slo else DEFAULT_TARGET_PERCENT) / 100.0
         steps = min(p.steps, max(window, math.ceil(lead / step - 1e-9)))
-        served = least_service(np.asarray(d.work[:steps], dtype=np.float64), deadline)
-        out[pool] = float(served.max(initial=0.0)) / step
+        counts = np.asarray(d.counts[:steps], dtype=np.float64)
+        work = np.asarray(d.work[:steps], dtype=np.float64)
+        out[pool] = _least_rate(counts, work, deadline, target) / step
     return out
+
+
+def _least_rate(counts: FloatArray, work: FloatArray, deadline: int, target: float) -> float:
+    """The least constant capacity (work units a step) whose FIFO queue starts at least
+    `target` of the requests within `deadline` steps, to a thousandth of the peak that
+    starts them all (`envelope.least_service`)."""
+    high = float(least_service(work, deadline).max(initial=0.0))
+    allowed = (1.0 - target) * float(counts.sum())
+    low = 0.0
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        done = served(work, np.full(len(work), mid))
+        if late_requests(counts, work, done, deadline) <= allowed:
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def first_rates(p: Prepared) -> dict[PoolKey, float]:
@@ -284,7 +305,7 @@ class _Replay:
 
     def start_warm(self) -> None:
         """Every policy starts from the same state: the fleet ran before the trace began,
-        with the replicas that serve each pool's first lead time within its SLO
+        with the replicas that serve each pool's first lead time at its SLO target
         (`first_work`) at the rate replicas truly serve (`placement.start_state`)
         ready on the nodes they fill, and Prometheus showing the first minute's rate. Each
         policy acts from t=0; setting this up is not counted."""

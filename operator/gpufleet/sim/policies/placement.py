@@ -59,7 +59,7 @@ class Room:
 
 def start_state(ctx: Context, first_work: Mapping[PoolKey, float]) -> Placement:
     """The replicas every policy starts with: the fleet ran before the trace began, so it
-    holds what serves each pool's first lead time within its SLO (units/s,
+    holds what serves each pool's first lead time at its SLO target (units/s,
     `engine.first_work`) at the rate replicas truly serve (`ctx.rates`: measured,
     or the run's own), at least minReplicas, placed highest priority first in the
     planner's order within maxNodes and quotas. The nodes are those the replicas fill.
