@@ -29,7 +29,7 @@ from gpufleet.sim.metrics import PoolResult, RunResult
 from gpufleet.sim.policies.allowance import late_requests, served
 from gpufleet.sim.policies.envelope import FloatArray, least_service
 from gpufleet.sim.policies.placement import nodes_for, start_state
-from gpufleet.sim.policies.sizing import DEFAULT_TARGET_PERCENT, deadline_steps
+from gpufleet.sim.policies.sizing import pool_slo
 from gpufleet.sim.policy import Context, Decision, Policy, Scrape, View
 from gpufleet.sim.power import DRAW_WINDOW, PeakDraw, caps_by_step, in_scope, node_watts
 from gpufleet.sim.queue import FluidQueue, WaitHistogram
@@ -129,9 +129,7 @@ def first_work(p: Prepared) -> dict[PoolKey, float]:
     out: dict[PoolKey, float] = {}
     for pool, d in p.demand.items():
         lead = quickest_lead(fleet, pool) or 0.0
-        slo = fleet.pools[pool].slo
-        deadline = deadline_steps(float(slo.queue_wait_seconds) if slo else DEFAULT_SLO, step)
-        target = (slo.target_percent if slo else DEFAULT_TARGET_PERCENT) / 100.0
+        deadline, target = pool_slo(fleet.pools[pool], step)
         steps = min(p.steps, max(window, math.ceil(lead / step - 1e-9)))
         counts = np.asarray(d.counts[:steps], dtype=np.float64)
         work = np.asarray(d.work[:steps], dtype=np.float64)

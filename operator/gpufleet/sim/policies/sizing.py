@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufleet.api import Role
+from gpufleet.api.pool import ServingPoolSpec
 from gpufleet.planner.sharing import MAX_ROUNDS, priority_groups, text_hash
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.sim.policies.placement import Placement, nodes_for, order
@@ -34,6 +35,14 @@ DEFAULT_TARGET_PERCENT = 99  # the API's default targetPercent
 def deadline_steps(slo_seconds: float, step: float) -> int:
     """Steps a request may wait and still count within the SLO (as the histogram counts)."""
     return int(slo_seconds / step + 1e-9)
+
+
+def pool_slo(spec: ServingPoolSpec, step: float) -> tuple[int, float]:
+    """A pool's deadline in steps and the share of requests that must meet it."""
+    slo = spec.slo
+    seconds = float(slo.queue_wait_seconds) if slo else DEFAULT_SLO_SECONDS
+    target = slo.target_percent if slo else DEFAULT_TARGET_PERCENT
+    return deadline_steps(seconds, step), target / 100.0
 
 
 class Usage:
@@ -129,10 +138,7 @@ class Sizer:
 
     def slo(self, pool: PoolKey) -> tuple[int, float]:
         """The pool's deadline in steps and the share of requests that must meet it."""
-        slo = self.ctx.fleet.pools[pool].slo
-        seconds = float(slo.queue_wait_seconds) if slo else DEFAULT_SLO_SECONDS
-        target = slo.target_percent if slo else DEFAULT_TARGET_PERCENT
-        return deadline_steps(seconds, self.ctx.step), target / 100.0
+        return pool_slo(self.ctx.fleet.pools[pool], self.ctx.step)
 
     def busy_per_gpu(self, pool: PoolKey, key: NodePoolKey) -> float:
         """Watts a busy replica's GPU draws above idle."""
