@@ -18,7 +18,8 @@ Every queue asks for `--nodes` x 8 / `--pools` replicas, so the operator itself 
 - quiet: after the writes stop, `--quiet-seconds` with nothing changing. RSS (VmRSS, the
   most seen), CPU seconds per tick (utime + stime of the process over ticks), ticks per
   second, and the writes of the operator (its own user, counted by FlowSchema, so no other
-  client's writes count).
+  client's writes count). phase_s_per_tick: the mean wall seconds of each part of a tick
+  (`gpufleet_reconcile_phase_seconds`), so a slow tick says where its time went.
 - ticks: each tick's own duration, from the operator's histogram `_sum` and `_count` read
   every `--sample-seconds` (those two series alone, `name[]`, so the reads cost little): an interval in which exactly one tick ended gives that tick's
   duration exactly; intervals with two or more (rare at a 1 s period) are left out, and
@@ -69,6 +70,7 @@ TARGETS = {
     "first_plan_s": 60,
 }
 TICK = "gpufleet_reconcile_duration_seconds"
+PHASE = "gpufleet_reconcile_phase_seconds"
 PLANNED = "gpufleet_last_plan_timestamp_seconds"
 # Pods filtered by the API server (docs/install.md, "What the operator watches").
 OPERATOR_ARGS = (f"--pod-label-selector={SERVING_LABEL}=true",)
@@ -271,12 +273,36 @@ def _settle(bed: Any, quiet: float, timeout: float) -> bool:
     return False
 
 
+def _phase_totals(operator: Any) -> dict[str, tuple[float, float]]:
+    """Each phase's (seconds, count) so far, from the operator's phase histogram."""
+    try:
+        text = operator.metrics(names=(f"{PHASE}_sum", f"{PHASE}_count"))
+    except OSError:
+        return {}
+    sums = {labels.get("phase", ""): v for labels, v in common.samples(text, f"{PHASE}_sum")}
+    counts = {labels.get("phase", ""): v for labels, v in common.samples(text, f"{PHASE}_count")}
+    return {phase: (sums[phase], counts.get(phase, 0.0)) for phase in sums}
+
+
+def _phase_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean wall seconds of each phase over a window: where a tick's time goes."""
+    means = {}
+    for phase, (seconds, count) in after.items():
+        seconds0, count0 = before.get(phase, (0.0, 0.0))
+        if count > count0:
+            means[phase] = round((seconds - seconds0) / (count - count0), 4)
+    return means
+
+
 def _measure_window(
     bed: Any, pid: int, sampler: TickSampler, seconds: float
 ) -> tuple[dict[str, Any], float]:
     """Tick and CPU figures and the operator's requests by verb over `seconds`, and the most
     RSS seen."""
     requests = _requests_by_verb(bed)
+    phases = _phase_totals(sampler.operator)
     cpu, ended, start = _cpu_seconds(pid), sampler.ended, time.monotonic()
     rss = _rss_mib(pid)
     while time.monotonic() - start < seconds:
@@ -288,6 +314,7 @@ def _measure_window(
     figures = _tick_figures(sampler, start, end, ticks)
     figures["cpu_s_per_tick"] = round((_cpu_seconds(pid) - cpu) / ticks, 4) if ticks else None
     figures["seconds"] = round(end - start, 1)
+    figures["phase_s_per_tick"] = _phase_means(phases, _phase_totals(sampler.operator))
     figures["requests"] = {k: int(after[k] - requests[k]) for k in after}
     figures["requests_per_second"] = {
         k: round((after[k] - requests[k]) / (end - start), 2) for k in after

@@ -28,3 +28,20 @@ async def test_each_tick_stamps_the_time_its_plan_was_complete() -> None:
     await loop.tick(View([], [], [], [], {}, {}))
 
     assert before <= (metrics.registry.get_sample_value(stamp) or 0.0) <= time.time()
+
+
+@pytest.mark.asyncio
+async def test_each_tick_times_its_phases_and_they_add_up_to_the_tick() -> None:
+    # A slow tick says where its time went: the phases cover the tick end to end.
+    metrics = OperatorMetrics()
+    loop = FleetLoop(Secrets(), None, driver_factory(ApiClient(), RunConfig(), metrics), metrics)  # type: ignore[arg-type]
+
+    await loop.tick(View([], [], [], [], {}, {}))
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    phases = ("observe", "plan", "actuate", "report")
+    assert [sample("gpufleet_reconcile_phase_seconds_count", phase=p) for p in phases] == [1.0] * 4
+    total = sum(sample("gpufleet_reconcile_phase_seconds_sum", phase=p) for p in phases)
+    assert total == pytest.approx(sample("gpufleet_reconcile_duration_seconds_sum"), abs=1e-6)

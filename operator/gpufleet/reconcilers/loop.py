@@ -230,7 +230,15 @@ class FleetLoop:
         return errors
 
     async def tick(self, view: View) -> FleetPlan:
-        started = time.perf_counter()
+        started = mark = time.perf_counter()
+        phase = self.metrics.phase_seconds
+
+        def ended(name: str) -> None:
+            nonlocal mark
+            at = time.perf_counter()
+            phase.labels(name).observe(at - mark)
+            mark = at
+
         now = self.clock()
         if self.watched_nodes is not None:
             self.watched_nodes.update(view.nodes)
@@ -240,11 +248,13 @@ class FleetLoop:
         known = {PoolKey(e.namespace, e.name) for e in view.pools}
         reach = await self._reach(providers, leaving, known)
         observed = await self._observe(view, pools, targets, providers, budgets, reach)
+        ended("observe")
         granted = grants(view, pools, targets)
         fleet = fleet_of(pools, providers, budgets, granted)
         plan, unplanned = plan_isolated(fleet, observed.snapshot, self.state, now)
         self.state = plan.state
         self.metrics.last_plan.set(time.time())
+        ended("plan")
         # Pools left out of the plan keep their replicas, and so the nodes under them.
         # A pool in TargetConflict has no workload of its own: its holder's plan counts it.
         left_out = [targets[k] for k in unplanned if k in targets]
@@ -262,6 +272,7 @@ class FleetLoop:
             view.nodes,
         )
         await self._settle_providers(view, known, now)
+        ended("actuate")
         self.reporter.workloads = targets  # what their copies name (status.burstReferences)
         await self.reporter.report(
             view,
@@ -275,8 +286,9 @@ class FleetLoop:
             granted,
         )
         await self._publish(view, plan, now)
+        ended("report")
         self.last_plan = plan
-        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+        self.metrics.reconcile_seconds.observe(mark - started)
         return plan
 
     async def _observe(

@@ -59,7 +59,11 @@ class Runner:
             if self.elector is None or self.elector.leading():
                 await self.tick()
                 if self.freeze_heap:
+                    started = time.perf_counter()
                     self._freeze()
+                    self.fleet.metrics.phase_seconds.labels("heap").observe(
+                        time.perf_counter() - started
+                    )
             due += self.period
             now = self.clock()
             due = max(due, now)  # behind: skip the missed rounds, never run them in a burst
@@ -82,7 +86,10 @@ class Runner:
             self.term = term
         self.watch.begin()
         try:
-            await self.fleet.tick(self.view())
+            started = time.perf_counter()
+            view = self.view()
+            self.fleet.metrics.phase_seconds.labels("view").observe(time.perf_counter() - started)
+            await self.fleet.tick(view)
         except NotLeading as exc:
             log.warning("stopped acting: %s", exc, extra={"reason": exc.reason})
         except Exception:  # the loop never dies: log, count, try again next round
