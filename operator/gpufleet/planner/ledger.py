@@ -190,12 +190,14 @@ class Ledger:
             return low, _POWER
         return upper, limit_reason
 
-    def fitting(self, asks: list[tuple[Slot, int, int, float | None]]) -> set[NodePoolKey] | None:
+    def fitting(
+        self, asks: list[tuple[Slot, int, int, float | None]]
+    ) -> tuple[set[NodePoolKey], bool] | None:
         """Of the slots the asks (slot, GPUs a replica, replicas, busy watts; None: nameplate)
         name, those whose asks all fit on their existing nodes at once: `fit` bounds no ask
-        there, in any order. None where a power budget might bind one, with every ask
-        counted (an ask larger than its slot counted whole), or where that is too close to
-        tell past rounding."""
+        there, in any order; and whether that is every slot named. None where a power budget
+        might bind one, with every ask counted (an ask larger than its slot counted whole),
+        or where that is too close to tell past rounding."""
         parts: dict[NodePoolKey, int] = {}
         busy: dict[NodePoolKey, float] = {}
         slots: dict[NodePoolKey, Slot] = {}
@@ -228,15 +230,20 @@ class Ledger:
             if added[b] > 0
         ):
             return None
-        return set(slots) - unfit
+        return set(slots) - unfit, not unfit
 
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:
             return
-        nodes_before = slot.nodes
-        slot.used += count * slot.part(gpus)
+        # `slot.nodes` before and after, worked out here: a quiet plan commits once per pool
+        # and node pool it runs on, and the properties were a third of each commit.
+        used, unit = slot.used, slot.unit
+        slot.used = used + count * slot.part(gpus)
         slot.gpus_allocated += count * gpus
-        extra_nodes = slot.nodes - nodes_before
+        if slot.held:
+            extra_nodes = 0
+        else:
+            extra_nodes = max(slot.floor, -(-slot.used // unit)) - max(slot.floor, -(-used // unit))
         self.provider_gpus[slot.key.provider] = (
             self.provider_gpus.get(slot.key.provider, 0) + extra_nodes * slot.spec.gpus_per_node
         )

@@ -98,6 +98,7 @@ class Placer:
         # (node pool, replicas still to keep) in preference order; None before `keep`.
         self._to_keep: list[tuple[NodePoolKey, int]] | None = None
         self._budget = 0  # what the step under way may still place
+        self._kept_keys: list[NodePoolKey] | None = None  # `_kept`, once worked out
 
     @property
     def remaining(self) -> int:
@@ -161,6 +162,9 @@ class Placer:
         if self._to_keep is None:
             self._start_keep()
         assert self._to_keep is not None
+        if fitting and count is None:
+            self._keep_fitting()
+            return
         budget = self.remaining if count is None else min(count, self.remaining)
         for index, (key, left) in enumerate(self._to_keep):
             if budget <= 0:
@@ -184,6 +188,39 @@ class Placer:
         self._budget = 0
         if count is None or not self.keeping:
             self._end_keep()
+
+    def _keep_fitting(self) -> None:
+        """`keep()` of all that runs, where all of it fits (`sharing._free`): what `_take`
+        would do, without the checks that can bind none of these asks. Most pools of a quiet
+        fleet keep this way every tick."""
+        assert self._to_keep is not None
+        ledger, slots, placed, gpus = self.ledger, self.ledger.slots, self.placed, self.gpus
+        budget = self.remaining
+        for index, (key, left) in enumerate(self._to_keep):
+            if budget <= 0:
+                break
+            if left <= 0:
+                continue
+            asked = min(left, budget)
+            slot = slots[key]
+            secondary = slot.provider.role == _SECONDARY
+            if secondary:
+                room = self.burst_room - self.burst
+                if room <= 0:
+                    self._limited(Reason.LIMITED_BY_BURST_MAX, key)
+                    self._to_keep[index] = (key, 0)
+                    continue
+                fitted = min(asked, room)
+            else:
+                fitted = asked
+            ledger.commit(slot, gpus, fitted, self.busy(key))
+            placed[key] = placed.get(key, 0) + fitted
+            self.total += fitted
+            budget -= fitted
+            if secondary:
+                self.burst += fitted
+            self._to_keep[index] = (key, 0 if fitted < asked else left - fitted)
+        self._end_keep()
 
     def keep_asks(self) -> list[tuple[NodePoolKey, int]] | None:
         """What `keep()` would ask each node pool for, were nothing to bind it; None where
@@ -223,8 +260,10 @@ class Placer:
 
     def _kept(self) -> list[NodePoolKey]:
         """The node pools the pool runs on that it may still run on, most preferred first."""
-        rank = self.options.rank
-        return sorted((k for k in self.current if k in rank), key=rank.__getitem__)
+        if self._kept_keys is None:  # asked up to three times a plan (asks, reach, keep)
+            rank = self.options.rank
+            self._kept_keys = sorted((k for k in self.current if k in rank), key=rank.__getitem__)
+        return self._kept_keys
 
     def keep_asks_fit_burst(self, asks: list[tuple[NodePoolKey, int]]) -> bool:
         """Whether the asks on secondary providers stay within the pool's burst room."""

@@ -18,6 +18,7 @@ from gpufleet.planner.ledger import Ledger
 from gpufleet.planner.placement import Candidates, Progress
 from gpufleet.planner.placer import Placer
 from gpufleet.planner.power import (
+    PoolDraw,
     gpu_watts,
     pool_draw,
     power_figures,
@@ -209,6 +210,20 @@ def size_pool(
     )
 
 
+def _planned_watts(
+    spec: ServingPoolSpec, draw: PoolDraw, placements: Mapping[NodePoolKey, int], ledger: Ledger
+) -> float:
+    """What the pool's placed GPUs draw while busy."""
+    slots = ledger.slots
+    if not draw:  # the nameplate of each node pool: most pools, every tick
+        gpus = sum(count * slots[k].spec.watts_per_gpu for k, count in placements.items())
+        return float(gpus * spec.gpus_per_replica)
+    return sum(
+        count * spec.gpus_per_replica * gpu_watts(draw, slots[k].spec)
+        for k, count in placements.items()
+    )
+
+
 def pool_placer(sized: Sized, ledger: Ledger, progress: Progress) -> Placer:
     spec, observation = sized.spec, sized.observation
     measured = pool_draw(spec, observation.watts_per_gpu)
@@ -292,14 +307,7 @@ def finish_pool(
                 notes.append(note)
     measured = placer.draw
     placements = placement.placements
-    watts = (
-        sum(
-            count * spec.gpus_per_replica * gpu_watts(measured, ledger.slots[k].spec)
-            for k, count in placements.items()
-        )
-        if placements
-        else 0
-    )
+    watts = _planned_watts(spec, measured, placements, ledger) if placements else 0
     plan = PoolPlan(
         key=sized.key,
         desired_replicas=final,

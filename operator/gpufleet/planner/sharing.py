@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from gpufleet.api.provider import Role
 from gpufleet.planner.placer import Placer
 from gpufleet.planner.types import NodePoolKey, PoolKey
+
+_SECONDARY = Role.SECONDARY  # bound once: an enum member read through its class is slow
 
 # Turns in which pools of equal priority keep what runs (`share`): each turn every pool keeps
 # up to 1/ROUNDS of its running replicas.
@@ -151,9 +154,14 @@ def _free_with(
             return [False] * len(placers)
         gpus = placer.gpus
         counted += [(slots[k], gpus, n, placer.busy(k) if watts else None) for k, n in theirs]
-    fitting = ledger.fitting(counted)
-    if fitting is None:
+    found = ledger.fitting(counted)
+    if found is None:
         return [False] * len(placers)
+    fitting, every_slot_fits = found
+    # Most often every slot asked fits and none is a secondary's: then all are free, without
+    # a look at each pool's asks.
+    if every_slot_fits and not any(slots[k].provider.role == _SECONDARY for k in fitting):
+        return [True] * len(placers)
     return [
         all(k in fitting for k, _ in theirs or ()) and placer.keep_asks_fit_burst(theirs or [])
         for placer, theirs in zip(placers, asks, strict=True)

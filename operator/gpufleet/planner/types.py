@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
@@ -116,7 +115,7 @@ class PoolObservation:
     ready_replicas: int | None = None
     watts_per_gpu: Mapping[str, float] = field(default_factory=frozen_map)
 
-    @cached_property
+    @property  # read once or twice a plan: a cached_property's lock costs more on 3.11
     def total_replicas(self) -> int:
         return sum(self.replicas.values())
 
