@@ -393,7 +393,9 @@ def run(
         first_tick_s = (sampler.first_tick_at or time.monotonic()) - started
         first_plan_s = (sampler.first_plan_wall or time.time()) - started_wall
         settled = _settle(bed, min(20.0, quiet / 2), timeout=max(120, shape.pools * 0.6))
+        common.log(f"quiet window: {quiet:.0f} s; the operator's pid is {pid}")
         quiet_figures, quiet_rss = _measure_window(bed, pid, sampler, quiet)
+        common.log("surge window")
         for ns, pool in names[::10]:
             exporter.set_queue(ns, pool, want * 2)
         surge_figures, surge_rss = _measure_window(bed, pid, sampler, surge)
