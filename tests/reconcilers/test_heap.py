@@ -1,25 +1,33 @@
 """The heap is frozen after the first tick, and again only once it has outgrown the last
-freeze (a fleet that grew), each time collected first."""
+freeze (a fleet that grew), each time collected first; full collections run between ticks,
+never started by CPython inside one: the freeze is the only one."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gpufleet.reconcilers.heap import HeapFreezer
+from gpufleet.reconcilers.heap import FULL_EVERY, HeapFreezer
 
 
 class Collector:
     """The `gc` module's generations as counts: `young` objects are long-lived but not
-    frozen (generation 2), `frozen` are in the permanent generation."""
+    frozen (generation 2), `frozen` are in the permanent generation; `middle` counts the
+    collections of generation 1."""
 
     def __init__(self, young: int) -> None:
-        self.young, self.frozen, self.full = young, 0, 0
+        self.young, self.frozen, self.middle = young, 0, 0
+        self.threshold = (700, 10, 10)
         self.calls: list[str] = []
 
     def collect(self) -> int:
         self.calls.append("collect")
-        self.full += 1
         return 0
+
+    def get_threshold(self) -> tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, threshold0: int, threshold1: int, threshold2: int, /) -> None:
+        self.threshold = (threshold0, threshold1, threshold2)
 
     def freeze(self) -> None:
         self.calls.append("freeze")
@@ -37,7 +45,7 @@ class Collector:
         return [None] * self.young
 
     def get_stats(self) -> list[dict[str, Any]]:
-        return [{}, {}, {"collections": self.full}]
+        return [{}, {"collections": self.middle}, {}]
 
 
 def _frozen_once() -> tuple[HeapFreezer, Collector]:
@@ -55,28 +63,37 @@ def test_the_first_tick_freezes_the_heap_collected_first() -> None:
     assert (collector.frozen, collector.young) == (1000, 0)
 
 
-def test_a_heap_that_grew_a_little_is_left_frozen_as_it_is() -> None:
+def test_cpython_never_starts_a_full_collection_once_the_heap_is_frozen() -> None:
+    # It would fall inside whatever runs: in a live fleet, a plan three times its length.
+    _, collector = _frozen_once()
+    young, middle, full = collector.threshold
+    assert (young, middle) == (700, 10)
+    assert full >= 1 << 30
+
+
+def test_a_heap_that_grew_a_little_is_left_frozen_and_uncollected() -> None:
     heap, collector = _frozen_once()
     collector.young += 200  # under a quarter of the frozen thousand
-    collector.full += 1  # a full collection ran, and walked them
+    collector.middle += FULL_EVERY
     assert not heap.after_tick()
     assert collector.calls == []
 
 
-def test_a_heap_that_outgrew_the_last_freeze_is_frozen_again() -> None:
+def test_a_heap_that_outgrew_the_last_freeze_is_collected_and_frozen_again() -> None:
     heap, collector = _frozen_once()
     collector.young += 300
-    collector.full += 1
+    collector.middle += FULL_EVERY
     assert heap.after_tick()
     assert collector.calls == ["unfreeze", "collect", "freeze"]
     assert (collector.frozen, collector.young) == (1300, 0)
 
 
-def test_the_heap_is_not_looked_at_until_a_full_collection_runs() -> None:
+def test_the_heap_is_looked_at_only_when_cpython_would_have_weighed_a_full_collection() -> None:
     heap, collector = _frozen_once()
-    collector.young += 5000  # grown, but no full collection has walked it yet
+    collector.young += 5000
+    collector.middle += FULL_EVERY - 1
     assert not heap.after_tick()
-    collector.full += 1
+    collector.middle += 1
     assert heap.after_tick()
 
 
@@ -86,6 +103,12 @@ def test_the_frozen_objects_are_counted_only_when_frozen() -> None:
     counted: list[int] = []
     collector.get_freeze_count = lambda: counted.append(1) or collector.frozen  # type: ignore[method-assign]
     for _ in range(5):
-        collector.full += 1
+        collector.middle += FULL_EVERY
         assert not heap.after_tick()
     assert counted == []
+
+
+def test_a_loop_that_stops_freezing_gives_full_collections_back_to_cpython() -> None:
+    heap, collector = _frozen_once()
+    heap.release()
+    assert collector.threshold == (700, 10, 10)

@@ -76,6 +76,8 @@ class Runner:
         except Exception:  # a heap left as it is costs time, never the loop
             log.exception("freezing the heap failed")
             self.freeze_heap = False
+            with contextlib.suppress(Exception):
+                self.heap.release()
 
     async def tick(self) -> None:
         term = self.elector.held.term if self.elector and self.elector.held else None
