@@ -288,7 +288,9 @@ def _phase_means(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
 ) -> dict[str, float]:
     """Mean wall seconds of each phase over a window: where a tick's time goes."""
-    means = {}
+    means: dict[str, float] = {}
+    if not before:  # unread: a mean since the operator's start would pass for the window's
+        return means
     for phase, (seconds, count) in after.items():
         seconds0, count0 = before.get(phase, (0.0, 0.0))
         if count > count0:

@@ -201,6 +201,23 @@ async def _run(shape: fleet_scale.Shape, ticks: int, spread: int = 1) -> dict[st
         pod_label_selector=fleet_scale.OPERATOR_ARGS[0].partition("=")[2],
     )
     views, heap = _Views(index), HeapFreezer()
+    try:
+        return await _tick(loop, views, heap, index, kube, nodes, shape, ticks, spread)
+    finally:
+        heap.release()  # the process may go on (the test suite runs this in its own)
+
+
+async def _tick(
+    loop: FleetLoop,
+    views: _Views,
+    heap: HeapFreezer,
+    index: Any,
+    kube: Kube,
+    nodes: dict[str, list[str]],
+    shape: fleet_scale.Shape,
+    ticks: int,
+    spread: int,
+) -> dict[str, Any]:
     settle = 0
     first_cpu = 0.0
     while settle < SETTLE_TICKS:

@@ -1,6 +1,6 @@
 """The heap is frozen after the first tick, and again only once it has outgrown the last
 freeze (a fleet that grew), each time collected first; full collections run between ticks,
-never started by CPython inside one: the freeze is the only one."""
+never started by CPython inside one."""
 
 from __future__ import annotations
 
@@ -71,12 +71,12 @@ def test_cpython_never_starts_a_full_collection_once_the_heap_is_frozen() -> Non
     assert full >= 1 << 30
 
 
-def test_a_heap_that_grew_a_little_is_left_frozen_and_uncollected() -> None:
+def test_a_heap_that_grew_a_little_is_collected_between_ticks_and_left_frozen() -> None:
     heap, collector = _frozen_once()
     collector.young += 200  # under a quarter of the frozen thousand
-    collector.middle += FULL_EVERY
+    collector.middle += FULL_EVERY  # CPython would weigh a full collection now
     assert not heap.after_tick()
-    assert collector.calls == []
+    assert collector.calls == ["collect"]  # of what is not frozen: cycles never wait longer
 
 
 def test_a_heap_that_outgrew_the_last_freeze_is_collected_and_frozen_again() -> None:
@@ -88,11 +88,12 @@ def test_a_heap_that_outgrew_the_last_freeze_is_collected_and_frozen_again() -> 
     assert (collector.frozen, collector.young) == (1300, 0)
 
 
-def test_the_heap_is_looked_at_only_when_cpython_would_have_weighed_a_full_collection() -> None:
+def test_nothing_is_collected_until_cpython_would_have_weighed_a_full_collection() -> None:
     heap, collector = _frozen_once()
     collector.young += 5000
     collector.middle += FULL_EVERY - 1
     assert not heap.after_tick()
+    assert collector.calls == []
     collector.middle += 1
     assert heap.after_tick()
 
@@ -108,7 +109,18 @@ def test_the_frozen_objects_are_counted_only_when_frozen() -> None:
     assert counted == []
 
 
-def test_a_loop_that_stops_freezing_gives_full_collections_back_to_cpython() -> None:
+def test_a_loop_that_stops_freezing_gives_the_heap_back_to_cpython() -> None:
     heap, collector = _frozen_once()
     heap.release()
     assert collector.threshold == (700, 10, 10)
+    assert collector.frozen == 0
+    heap.release()  # twice: nothing more
+    assert collector.threshold == (700, 10, 10)
+
+
+def test_a_second_freezer_never_takes_the_raised_threshold_for_cpythons_own() -> None:
+    _, collector = _frozen_once()
+    second = HeapFreezer(collector)
+    second.after_tick()
+    second.release()
+    assert collector.threshold == (700, 10, FULL_EVERY)

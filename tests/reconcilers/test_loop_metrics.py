@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -45,3 +46,24 @@ async def test_each_tick_times_its_phases_and_they_add_up_to_the_tick() -> None:
     assert [sample("gpufleet_reconcile_phase_seconds_count", phase=p) for p in phases] == [1.0] * 4
     total = sum(sample("gpufleet_reconcile_phase_seconds_sum", phase=p) for p in phases)
     assert total == pytest.approx(sample("gpufleet_reconcile_duration_seconds_sum"), abs=1e-6)
+
+
+@pytest.mark.asyncio
+async def test_a_tick_that_fails_keeps_its_time_under_the_phase_it_failed_in() -> None:
+    metrics = OperatorMetrics()
+    loop = FleetLoop(Secrets(), None, driver_factory(ApiClient(), RunConfig(), metrics), metrics)  # type: ignore[arg-type]
+
+    async def broken(*_: object) -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("Prometheus fell over")
+
+    loop._observe = broken  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        await loop.tick(View([], [], [], [], {}, {}))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert (sample("gpufleet_reconcile_phase_seconds_sum", phase="observe") or 0.0) >= 0.01
+    assert sample("gpufleet_reconcile_phase_seconds_count", phase="plan") is None
+    assert sample("gpufleet_reconcile_duration_seconds_count") == 0.0  # finished ticks only

@@ -115,7 +115,6 @@ class Placer:
         count: int,
         new_nodes: bool,
         keep: bool = False,
-        fitting: bool = False,
     ) -> tuple[bool, Reason | None]:
         """Place up to `count` on one node pool; say whether it is now full, and why."""
         slot = self.ledger.slots[key]
@@ -131,9 +130,7 @@ class Placer:
                 return False, None
         asked = min(count, self._budget)
         busy = self.busy(key)  # None: nameplate
-        fitted, limit = (
-            (asked, None) if fitting else self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
-        )
+        fitted, limit = self.ledger.fit(slot, self.gpus, asked, new_nodes, busy)
         reason = _LIMIT_REASON[limit] if limit is not None else None
         if reason is not None:
             self._limited(reason, key)
@@ -155,14 +152,15 @@ class Placer:
         """Keep up to `count` more of the replicas that run (None: all) where the pool may
         still run, as far as they fit, most preferred node pools first. Pools of equal
         priority keep in turns (planner/sharing.py), so none keeps what the others run.
-        `fitting`: all its asks fit as they are, whatever the others keep (`sharing._free`),
-        so the ledger is not asked what fits: it would say all of it (at 1,000 pools spread
+        `fitting` (all at once, `count` None): all its asks fit as they are, whatever the
+        others keep (`sharing._free`), so the ledger is not asked what fits: it would say all of it (at 1,000 pools spread
         over 7 node pools each, those checks were a fifth of a quiet plan:
         benchmarks/loop_tick.py)."""
         if self._to_keep is None:
             self._start_keep()
         assert self._to_keep is not None
-        if fitting and count is None:
+        if fitting:
+            assert count is None, "a pool whose asks all fit keeps all at once"
             self._keep_fitting()
             return
         budget = self.remaining if count is None else min(count, self.remaining)
@@ -174,7 +172,7 @@ class Placer:
             asked = min(left, budget)
             self._budget = asked
             before = self.total
-            self._take(key, asked, new_nodes=False, keep=True, fitting=fitting)
+            self._take(key, asked, new_nodes=False, keep=True)
             fitted = self.total - before
             budget -= fitted
             if fitted < asked:

@@ -115,7 +115,7 @@ class PoolObservation:
     ready_replicas: int | None = None
     watts_per_gpu: Mapping[str, float] = field(default_factory=frozen_map)
 
-    @property  # read once or twice a plan: a cached_property's lock costs more on 3.11
+    @property  # read a few times a plan: a cached_property's lock costs more on 3.11
     def total_replicas(self) -> int:
         return sum(self.replicas.values())
 

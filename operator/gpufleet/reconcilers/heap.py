@@ -13,9 +13,12 @@ enough objects have reached the oldest generation, wherever the process is: in a
 1,000-node fleet a quiet plan of about 0.1 s of CPU took 0.3 to 0.5 s in every third tick
 or so, the rest being a full collection that fell inside it (0.2 to 0.4 s each). So the
 collector's own trigger for them is set out of reach when the heap is first frozen, and
-the freeze again, which collects the whole heap first, is the only full collection: garbage
-cycles that reach the oldest generation wait for it, bounded as CPython bounds them (its
-rule is the same quarter of the long-lived heap). It runs after a tick, before the next.
+`after_tick` runs one itself once as many collections of the middle generation have passed
+as CPython waits for before it weighs one (FULL_EVERY): it walks only what is not frozen,
+as CPython's would, but after a tick, before the next. It may run more often than
+CPython's, which also waits until a quarter of the long-lived heap was promoted since the
+last; never less often, so garbage cycles wait no longer than they did. The Runner calls
+`after_tick` every round, leading or not: a standby replica still needs its collections.
 
 A frozen object is never collected as part of a cycle. Each freeze therefore collects first
 (unfreeze, collect, freeze), so cyclic garbage pinned by one freeze lives only until the
@@ -34,9 +37,9 @@ log = logging.getLogger(__name__)
 # Long-lived objects not frozen, as a share of the frozen ones, that freeze the heap again:
 # CPython's own threshold for a full collection (long-lived objects pending a full walk).
 REFREEZE_SHARE = 0.25
-# Collections of the middle generation between two looks at the heap (CPython's default third
-# threshold: when it would weigh a full collection), and the third threshold set instead,
-# which no process reaches.
+# Collections of the middle generation between two full collections (CPython's default third
+# threshold: when it would weigh one), and the third threshold set instead, which no
+# process reaches.
 FULL_EVERY = 10
 _NEVER = 1 << 30
 
@@ -70,17 +73,24 @@ class HeapFreezer:
         FULL_EVERY collections of the middle generation: where CPython would have weighed a
         full collection of its own."""
         if not self._frozen:
-            self._thresholds = self.collector.get_threshold()
-            young, middle, _ = self._thresholds
-            self.collector.set_threshold(young, middle, _NEVER)
+            self._take_full_collections()
             return self._freeze()
         middle_collections = self._middle_collections()
         if middle_collections - self._looked < FULL_EVERY:
             return False
         self._looked = middle_collections
         if len(self.collector.get_objects(generation=2)) < self._frozen * self.share:
+            self.collector.collect()  # CPython's own full collection, between ticks
             return False
         return self._freeze()
+
+    def _take_full_collections(self) -> None:
+        if self._thresholds is None:
+            young, middle, full = self.collector.get_threshold()
+            if full >= _NEVER:  # taken already by another freezer: give back a sane one
+                full = FULL_EVERY
+            self._thresholds = (young, middle, full)
+            self.collector.set_threshold(young, middle, _NEVER)
 
     def _freeze(self) -> bool:
         self.collector.unfreeze()
@@ -92,11 +102,13 @@ class HeapFreezer:
         return True
 
     def release(self) -> None:
-        """Gives full collections back to CPython: for a loop that stops calling
-        `after_tick`, whose heap would otherwise never be walked whole again."""
+        """Gives full collections back to CPython and unfreezes the heap: for a loop that
+        stops calling `after_tick`, whose heap would otherwise never be walked whole again."""
         if self._thresholds is not None:
             self.collector.set_threshold(*self._thresholds)
             self._thresholds = None
+        self.collector.unfreeze()
+        self._frozen = 0
 
     def _middle_collections(self) -> int:
         return int(self.collector.get_stats()[1]["collections"])

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import Histogram
+
 from gpufleet.api.pool import Mode, ServingPoolSpec
 from gpufleet.api.power import PowerBudgetSpec
 from gpufleet.api.provider import CloudProviderSpec
@@ -156,6 +158,36 @@ def fleet_of(
     )
 
 
+class _Phases:
+    """A tick's time by phase (`gpufleet_reconcile_phase_seconds`): each phase from the end
+    of the one before, so that the phases of a tick add up to it."""
+
+    ORDER = ("observe", "plan", "actuate", "report")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.started = self.mark = time.perf_counter()
+        self.done = 0  # phases ended
+
+    def ended(self, name: str) -> None:
+        assert name == self.ORDER[self.done], f"phase {name} out of order"
+        self._observe(name)
+        self.done += 1
+
+    def close(self) -> None:
+        if self.done < len(self.ORDER):
+            self._observe(self.ORDER[self.done])
+
+    @property
+    def total(self) -> float:
+        return self.mark - self.started
+
+    def _observe(self, name: str) -> None:
+        at = time.perf_counter()
+        self.histogram.labels(name).observe(at - self.mark)
+        self.mark = at
+
+
 @dataclass
 class FleetLoop:
     kube: Kube
@@ -230,15 +262,15 @@ class FleetLoop:
         return errors
 
     async def tick(self, view: View) -> FleetPlan:
-        started = mark = time.perf_counter()
-        phase = self.metrics.phase_seconds
+        phases = _Phases(self.metrics.phase_seconds)
+        try:
+            plan = await self._tick(view, phases.ended)
+        finally:
+            phases.close()  # a tick that raised: its time up to there, under its phase
+        self.metrics.reconcile_seconds.observe(phases.total)
+        return plan
 
-        def ended(name: str) -> None:
-            nonlocal mark
-            at = time.perf_counter()
-            phase.labels(name).observe(at - mark)
-            mark = at
-
+    async def _tick(self, view: View, ended: Callable[[str], None]) -> FleetPlan:
         now = self.clock()
         if self.watched_nodes is not None:
             self.watched_nodes.update(view.nodes)
@@ -288,7 +320,6 @@ class FleetLoop:
         await self._publish(view, plan, now)
         ended("report")
         self.last_plan = plan
-        self.metrics.reconcile_seconds.observe(mark - started)
         return plan
 
     async def _observe(

@@ -58,12 +58,12 @@ class Runner:
             self.watch.beat()
             if self.elector is None or self.elector.leading():
                 await self.tick()
-                if self.freeze_heap:
-                    started = time.perf_counter()
-                    self._freeze()
-                    self.fleet.metrics.phase_seconds.labels("heap").observe(
-                        time.perf_counter() - started
-                    )
+            if self.freeze_heap:  # leading or not: full collections run only here
+                started = time.perf_counter()
+                self._freeze()
+                self.fleet.metrics.phase_seconds.labels("heap").observe(
+                    time.perf_counter() - started
+                )
             due += self.period
             now = self.clock()
             due = max(due, now)  # behind: skip the missed rounds, never run them in a burst
