@@ -50,27 +50,29 @@ class Standby:
         return False
 
 
-def _run(freeze: bool, heap: Heap | None = None) -> tuple[int, int]:
-    heap = heap or Heap()
+def _run(freeze: bool, heap: Heap | None = None, standby: bool = False) -> tuple[int, int]:
+    """Ticks done and heap looks of a runner run until it stops (3 ticks, or 3 looks of a
+    `stop_after` heap)."""
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         stopping = asyncio.Event()
         fleet = Fleet(stopping, ticks=3)
+        looked = heap or Heap(stop_after=stopping if standby else None)
         runner = Runner(
             fleet,  # type: ignore[arg-type]
             lambda: View([], [], [], [], {}, {}),
             TickWatch(stuck_after=60),
             period=0.0,
             stopping=stopping,
+            elector=Standby() if standby else None,  # type: ignore[arg-type]
             freeze_heap=freeze,
-            heap=heap,  # type: ignore[arg-type]
+            heap=looked,  # type: ignore[arg-type]
         )
         runner.indexed.set()
         await asyncio.wait_for(runner.run(), 5)
-        return fleet.ticked
+        return fleet.ticked, looked.ticks
 
-    ticked = asyncio.run(scenario())
-    return ticked, heap.ticks
+    return asyncio.run(scenario())
 
 
 def test_a_runner_asked_to_freeze_looks_at_the_heap_after_every_tick() -> None:
@@ -90,22 +92,4 @@ def test_a_heap_that_cannot_be_frozen_leaves_the_loop_running() -> None:
 
 def test_a_standby_replica_still_looks_at_the_heap_every_round() -> None:
     # It never ticks, but kopf's events still make garbage: its full collections run here.
-    async def scenario() -> tuple[int, int]:
-        stopping = asyncio.Event()
-        fleet = Fleet(stopping, ticks=3)
-        heap = Heap(stop_after=stopping)
-        runner = Runner(
-            fleet,  # type: ignore[arg-type]
-            lambda: View([], [], [], [], {}, {}),
-            TickWatch(stuck_after=60),
-            period=0.0,
-            stopping=stopping,
-            elector=Standby(),  # type: ignore[arg-type]
-            freeze_heap=True,
-            heap=heap,  # type: ignore[arg-type]
-        )
-        runner.indexed.set()
-        await asyncio.wait_for(runner.run(), 5)
-        return fleet.ticked, heap.ticks
-
-    assert asyncio.run(scenario()) == (0, 3)
+    assert _run(True, standby=True) == (0, 3)
