@@ -96,8 +96,9 @@ class OperatorMetrics:
         self.phase_seconds = Histogram(
             "gpufleet_reconcile_phase_seconds",
             "Time of one part of a fleet reconcile, by phase: view (the indexes read), "
-            "observe (Prometheus, drivers, remote copies), plan, actuate, report (statuses, "
-            "Events, gateway), heap (the garbage collector's freeze after a tick).",
+            "observe (workloads, credentials, remote clusters, Prometheus, drivers), plan, "
+            "actuate, report (statuses, Events, gateway), heap (the garbage collector's "
+            "collections and freezes after a tick).",
             ["phase"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,

@@ -235,15 +235,10 @@ class Ledger:
     def commit(self, slot: Slot, gpus: int, count: int, busy_watts: float | None = None) -> None:
         if count <= 0:
             return
-        # `slot.nodes` before and after, worked out here: a quiet plan commits once per pool
-        # and node pool it runs on, and the properties were a third of each commit.
-        used, unit = slot.used, slot.unit
-        slot.used = used + count * slot.part(gpus)
+        parts = count * slot.part(gpus)
+        extra_nodes = slot.nodes_with(parts) - slot.nodes
+        slot.used += parts
         slot.gpus_allocated += count * gpus
-        if slot.held:
-            extra_nodes = 0
-        else:
-            extra_nodes = max(slot.floor, -(-slot.used // unit)) - max(slot.floor, -(-used // unit))
         self.provider_gpus[slot.key.provider] = (
             self.provider_gpus.get(slot.key.provider, 0) + extra_nodes * slot.spec.gpus_per_node
         )

@@ -153,9 +153,9 @@ class Placer:
         still run, as far as they fit, most preferred node pools first. Pools of equal
         priority keep in turns (planner/sharing.py), so none keeps what the others run.
         `fitting` (all at once, `count` None): all its asks fit as they are, whatever the
-        others keep (`sharing._free`), so the ledger is not asked what fits: it would say all of it (at 1,000 pools spread
-        over 7 node pools each, those checks were a fifth of a quiet plan:
-        benchmarks/loop_tick.py)."""
+        others keep (`sharing._free`), so the ledger is not asked what fits: it would say
+        all of it (at 1,000 pools spread over 7 node pools each, those checks were a fifth
+        of a quiet plan: benchmarks/loop_tick.py)."""
         if self._to_keep is None:
             self._start_keep()
         assert self._to_keep is not None
