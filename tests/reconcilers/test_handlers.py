@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import kopf
 from kubernetes.client import ApiClient
 
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.reconcilers.config import RunConfig
-from gpufleet.reconcilers.handlers import _configure, register
+from gpufleet.reconcilers.handlers import INDEXES, _configure, register
 
 
 def test_no_handler_reads_the_diff_that_kopf_is_told_not_to_build() -> None:
@@ -19,6 +21,17 @@ def test_no_handler_reads_the_diff_that_kopf_is_told_not_to_build() -> None:
     assert registry._changing.get_all_handlers() == []
     assert registry._spawning.get_all_handlers() == []
     assert registry._indexing.get_all_handlers()  # the indexes are what it has
+
+
+def test_every_index_handler_runs_on_the_event_loop_not_in_kopfs_threads() -> None:
+    # kopf hands a plain function to a thread per watch event; a surge's pod events made
+    # that thousands of hops a second. A coroutine is awaited where the event arrives.
+    registry = kopf.OperatorRegistry()
+    register(registry, RunConfig(), ApiClient(), OperatorMetrics())
+
+    handlers = registry._indexing.get_all_handlers()
+    assert len(handlers) == len(INDEXES)
+    assert [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)] == []
 
 
 def test_kopf_builds_no_copy_of_a_watched_object() -> None:

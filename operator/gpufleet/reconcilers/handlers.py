@@ -5,6 +5,11 @@ budgets and quotas couple the pools. The loop is the operator's own task
 (reconcilers/runner.py): it starts once kopf has filled every index (no plan on a partial
 view) and ticks only while this replica holds the Lease (reconcilers/leader.py); every
 replica keeps its indexes warm.
+
+The index handlers are coroutines though none awaits: kopf runs a plain function in a
+thread of its own pool and awaits it through a shielded task, per watch event. In a surge
+(benchmarks/fleet_scale.py) that is thousands of thread hops a second, each for a few
+dictionary reads, on the interpreter the fleet loop needs.
 """
 
 from __future__ import annotations
@@ -326,7 +331,7 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
     """The three kinds, parsed once per change; errors are values (SpecValid=False)."""
 
     @kopf.index(GROUP, VERSION, "servingpools", id="gpufleet_pools", registry=registry)
-    def gpufleet_pools(
+    async def gpufleet_pools(
         namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
     ) -> dict[Any, Any]:
         entry = PoolEntry(
@@ -341,7 +346,9 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {(namespace, name): entry}
 
     @kopf.index(GROUP, VERSION, "cloudproviders", id="gpufleet_providers", registry=registry)
-    def gpufleet_providers(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+    async def gpufleet_providers(
+        name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
+    ) -> dict[Any, Any]:
         entry = ProviderEntry(
             name,
             int(meta.get("generation") or 0),
@@ -355,7 +362,9 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {name: entry}
 
     @kopf.index(GROUP, VERSION, "tenantpolicies", id="gpufleet_policies", registry=registry)
-    def gpufleet_policies(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+    async def gpufleet_policies(
+        name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
+    ) -> dict[Any, Any]:
         entry = TenantPolicyEntry(
             name,
             int(meta.get("generation") or 0),
@@ -366,7 +375,9 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {name: entry}
 
     @kopf.index(GROUP, VERSION, "powerbudgets", id="gpufleet_budgets", registry=registry)
-    def gpufleet_budgets(name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+    async def gpufleet_budgets(
+        name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
+    ) -> dict[Any, Any]:
         entry = BudgetEntry(
             name,
             int(meta.get("generation") or 0),
@@ -387,14 +398,14 @@ def _register_platform_indexes(registry: kopf.OperatorRegistry) -> None:
         id="gpufleet_priority_classes",
         registry=registry,
     )
-    def gpufleet_priority_classes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def gpufleet_priority_classes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         info = PriorityClassInfo(
             name, int(body.get("value") or 0), bool(body.get("globalDefault") or False)
         )
         return {name: info}
 
     @kopf.index("", "v1", "resourcequotas", id="gpufleet_quotas", registry=registry)
-    def gpufleet_quotas(
+    async def gpufleet_quotas(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         entry = quota_entry(namespace or "", name, body)
@@ -412,20 +423,20 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
         id="gpufleet_nodes",
         registry=registry,
     )
-    def gpufleet_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def gpufleet_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {name: node_entry(name, body)}
 
     def _gpu_pod(spec: kopf.Spec, **_: Any) -> bool:
         return requests_gpu(spec)
 
     @kopf.index("", "v1", "pods", when=_gpu_pod, id="gpufleet_pods", registry=registry)
-    def gpufleet_pods(
+    async def gpufleet_pods(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         return {namespace: pod_entry(namespace or "", name, body)}
 
     @kopf.index("apps", "v1", "deployments", id="gpufleet_deployments", registry=registry)
-    def gpufleet_deployments(
+    async def gpufleet_deployments(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         return {
@@ -443,13 +454,13 @@ def _register_cluster_indexes(registry: kopf.OperatorRegistry) -> None:
         id="gpufleet_inference_pools",
         registry=registry,
     )
-    def gpufleet_inference_pools(
+    async def gpufleet_inference_pools(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         return {(namespace, name): inference_pool_entry(namespace or "", name, body)}
 
     @kopf.index("apps", "v1", "statefulsets", id="gpufleet_statefulsets", registry=registry)
-    def gpufleet_statefulsets(
+    async def gpufleet_statefulsets(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         return {
