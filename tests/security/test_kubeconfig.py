@@ -38,6 +38,7 @@ from gpufleet.reconcilers.burst import client as remote_client
 from gpufleet.reconcilers.burst.allowlist import KubeconfigRefused, check_kubeconfig
 from gpufleet.reconcilers.burst.client import RefusedPeer
 from gpufleet.reconcilers.burst.kubeconfig import Connections, client_from
+from gpufleet.reconcilers.threads import IO_THREADS
 from gpufleet_testbed import fleets
 
 NAME = "cluster.example.test"  # the remote server's name in the tests' fake DNS
@@ -364,6 +365,8 @@ def test_token_and_client_certificate_kubeconfigs_build_clients(pki: Pki) -> Non
         api = client_from(yaml.safe_dump(config))
         try:
             assert api.configuration.host == f"https://{NAME}:6443"
+            # A connection per I/O thread, none opened and thrown away per request.
+            assert api.rest_client.pool_manager.connection_pool_kw["maxsize"] == IO_THREADS
         finally:
             api.close()
     assert TOKEN not in repr(check_kubeconfig(token))

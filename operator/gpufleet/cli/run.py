@@ -215,13 +215,14 @@ def run(
     """Run the operator: watch the fleet, plan every period, scale pools and node pools."""
     import kopf
     from kubernetes import config as kube_config
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient, Configuration
 
     from gpufleet.metrics.auth import AUTH_MODES, CachedReviewer, KubeReviewer, serve_metrics
     from gpufleet.metrics.exporter import OperatorMetrics
     from gpufleet.reconcilers import kopf_readiness
     from gpufleet.reconcilers.config import RunConfig
     from gpufleet.reconcilers.handlers import Election, identity, register
+    from gpufleet.reconcilers.threads import size_connection_pool
 
     if log_format not in ("json", "plain"):
         raise typer.BadParameter("log format must be json or plain")
@@ -246,6 +247,8 @@ def run(
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
         kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+    # Every ApiClient() below copies the default: as many connections as I/O threads.
+    Configuration.set_default(size_connection_pool(Configuration.get_default_copy()))
     settings = RunConfig(
         prometheus_url=prometheus_url,
         period_seconds=period,

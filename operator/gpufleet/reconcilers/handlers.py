@@ -14,6 +14,7 @@ dictionary reads, on the interpreter the fleet loop needs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -67,6 +68,7 @@ from gpufleet.reconcilers.loop import FleetLoop
 from gpufleet.reconcilers.pod_index import PodIndex
 from gpufleet.reconcilers.reporting.gateway import GatewayConfigMap
 from gpufleet.reconcilers.runner import Runner
+from gpufleet.reconcilers.threads import use_io_threads
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,7 @@ def _register_startup(
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
         _configure(settings, config.pod_label_selector)
+        use_io_threads(asyncio.get_running_loop())
         kube = Kube(api, config.operator_namespace)
         elector = (
             Elector(

@@ -33,6 +33,7 @@ from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.util.ssl_ import is_ipaddress
 
 from gpufleet.reconcilers.burst.allowlist import KubeconfigRefused, RemoteTarget, refused_address
+from gpufleet.reconcilers.threads import size_connection_pool
 
 # Linux: files that live in memory only. Elsewhere a private temporary file, removed at once.
 MEMFD = hasattr(os, "memfd_create")
@@ -79,7 +80,7 @@ def api_client(target: RemoteTarget, *, allow_private_servers: bool = False) -> 
     if target.token is not None:
         configuration.api_key = {"BearerToken": target.token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
-    api = ApiClient(configuration)
+    api = ApiClient(size_connection_pool(configuration))
     pools = urllib3.PoolManager(
         num_pools=4,
         maxsize=configuration.connection_pool_maxsize,
