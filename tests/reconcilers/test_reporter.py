@@ -7,6 +7,7 @@ event); the metrics seam (PoolSeries) counts the pools whose gauges each tick se
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Gauge
 
-from gpufleet.api.parse import Parsed
+from gpufleet.api.parse import Parsed, parse_budget
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import (
     Fleet,
@@ -27,7 +28,7 @@ from gpufleet.planner.types import (
     Snapshot,
     frozen_map,
 )
-from gpufleet.reconcilers.cache import PoolEntry, View
+from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View
 from gpufleet.reconcilers.observe import Observed
 from gpufleet.reconcilers.reporting.reporter import Reporter
 from gpufleet.reconcilers.reporting.series import PoolSeries
@@ -207,3 +208,57 @@ async def test_a_status_that_failed_to_be_made_leaves_the_pool_to_be_reported_ag
     await _tick(reporter, stored, current=2, now=T0 + 2)
 
     assert _current_replicas(metrics) == 2
+
+
+class SlowStore(StatusStore):
+    """An API server whose status writes each take a round trip, recording how many were in
+    flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+
+    async def patch_status(
+        self,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+    ) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        await super().patch_status(plural, namespace, name, previous, status)
+
+
+@pytest.mark.asyncio
+async def test_providers_and_budgets_statuses_go_out_side_by_side_with_the_pools() -> None:
+    # One at a time, 20 providers' statuses held a surge tick as long as 20 round trips to a
+    # loaded API server (benchmarks/fleet_scale.py).
+    store = SlowStore()
+    reporter = Reporter(store, OperatorMetrics())  # type: ignore[arg-type]
+    spec = minimal_pool()
+    providers = {n: simulated_provider(n) for n in ("a", "b", "c")}
+    budget = parse_budget({"capKilowatts": 100})
+
+    await reporter.report(
+        View(
+            [PoolEntry(KEY.namespace, KEY.name, 1, Parsed(spec), {})],
+            [ProviderEntry(n, 1, Parsed(p)) for n, p in providers.items()],
+            [BudgetEntry(f"site-{i}", 1, budget) for i in range(3)],
+            [],
+            {},
+            {},
+        ),
+        FleetPlan({KEY: _plan()}, {}, {}, PlannerState()),
+        Fleet(pools={KEY: spec}, providers=providers),
+        Observed(Snapshot(), queue={KEY: 8.0}, current_by_provider={KEY: {"a": 2}}),
+        {},
+        {},
+        T0,
+    )
+
+    assert len(store.writes) == 7
+    assert store.most_in_flight == 7

@@ -16,7 +16,14 @@ from gpufleet.api.provider import CloudProviderSpec
 from gpufleet.metrics.exporter import OperatorMetrics
 from gpufleet.planner.types import Fleet, FleetPlan, PoolKey, PoolPlan, Reason
 from gpufleet.reconcilers.burst.copies import pool_references
-from gpufleet.reconcilers.cache import BudgetEntry, PoolEntry, ProviderEntry, View, WorkloadEntry
+from gpufleet.reconcilers.cache import (
+    BudgetEntry,
+    PoolEntry,
+    ProviderEntry,
+    TenantPolicyEntry,
+    View,
+    WorkloadEntry,
+)
 from gpufleet.reconcilers.drain import DrainOutcome
 from gpufleet.reconcilers.kube import Kube
 from gpufleet.reconcilers.observe import Observed
@@ -81,52 +88,54 @@ class Reporter:
         """Each object's status, metrics and Events; one object's failure is logged with its
         name and the others are reported all the same."""
         granted = granted or Grants()
-        # Pools' statuses go out side by side: one at a time, a fleet whose 1,000 statuses all
-        # change (a surge) spent its tick waiting on round trips (benchmarks/fleet_scale.py).
+        # Statuses go out side by side: one at a time, a fleet whose 1,000 pools' statuses all
+        # change (a surge) spent its tick waiting on round trips, and then its providers'
+        # (benchmarks/fleet_scale.py).
         gate = asyncio.Semaphore(REPORT_CONCURRENCY)
 
-        async def pool(entry: PoolEntry) -> None:
+        async def gated(
+            kind: str,
+            name: str,
+            work: Awaitable[object],
+            fallback: Callable[[Problem], Awaitable[None]] | None = None,
+        ) -> None:
             async with gate:
-                await self._guard(
-                    "servingpool",
-                    f"{entry.namespace}/{entry.name}",
-                    self._report_pool(
-                        entry, plan, fleet, observed, target_errors, now, unplanned or {}, granted
-                    ),
-                    functools.partial(self._pool_failed, entry, now),
-                )
+                await self._guard(kind, name, work, fallback)
 
         # A quiet pool costs no task: most pools are quiet on most ticks.
-        await asyncio.gather(
-            *(
-                pool(entry)
-                for entry in view.pools
-                if not self._settled(entry, plan, fleet, observed, granted)
+        pools = [
+            gated(
+                "servingpool",
+                f"{entry.namespace}/{entry.name}",
+                self._report_pool(
+                    entry, plan, fleet, observed, target_errors, now, unplanned or {}, granted
+                ),
+                functools.partial(self._pool_failed, entry, now),
             )
-        )
+            for entry in view.pools
+            if not self._settled(entry, plan, fleet, observed, granted)
+        ]
+        policies = [
+            gated("tenantpolicy", policy.name, self._report_policy(policy, granted, now))
+            for policy in view.tenant_policies
+        ]
+        providers = [
+            gated(
+                "cloudprovider",
+                entry.name,
+                self._report_provider(entry, plan, observed, credential_errors, now),
+            )
+            for entry in view.providers
+        ]
+        budgets = [
+            gated("powerbudget", entry.name, self._report_budget(entry, plan, observed, now))
+            for entry in view.budgets
+        ]
+        await asyncio.gather(*pools, *policies, *providers, *budgets)
         present = {PoolKey(e.namespace, e.name) for e in view.pools}
         for gone in set(self._reported) - present:
             del self._reported[gone]
         self.series.forget(present)
-        for policy in view.tenant_policies:
-            status = policy_status(policy, policy.status, granted.governed.get(policy.name, 0), now)
-            await self._guard(
-                "tenantpolicy",
-                policy.name,
-                self._write("tenantpolicies", None, policy.name, policy.status, status),
-            )
-        for provider_entry in view.providers:
-            await self._guard(
-                "cloudprovider",
-                provider_entry.name,
-                self._report_provider(provider_entry, plan, observed, credential_errors, now),
-            )
-        for budget_entry in view.budgets:
-            await self._guard(
-                "powerbudget",
-                budget_entry.name,
-                self._report_budget(budget_entry, plan, observed, now),
-            )
 
     async def _guard(
         self,
@@ -310,6 +319,11 @@ class Reporter:
             return []
         found = pool_references(key, spec, workload, fleet.providers, fleet.terms_of(key.namespace))
         return [BurstReference(kind=kind, name=name) for kind, name in found]
+
+    async def _report_policy(self, policy: TenantPolicyEntry, granted: Grants, now: float) -> None:
+        governed = granted.governed.get(policy.name, 0)
+        status = policy_status(policy, policy.status, governed, now)
+        await self._write("tenantpolicies", None, policy.name, policy.status, status)
 
     async def _report_provider(
         self,
