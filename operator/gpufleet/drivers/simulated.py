@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -392,8 +392,8 @@ class SimulatedDriver:
                     if error.status != 404:  # already gone: the goal is reached
                         raise
 
-        await asyncio.gather(*map(create, plan.create))
-        await asyncio.gather(*map(delete, plan.delete))
+        await _all_or_none_left(map(create, plan.create))
+        await _all_or_none_left(map(delete, plan.delete))
 
     async def _with_pod_counts(self, nodes: list[sim.ObservedNode]) -> list[sim.ObservedNode]:
         async def count(node: sim.ObservedNode) -> sim.ObservedNode:
@@ -445,3 +445,17 @@ class SimulatedDriver:
             ready_nodes=tuple(sorted(n.name for n in live if n.ready)),
             all_nodes=tuple(sorted(names)),
         )
+
+
+async def _all_or_none_left(writes: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run `writes` side by side; the first error cancels those not yet under way and is
+    raised (a call already in its thread finishes): the next tick repeats what is missing,
+    so a failed batch does not go on loading a server that pushes back."""
+    tasks = [asyncio.ensure_future(w) for w in writes]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
