@@ -26,9 +26,11 @@ from gpufleet.drivers.eks import (
     AwsCredentials,
     EksDriver,
     NodeGroupBounds,
+    _default_clients,
     as_typed,
     parse_credentials_file,
 )
+from gpufleet.reconcilers.threads import IO_THREADS
 from gpufleet_testbed import fleets
 
 REGION = "eu-central-1"
@@ -287,3 +289,10 @@ def test_credentials_file_keeps_percent_signs_and_refuses_empty_values() -> None
             parse_credentials_file(text)
         assert raised.value.reason == "CredentialsInvalid"
         assert SECRET not in str(raised.value)
+
+
+def test_the_sdk_clients_keep_a_connection_per_io_thread() -> None:
+    eks, autoscaling = _default_clients("eu-central-1", AwsCredentials("AKIDEXAMPLE", "secret"))
+
+    assert eks.meta.config.max_pool_connections == IO_THREADS
+    assert autoscaling.meta.config.max_pool_connections == IO_THREADS

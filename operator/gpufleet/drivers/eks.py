@@ -167,8 +167,15 @@ def as_typed(error: Exception, call: str) -> DriverError:
     return DriverError(summary)
 
 
+# A connection per thread the operator runs blocking calls in (reconcilers/threads.py's
+# IO_THREADS; botocore keeps 10): beyond its pool, urllib3 opens one per call and drops it.
+POOL_CONNECTIONS = 32
+
+
 def _default_clients(region: str, credentials: AwsCredentials | None) -> tuple[Any, Any]:
-    import boto3  # imported here: only providers of type EKS pay for botocore's start-up
+    # Imported here: only providers of type EKS pay for botocore's start-up.
+    import boto3
+    from botocore.config import Config
 
     if credentials is None:
         session = boto3.session.Session(region_name=region)  # the ambient chain (IRSA, ...)
@@ -179,7 +186,8 @@ def _default_clients(region: str, credentials: AwsCredentials | None) -> tuple[A
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token,
         )
-    return session.client("eks"), session.client("autoscaling")
+    config = Config(max_pool_connections=POOL_CONNECTIONS)
+    return session.client("eks", config=config), session.client("autoscaling", config=config)
 
 
 ClientFactory = Callable[[str, AwsCredentials | None], tuple[Any, Any]]
