@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufleet.api.common import GROUP, VERSION
 from gpufleet.api.labels import FIELD_MANAGER
+from gpufleet.reconcilers.threads import in_lease_thread
 
 TERM_ANNOTATION = f"{GROUP}/leader-term"  # reconcilers/leader.py
 
@@ -440,8 +442,13 @@ class Kube:
     async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Lease as JSON; None when there is none."""
         try:
-            reply = await asyncio.to_thread(
-                self._lease_call("read_namespaced_lease"), name, namespace, _preload_content=False
+            reply = await in_lease_thread(
+                functools.partial(
+                    self._lease_call("read_namespaced_lease"),
+                    name,
+                    namespace,
+                    _preload_content=False,
+                )
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -472,7 +479,7 @@ class Kube:
         *names, body = args
         call = self._lease_call(method)
         try:
-            reply = await asyncio.to_thread(
+            reply = await in_lease_thread(
                 lambda: call(
                     *names, dict(body), field_manager=FIELD_MANAGER, _preload_content=False
                 )

@@ -13,12 +13,21 @@ TLS connection of its own and throws it away after.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from kubernetes.client import Configuration
 
-# The report's and the actuation's bounds (16 + 8), and room for the drivers' reads.
+T = TypeVar("T")
+
+# The report's and the actuation's bounds (16 + 8), and room for the drivers' reads. The
+# drivers' writes (the Simulated driver's, 8 per node pool) may ask for more: they queue.
 IO_THREADS = 32
+
+# The Lease's reads and renewals (reconcilers/leader.py) have threads of their own: queued
+# behind a surge's writes, a leader's renewal could wait past its deadline and lose the term.
+_LEASE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpufleet-lease")
 
 
 def use_io_threads(loop: asyncio.AbstractEventLoop) -> None:
@@ -26,6 +35,11 @@ def use_io_threads(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="gpufleet-io")
     )
+
+
+async def in_lease_thread(call: Callable[[], T]) -> T:
+    """`call()`, in a Lease thread."""
+    return await asyncio.get_running_loop().run_in_executor(_LEASE_THREADS, call)
 
 
 def size_connection_pool(configuration: Configuration) -> Configuration:
