@@ -20,9 +20,10 @@ seen is deleted again (404, taken as done).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ from gpufleet.drivers.base import (
     ProviderUnavailable,
 )
 from gpufleet.drivers.kube_objects import dig
+from gpufleet.drivers.side_by_side import side_by_side
 
 DEFAULT_NAMESPACE = "gpufleet-system"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -368,32 +370,26 @@ class SimulatedDriver:
         return True
 
     async def _act(self, pool: NodePool, plan: sim.Plan) -> None:
-        # Side by side, as a cloud boots a batch: one by one, a surge's hundred Nodes took
+        # Side by side, as a cloud boots a batch: one by one, a surge's hundred Nodes held
         # a tick 14 s on a loaded API server (benchmarks/fleet_scale.py). Each write is
         # idempotent, so the order among them does not matter.
-        gate = asyncio.Semaphore(_NODE_WRITES)
-
         async def create(launch: sim.Pending) -> None:
             node = V1Node.model_validate(node_manifest(self._provider, pool, launch))
-            async with gate:
-                try:
-                    await asyncio.to_thread(
-                        self._core.create_node, node, field_manager=FIELD_MANAGER
-                    )
-                except ApiException as error:
-                    if error.status != 409:  # another instance created it first
-                        raise
+            try:
+                await asyncio.to_thread(self._core.create_node, node, field_manager=FIELD_MANAGER)
+            except ApiException as error:
+                if error.status != 409:  # another instance created it first
+                    raise
 
         async def delete(name: str) -> None:
-            async with gate:
-                try:
-                    await asyncio.to_thread(self._core.delete_node, name)
-                except ApiException as error:
-                    if error.status != 404:  # already gone: the goal is reached
-                        raise
+            try:
+                await asyncio.to_thread(self._core.delete_node, name)
+            except ApiException as error:
+                if error.status != 404:  # already gone: the goal is reached
+                    raise
 
-        await _all_or_none_left(map(create, plan.create))
-        await _all_or_none_left(map(delete, plan.delete))
+        await side_by_side([functools.partial(create, n) for n in plan.create], _NODE_WRITES)
+        await side_by_side([functools.partial(delete, n) for n in plan.delete], _NODE_WRITES)
 
     async def _with_pod_counts(self, nodes: list[sim.ObservedNode]) -> list[sim.ObservedNode]:
         async def count(node: sim.ObservedNode) -> sim.ObservedNode:
@@ -445,17 +441,3 @@ class SimulatedDriver:
             ready_nodes=tuple(sorted(n.name for n in live if n.ready)),
             all_nodes=tuple(sorted(names)),
         )
-
-
-async def _all_or_none_left(writes: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run `writes` side by side; the first error cancels those not yet under way and is
-    raised (a call already in its thread finishes): the next tick repeats what is missing,
-    so a failed batch does not go on loading a server that pushes back."""
-    tasks = [asyncio.ensure_future(w) for w in writes]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -8,7 +8,7 @@ with an in-memory driver and scaler, with no cluster.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from gpufleet.drivers.base import NodePoolRef
+from gpufleet.drivers.side_by_side import side_by_side
 from gpufleet.planner.types import NodePoolKey, PoolKey
 from gpufleet.reconcilers.burst.copies import Copy
 from gpufleet.reconcilers.burst.copies import target as copy_target
@@ -268,20 +269,7 @@ async def _together(batch: Sequence[Change], one: Callable[[Change], Awaitable[N
     if len(batch) == 1:
         await one(batch[0])
         return
-    gate = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-    async def gated(change: Change) -> None:
-        async with gate:
-            await one(change)
-
-    tasks = [asyncio.ensure_future(gated(c)) for c in batch]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await side_by_side([functools.partial(one, change) for change in batch], WRITE_CONCURRENCY)
 
 
 async def _apply(applier: Applier, change: Change, size: int, action_id: str) -> bool:
